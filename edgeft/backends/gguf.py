@@ -1,0 +1,192 @@
+"""The GGUF backend: our HF -> GGUF converter, llama.cpp's quantizer, llama-cpp-python as runtime."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeft.atomic_io import atomic_path
+from edgeft.backends.base import Artifact, Generation
+from edgeft.backends.registry import entry
+from edgeft.errors import ArtifactError, BackendUnavailable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgeft.config import Target
+
+# User-facing level -> llama.cpp's llama_ftype value (LLAMA_FTYPE_* in llama.h).
+FTYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,
+    "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16,
+    "q5_k_m": 17, "q6_k": 18, "bf16": 32,
+}
+UNQUANTIZED = ("f32", "f16", "bf16")
+GGUF_MAGIC = b"GGUF"
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
+    """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = threads
+    with atomic_path(dst) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
+    return dst
+
+
+def check_gguf_file(path: Path) -> None:
+    """Refuse a missing, truncated or foreign file with a one-line reason before llama.cpp sees it."""
+    if not path.is_file():
+        raise ArtifactError("no such file", file=path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != GGUF_MAGIC:
+        raise ArtifactError("not a GGUF file (bad magic number)", file=path)
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except Exception as exc:
+        raise ArtifactError(f"corrupt GGUF file ({type(exc).__name__}: {exc})", file=path) from None
+    if last > path.stat().st_size:
+        raise ArtifactError(f"truncated GGUF file: tensor data ends at byte {last}, file has {path.stat().st_size}", file=path)
+
+
+class LlamaCppRunner:
+    """Runs a GGUF file through llama-cpp-python; logits and timed greedy generation."""
+
+    def __init__(self, path: Path, threads: int, context: int):
+        self.path = path
+        self.threads = threads
+        self.context = context
+        self._gen = self._open(logits_all=False)
+        self._scorer = None  # a second context with logits for every position, opened on first use
+
+    def _open(self, *, logits_all: bool):
+        from llama_cpp import Llama
+
+        try:
+            return Llama(
+                model_path=str(self.path),
+                n_ctx=self.context,
+                n_batch=min(512, self.context),
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
+                logits_all=logits_all,
+                verbose=False,
+                seed=0,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"llama.cpp cannot load it ({exc})", file=self.path) from None
+
+    @property
+    def n_vocab(self) -> int:
+        return self._gen.n_vocab()
+
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = False) -> list[int]:
+        return self._gen.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self._gen.detokenize(token_ids, special=True).decode("utf-8", errors="replace")
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._gen.metadata)
+
+    def logits(self, token_ids: list[int]) -> "np.ndarray":
+        import numpy as np
+
+        if len(token_ids) > self.context:
+            raise ValueError(f"{len(token_ids)} tokens exceed the context of {self.context}")
+        if self._scorer is None:
+            self._scorer = self._open(logits_all=True)
+        self._scorer.reset()
+        self._scorer.eval(token_ids)
+        return np.array(self._scorer.scores[: len(token_ids)], dtype=np.float32)
+
+    def generate(self, token_ids: list[int], new_tokens: int) -> Generation:
+        llm = self._gen
+        llm.reset()  # no prompt reuse between runs: every run pays for its prefill
+        tokens: list[int] = []
+        times: list[float] = []
+        start = time.perf_counter()
+        for tok in llm.generate(token_ids, temp=0.0, repeat_penalty=1.0, reset=False):
+            times.append(time.perf_counter() - start)
+            tokens.append(int(tok))
+            if len(tokens) >= new_tokens:
+                break
+        return Generation(prompt_tokens=len(token_ids), tokens=tokens, token_times=times)
+
+    def perf_counters(self) -> dict[str, float]:
+        """llama.cpp's own timing of the last generate, to cross-check ours."""
+        import llama_cpp
+
+        data = llama_cpp.llama_perf_context(self._gen._ctx.ctx)
+        return {"prompt_eval_ms": data.t_p_eval_ms, "n_prompt_eval": data.n_p_eval, "eval_ms": data.t_eval_ms, "n_eval": data.n_eval}
+
+    def reset_perf(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(self._gen._ctx.ctx)
+
+    def library_versions(self) -> dict[str, str]:
+        import llama_cpp
+
+        return {"llama-cpp-python": llama_cpp.__version__}
+
+    def close(self) -> None:
+        for llm in (self._gen, self._scorer):
+            if llm is not None:
+                llm.close()
+        self._scorer = None
+
+
+class GGUFBackend:
+    name = "gguf"
+    quant_levels = entry("gguf").quant_levels
+
+    def check(self) -> None:
+        try:
+            import gguf  # noqa: F401
+            import llama_cpp  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable(f"{exc.name} is not installed (run `make setup`)") from None
+
+    def intermediate_dtype(self, quant: str) -> str:
+        """An unquantized level is written directly; others quantize from f16, as llama.cpp users do."""
+        return quant if quant in UNQUANTIZED else "f16"
+
+    def convert(self, model_dir: Path, out_path: Path, dtype: str, *, name: str | None = None) -> Path:
+        from edgeft.backends.gguf_convert import convert
+
+        return convert(model_dir, out_path, dtype, name=name)
+
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None) -> Artifact:
+        """HF folder -> `<out_dir>/model-<quant>.gguf`. `intermediate` reuses an existing unquantized GGUF."""
+        self.check()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / f"model-{target.quant}.gguf"
+        dtype = self.intermediate_dtype(target.quant)
+        if target.quant == dtype:
+            self.convert(model_dir, final, dtype, name=model_dir.name)
+        else:
+            source = intermediate or out_dir / f"model-{dtype}.unquantized.gguf"
+            if intermediate is None:
+                self.convert(model_dir, source, dtype, name=model_dir.name)
+            quantize(source, final, target.quant, threads=target.resolved_threads())
+            if intermediate is None:
+                os.unlink(source)
+        return Artifact(path=final, kind="gguf", files=(final,))
+
+    def load(self, artifact: Artifact, target: "Target") -> LlamaCppRunner:
+        self.check()
+        check_gguf_file(artifact.path)
+        return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)

@@ -1,0 +1,166 @@
+"""Per-architecture rules for writing a Hugging Face decoder as GGUF.
+
+One small class per family, registered explicitly; each says how hyper-parameters map to
+GGUF keys, how tensor names map, and how tensors must be laid out for llama.cpp.
+The facts encoded here (key and tensor names, the rotary layout) come from llama.cpp's
+documentation of the format; the code is ours.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgeft.errors import UnsupportedArchitecture
+
+if TYPE_CHECKING:
+    import numpy as np
+    from gguf import GGUFWriter
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+# HF per-layer suffix -> GGUF per-layer name (without the "blk.N." prefix).
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+# Buffers some checkpoints carry that llama.cpp recomputes itself.
+_SKIPPED = re.compile(r"(rotary_emb\.inv_freq|\.rotary_emb\.)")
+
+
+class ArchFamily:
+    """Hooks a family overrides; the defaults describe a plain Llama-style decoder."""
+
+    hf_name: ClassVar[str]
+    gguf_arch: ClassVar[str]
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.n_head = int(config["num_attention_heads"])
+        self.n_kv_head = int(config.get("num_key_value_heads") or self.n_head)
+        self.hidden = int(config["hidden_size"])
+        self.head_dim = int(config.get("head_dim") or self.hidden // self.n_head)
+        self.tied = bool(config.get("tie_word_embeddings", False))
+
+    def check(self, file: str) -> None:
+        """Refuse configurations llama.cpp would run wrongly rather than convert them silently."""
+        scaling = self.config.get("rope_scaling")
+        if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default", "linear"):
+            kind = scaling.get("rope_type") or scaling.get("type")
+            raise UnsupportedArchitecture(f"rope_scaling type {kind!r} is not supported (supported: linear)", file=file, place="rope_scaling")
+
+    def rope_theta(self) -> float:
+        theta = self.config.get("rope_theta")
+        if theta is None:  # transformers 5 nests it under rope_parameters
+            theta = (self.config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        return float(theta)
+
+    def write_hparams(self, w: "GGUFWriter", vocab_size: int) -> None:
+        c = self.config
+        w.add_context_length(int(c.get("max_position_embeddings", 2048)))
+        w.add_embedding_length(self.hidden)
+        w.add_block_count(int(c["num_hidden_layers"]))
+        w.add_feed_forward_length(int(c["intermediate_size"]))
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_kv_head)
+        w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
+        w.add_rope_freq_base(self.rope_theta())
+        w.add_rope_dimension_count(self.head_dim)
+        w.add_vocab_size(vocab_size)
+        if self.head_dim != self.hidden // self.n_head:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+        scaling = c.get("rope_scaling") or {}
+        if (scaling.get("rope_type") or scaling.get("type")) == "linear":
+            from gguf import RopeScalingType
+
+            w.add_rope_scaling_type(RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(scaling["factor"]))
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        """The GGUF tensor name, or None for a tensor llama.cpp does not want."""
+        if _SKIPPED.search(hf_name):
+            return None
+        if hf_name == "lm_head.weight" and self.tied:
+            return None
+        if hf_name in _GLOBAL_NAMES:
+            return _GLOBAL_NAMES[hf_name]
+        m = _LAYER.match(hf_name)
+        if m and m.group(2) in _LAYER_NAMES:
+            return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+        raise UnsupportedArchitecture(f"tensor {hf_name!r} has no GGUF counterpart for {self.hf_name}", file="model.safetensors")
+
+    def transform(self, gguf_name: str, tensor: "np.ndarray") -> "np.ndarray":
+        return tensor
+
+
+def _unpermute_rotary(w: "np.ndarray", n_heads: int) -> "np.ndarray":
+    """HF Llama stores each head's rotary pairs as two halves [x0..x(d/2-1), y0..y(d/2-1)];
+    llama.cpp's Llama rope rotates adjacent pairs (x0, y0, x1, y1, ...). Interleave the halves."""
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+class LlamaFamily(ArchFamily):
+    hf_name = "LlamaForCausalLM"
+    gguf_arch = "llama"
+
+    def transform(self, gguf_name: str, tensor: "np.ndarray") -> "np.ndarray":
+        if gguf_name.endswith("attn_q.weight") or gguf_name.endswith("attn_q.bias"):
+            return _unpermute_rotary(tensor, self.n_head)
+        if gguf_name.endswith("attn_k.weight") or gguf_name.endswith("attn_k.bias"):
+            return _unpermute_rotary(tensor, self.n_kv_head)
+        return tensor
+
+
+class Qwen2Family(ArchFamily):
+    """Qwen2 runs with NEOX-style rope in llama.cpp, the same half-split layout HF uses: no permutation."""
+
+    hf_name = "Qwen2ForCausalLM"
+    gguf_arch = "qwen2"
+
+    def check(self, file: str) -> None:
+        super().check(file)
+        if self.config.get("use_sliding_window"):
+            raise UnsupportedArchitecture("sliding-window attention is not supported", file=file, place="use_sliding_window")
+
+
+FAMILIES: dict[str, type[ArchFamily]] = {}
+
+
+def register_family(cls: type[ArchFamily]) -> None:
+    if cls.hf_name in FAMILIES:
+        raise ValueError(f"architecture {cls.hf_name} already registered by {FAMILIES[cls.hf_name].__name__}")
+    FAMILIES[cls.hf_name] = cls
+
+
+register_family(LlamaFamily)
+register_family(Qwen2Family)
+
+
+def family_for(config: dict[str, Any], file: str) -> ArchFamily:
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in FAMILIES:
+        raise UnsupportedArchitecture(
+            f"architecture {arch} is not supported (supported: {', '.join(sorted(FAMILIES))})", file=file, place="architectures"
+        )
+    family = FAMILIES[arch](config)
+    family.check(file)
+    return family

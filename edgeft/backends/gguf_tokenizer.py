@@ -1,0 +1,170 @@
+"""Tokenizer metadata for GGUF: vocabulary, merges, token types, special ids, chat template.
+
+llama.cpp re-implements each Hugging Face pre-tokenizer under a name
+(`tokenizer.ggml.pre`). We read the pre-tokenizer's structure from tokenizer.json and
+map it to the llama.cpp name that splits text the same way; a structure we do not know
+is refused, because a wrong name silently changes tokenization.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import UnsupportedArchitecture
+
+# Token types as llama.cpp reads them.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+@dataclass
+class GGUFVocab:
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int]  # bos, eos, unk, pad -> id
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+
+
+def _steps(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not pre:
+        return []
+    if pre.get("type") == "Sequence":
+        return [s for p in pre.get("pretokenizers", []) for s in _steps(p)]
+    return [pre]
+
+
+def _split_regex(step: dict[str, Any]) -> str | None:
+    pattern = step.get("pattern") or {}
+    return pattern.get("Regex") or pattern.get("String")
+
+
+def detect_pre_tokenizer(tokenizer_json: dict[str, Any], clean_up_spaces: bool, file: str) -> str:
+    """Map a tokenizer.json pre-tokenizer to the llama.cpp pre-tokenizer name that splits identically."""
+    steps = _steps(tokenizer_json.get("pre_tokenizer"))
+    shape = []
+    for s in steps:
+        kind = s.get("type")
+        if kind == "ByteLevel":
+            shape.append(("ByteLevel", bool(s.get("use_regex", True))))
+        elif kind == "Digits":
+            shape.append(("Digits", bool(s.get("individual_digits", False))))
+        elif kind == "Split":
+            shape.append(("Split", _split_regex(s)))
+        else:
+            shape.append((kind, None))
+    if shape == [("ByteLevel", True)]:
+        return "gpt-2"
+    if shape == [("Digits", True), ("ByteLevel", True)]:
+        # Same split as llama.cpp's "starcoder"; "smollm" differs only in not cleaning spaces when decoding.
+        return "starcoder" if clean_up_spaces else "smollm"
+    if shape == [("Split", _QWEN2_REGEX), ("ByteLevel", False)]:
+        return "qwen2"
+    if shape == [("Split", _LLAMA3_REGEX), ("ByteLevel", False)]:
+        return "llama-bpe"
+    described = " + ".join(f"{k}({v})" if v is not None else str(k) for k, v in shape) or "none"
+    raise UnsupportedArchitecture(
+        f"pre-tokenizer {described} has no llama.cpp equivalent we know "
+        "(supported: GPT-2 byte-level, byte-level with single digits, Qwen2, Llama 3)",
+        file=file,
+        place="pre_tokenizer",
+    )
+
+
+def _merges(model: dict[str, Any]) -> list[str]:
+    merges = model.get("merges") or []
+    return [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in merges]
+
+
+def read_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
+    """Read the HF tokenizer beside a model into GGUF vocabulary metadata of exactly n_vocab entries."""
+    from transformers import AutoTokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise UnsupportedArchitecture("no tokenizer.json: only fast (tokenizers) BPE tokenizers can be converted", file=model_dir)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
+        raise UnsupportedArchitecture(f"tokenizer model {kind} is not supported (supported: byte-level BPE)", file=path, place="model.type")
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pre = detect_pre_tokenizer(data, bool(getattr(tok, "clean_up_tokenization_spaces", False)), str(path))
+
+    vocab = tok.get_vocab()
+    by_id: dict[int, str] = {i: t for t, i in vocab.items()}
+    if max(by_id) >= n_vocab:
+        raise UnsupportedArchitecture(
+            f"tokenizer has id {max(by_id)} but the embedding has only {n_vocab} rows", file=path
+        )
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(n_vocab):
+        if i not in by_id:
+            # Embedding rows beyond the tokenizer (padding for alignment) still need a token entry.
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added:
+            tokens.append(added[i]["content"])
+            types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(NORMAL)
+
+    special_ids = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        value = getattr(tok, f"{name}_token_id", None)
+        if value is not None:
+            special_ids[name] = int(value)
+
+    # Whether encoding adds BOS/EOS is observed, not guessed from config flags that vary by model.
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a")["input_ids"]
+    add_bos = "bos" in special_ids and len(full) > len(plain) and full[0] == special_ids["bos"]
+    add_eos = "eos" in special_ids and len(full) > len(plain) and full[-1] == special_ids["eos"]
+
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), None)
+
+    return GGUFVocab(
+        pre=pre,
+        tokens=tokens,
+        token_types=types,
+        merges=_merges(model),
+        special_ids=special_ids,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        chat_template=template,
+    )
+
+
+def write_vocab(writer: Any, vocab: GGUFVocab) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    writer.add_token_merges(vocab.merges)
+    setters = {
+        "bos": writer.add_bos_token_id,
+        "eos": writer.add_eos_token_id,
+        "unk": writer.add_unk_token_id,
+        "pad": writer.add_pad_token_id,
+    }
+    for name, value in vocab.special_ids.items():
+        setters[name](value)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)

@@ -1,0 +1,213 @@
+"""Typed configs and target-profile loading.
+
+Every default lives here, once, as a frozen dataclass field. A profile file is validated
+as a whole: every problem is collected and reported together, naming file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How a model is timed: prompt of `prompt_tokens`, `new_tokens` generated, `runs` after `warmup`."""
+
+    prompt_tokens: int = 64
+    new_tokens: int = 64
+    runs: int = 5
+    warmup: int = 1
+    context: int = 2048
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits a build must meet; a key left as None is not checked."""
+
+    ttft_ms_p90: float | None = None
+    package_mb: float | None = None
+    ms_per_token_p90: float | None = None
+    peak_rss_mb: float | None = None
+    ppl_increase_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target profile: backend, quantization level, runtime settings and budget."""
+
+    name: str
+    backend: str
+    quant: str
+    threads: int = 0  # 0: one per CPU core of the machine running the bench
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    budget: Budget = field(default_factory=Budget)
+    source: str | None = None  # the TOML file it came from
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads > 0 else max(1, os.cpu_count() or 1)
+
+    def with_overrides(self, **changes: Any) -> "Target":
+        """Apply CLI flags over profile keys, validating the result like a file would be."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        data = to_dict(self)
+        data.update(changes)
+        return _build_target(data, name=self.name, source=self.source or "<flags>")
+
+    def to_toml(self) -> str:
+        """The resolved profile, saved beside the artifacts it produced."""
+        lines = [f'backend = "{self.backend}"', f'quant = "{self.quant}"', f"threads = {self.threads}", "", "[bench]"]
+        lines += [f"{f.name} = {getattr(self.bench, f.name)}" for f in fields(BenchSettings)]
+        lines += ["", "[budget]"]
+        lines += [f"{f.name} = {getattr(self.budget, f.name)}" for f in fields(Budget) if getattr(self.budget, f.name) is not None]
+        return "\n".join(lines) + "\n"
+
+
+def to_dict(target: Target) -> dict[str, Any]:
+    data = dataclasses.asdict(target)
+    data.pop("name")
+    data.pop("source")
+    data["budget"] = {k: v for k, v in data["budget"].items() if v is not None}
+    return data
+
+
+def targets_dir() -> Path:
+    """Where shipped profiles live: inside the wheel, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "targets", here.parent / "targets"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError([("", "no shipped target profiles found; the installation is incomplete")], file=here)
+
+
+def shipped_targets() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Resolve `--target`: a shipped profile name or a path to a TOML file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix == ".toml" or os.sep in text or path.exists()):
+        path = targets_dir() / f"{text}.toml"
+        if not path.exists():
+            raise ConfigError(
+                [("", f"no target profile named '{text}'; shipped profiles: {', '.join(shipped_targets())}")],
+                file=text,
+            )
+    if not path.exists():
+        raise ConfigError([("", "file not found")], file=path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")], file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"invalid TOML: {exc}")], file=path) from None
+    return _build_target(raw, name=path.stem, source=str(path))
+
+
+_INT_KEYS = {"threads"}
+_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget"}
+
+
+def _check_number(value: Any, *, integer: bool) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expected {'an integer' if integer else 'a number'}, got {type(value).__name__} {value!r}"
+    if integer and not isinstance(value, int):
+        return f"expected an integer, got {value!r}"
+    return None
+
+
+def _table(raw: Mapping[str, Any], key: str, problems: list[tuple[str, str]]) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        problems.append((key, f"expected a table, got {type(value).__name__}"))
+        return {}
+    return value
+
+
+def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
+    # Imported here: the backend registry names its backends and quant levels without heavy imports.
+    from edgeft.backends.registry import backend_names, quant_levels
+
+    problems: list[tuple[str, str]] = []
+    for key in raw:
+        if key not in _TOP_KEYS:
+            problems.append((key, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})"))
+
+    backend = raw.get("backend")
+    if backend is None:
+        problems.append(("backend", "missing (one of: " + ", ".join(backend_names()) + ")"))
+    elif backend not in backend_names():
+        problems.append(("backend", f"unknown backend {backend!r} (known: {', '.join(backend_names())})"))
+
+    quant = raw.get("quant")
+    if quant is None:
+        problems.append(("quant", "missing"))
+    elif not isinstance(quant, str):
+        problems.append(("quant", f"expected a string, got {type(quant).__name__}"))
+    elif backend in backend_names() and quant not in quant_levels(backend):
+        problems.append(("quant", f"unknown level {quant!r} for backend {backend} (known: {', '.join(quant_levels(backend))})"))
+
+    threads = raw.get("threads", Target.threads)
+    why = _check_number(threads, integer=True)
+    if why:
+        problems.append(("threads", why))
+    elif threads < 0:
+        problems.append(("threads", f"must be 0 (all cores) or more, got {threads}"))
+
+    bench_raw = _table(raw, "bench", problems)
+    bench_values: dict[str, Any] = {}
+    bench_fields = {f.name for f in fields(BenchSettings)}
+    for key, value in bench_raw.items():
+        if key not in bench_fields:
+            problems.append((f"bench.{key}", f"unknown key (allowed: {', '.join(sorted(bench_fields))})"))
+            continue
+        why = _check_number(value, integer=True)
+        if why:
+            problems.append((f"bench.{key}", why))
+        elif value < (0 if key == "warmup" else 1):
+            problems.append((f"bench.{key}", f"must be {'0 or more' if key == 'warmup' else 'at least 1'}, got {value}"))
+        else:
+            bench_values[key] = value
+
+    budget_raw = _table(raw, "budget", problems)
+    budget_values: dict[str, Any] = {}
+    budget_fields = {f.name for f in fields(Budget)}
+    for key, value in budget_raw.items():
+        if key not in budget_fields:
+            problems.append((f"budget.{key}", f"unknown key (allowed: {', '.join(sorted(budget_fields))})"))
+            continue
+        why = _check_number(value, integer=False)
+        if why:
+            problems.append((f"budget.{key}", why))
+        elif value < 0 or (value == 0 and key != "ppl_increase_pct"):
+            problems.append((f"budget.{key}", f"must be positive, got {value}"))
+        else:
+            budget_values[key] = float(value)
+
+    if problems:
+        raise ConfigError(problems, file=source)
+    bench = BenchSettings(**bench_values)
+    if bench.prompt_tokens + bench.new_tokens > bench.context:
+        raise ConfigError(
+            [("bench", f"prompt_tokens + new_tokens ({bench.prompt_tokens + bench.new_tokens}) exceed context ({bench.context})")],
+            file=source,
+        )
+    return Target(
+        name=name,
+        backend=backend,
+        quant=quant,
+        threads=threads,
+        bench=bench,
+        budget=Budget(**budget_values),
+        source=source,
+    )

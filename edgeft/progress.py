@@ -1,0 +1,35 @@
+"""Progress bars on a terminal, silence in CI and pipes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _QUIET
+    _QUIET = quiet
+
+
+def enabled() -> bool:
+    return not _QUIET and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress(items: Iterable[T], *, desc: str, total: int | None = None) -> Iterator[T]:
+    if not enabled():
+        yield from items
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr)
+
+
+def status(message: str) -> None:
+    """One short line about what is happening now; quiet runs print nothing."""
+    if not _QUIET:
+        print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,129 @@
+"""Tiny random models and tokenizers built inside tests: no downloads, seconds to make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. 1234567890",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+    "Edge devices run small language models with quantized weights.",
+    "天气很好，我们去公园散步吧。机器学习模型在手机上运行。",
+    "Hello, world! How are you today? I'm fine, thanks; and you?",
+    "   spaces   and\ttabs\n\nnew lines   ",
+    "Émoji 🙂🚀 and accents: café, naïve, über, 東京.",
+] * 20
+
+QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def make_tokenizer(out: Path, *, style: str = "gpt2", vocab_size: int = 384) -> "object":
+    """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer in `out`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    if style == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif style == "digits":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        )
+    elif style == "qwen2":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        raise ValueError(style)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHATML
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return fast
+
+
+def tiny_llama(out: Path, *, tie: bool = True, seed: int = 0, hidden: int = 64, layers: int = 2, extra_vocab: int = 0,
+               tokenizer_style: str = "gpt2") -> Path:
+    """A seeded random LlamaForCausalLM (GQA: 4 query heads, 2 KV heads) with its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(out, style=tokenizer_style)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok) + extra_vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    _spread_weights(model, seed)
+    model.save_pretrained(out)
+    return out
+
+
+def tiny_qwen2(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, extra_vocab: int = 32) -> Path:
+    """A seeded random Qwen2ForCausalLM (attention biases, untied head, padded vocabulary)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = make_tokenizer(out, style="qwen2")
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tok) + extra_vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    _spread_weights(model, seed)
+    model.save_pretrained(out)
+    return out
+
+
+def _spread_weights(model: "object", seed: int) -> None:
+    """Default init leaves biases at zero and norms at one; randomize them so a wrong layout shows up."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.08)
