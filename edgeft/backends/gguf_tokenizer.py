@@ -48,11 +48,20 @@ def _split_regex(step: dict[str, Any]) -> str | None:
     return pattern.get("Regex") or pattern.get("String")
 
 
-def detect_pre_tokenizer(tokenizer_json: dict[str, Any], clean_up_spaces: bool, file: str) -> str:
-    """Map a tokenizer.json pre-tokenizer to the llama.cpp pre-tokenizer name that splits identically."""
-    steps = _steps(tokenizer_json.get("pre_tokenizer"))
-    shape = []
-    for s in steps:
+# llama.cpp pre-tokenizer name -> the tokenizers pre-tokenizer steps that split text identically.
+# "starcoder" splits like "smollm"; they differ only in cleaning spaces when decoding.
+PRE_TOKENIZER_SHAPES: dict[str, list[tuple[str, Any]]] = {
+    "gpt-2": [("ByteLevel", True)],
+    "smollm": [("Digits", True), ("ByteLevel", True)],
+    "starcoder": [("Digits", True), ("ByteLevel", True)],
+    "qwen2": [("Split", _QWEN2_REGEX), ("ByteLevel", False)],
+    "llama-bpe": [("Split", _LLAMA3_REGEX), ("ByteLevel", False)],
+}
+
+
+def _shape(pre: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    shape: list[tuple[str, Any]] = []
+    for s in _steps(pre):
         kind = s.get("type")
         if kind == "ByteLevel":
             shape.append(("ByteLevel", bool(s.get("use_regex", True))))
@@ -61,16 +70,18 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any], clean_up_spaces: bool, 
         elif kind == "Split":
             shape.append(("Split", _split_regex(s)))
         else:
-            shape.append((kind, None))
-    if shape == [("ByteLevel", True)]:
-        return "gpt-2"
-    if shape == [("Digits", True), ("ByteLevel", True)]:
-        # Same split as llama.cpp's "starcoder"; "smollm" differs only in not cleaning spaces when decoding.
-        return "starcoder" if clean_up_spaces else "smollm"
-    if shape == [("Split", _QWEN2_REGEX), ("ByteLevel", False)]:
-        return "qwen2"
-    if shape == [("Split", _LLAMA3_REGEX), ("ByteLevel", False)]:
-        return "llama-bpe"
+            shape.append((str(kind), None))
+    return shape
+
+
+def detect_pre_tokenizer(tokenizer_json: dict[str, Any], clean_up_spaces: bool, file: str) -> str:
+    """Map a tokenizer.json pre-tokenizer to the llama.cpp pre-tokenizer name that splits identically."""
+    shape = _shape(tokenizer_json.get("pre_tokenizer"))
+    matches = [name for name, known in PRE_TOKENIZER_SHAPES.items() if known == shape]
+    if matches:
+        if set(matches) == {"smollm", "starcoder"}:
+            return "starcoder" if clean_up_spaces else "smollm"
+        return matches[0]
     described = " + ".join(f"{k}({v})" if v is not None else str(k) for k, v in shape) or "none"
     raise UnsupportedArchitecture(
         f"pre-tokenizer {described} has no llama.cpp equivalent we know "
@@ -78,6 +89,27 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any], clean_up_spaces: bool, 
         file=file,
         place="pre_tokenizer",
     )
+
+
+def build_pre_tokenizer(name: str) -> Any | None:
+    """The tokenizers pre-tokenizer for a llama.cpp pre-tokenizer name, or None for a name we do not know.
+
+    transformers' GGUF loader rebuilds every byte-level tokenizer with the plain GPT-2 split,
+    whatever `tokenizer.ggml.pre` says; this restores the split llama.cpp actually uses."""
+    from tokenizers import Regex, pre_tokenizers
+
+    shape = PRE_TOKENIZER_SHAPES.get(name)
+    if shape is None:
+        return None
+    steps = []
+    for kind, arg in shape:
+        if kind == "ByteLevel":
+            steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=arg))
+        elif kind == "Digits":
+            steps.append(pre_tokenizers.Digits(individual_digits=arg))
+        else:
+            steps.append(pre_tokenizers.Split(Regex(arg), behavior="isolated", invert=False))
+    return steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
 
 
 def _merges(model: dict[str, Any]) -> list[str]:

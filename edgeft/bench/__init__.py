@@ -1,0 +1,1 @@
+"""Measurement of built artifacts: latency, memory, size, and the budget check."""

@@ -1,0 +1,47 @@
+"""Budget checks: each `[budget]` key of a profile against the measured metric of the same meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from edgeft.config import Budget
+
+# budget key -> metric key in bench.json. Every budget is an upper limit.
+BUDGET_METRICS = {
+    "ttft_ms_p90": "ttft_ms_p90",
+    "package_mb": "package_mb",
+    "ms_per_token_p90": "ms_per_token_p90",
+    "peak_rss_mb": "peak_rss_mb",
+    "ppl_increase_pct": "ppl_increase_pct",
+}
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    key: str
+    value: float | None  # None: the metric was not measured
+    limit: float
+
+    @property
+    def status(self) -> str:
+        if self.value is None:
+            return "NOT MEASURED"
+        return "PASS" if self.value <= self.limit else "FAIL"
+
+    def to_json(self) -> dict:
+        return {"budget": self.key, "value": self.value, "limit": self.limit, "status": self.status}
+
+
+def check(metrics: dict[str, float], budget: Budget) -> list[BudgetLine]:
+    lines = []
+    for f in fields(Budget):
+        limit = getattr(budget, f.name)
+        if limit is None:
+            continue
+        lines.append(BudgetLine(key=f.name, value=metrics.get(BUDGET_METRICS[f.name]), limit=limit))
+    return lines
+
+
+def all_pass(lines: list[BudgetLine]) -> bool:
+    """A budget whose metric was not measured does not fail the build; it is shown as NOT MEASURED."""
+    return all(line.status != "FAIL" for line in lines)

@@ -1,0 +1,39 @@
+"""`bench`: every metric of one artifact under one target, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+import time
+
+from edgeft import __version__
+from edgeft.backends.base import Artifact
+from edgeft.bench import budgets, latency, machine
+from edgeft.config import Target, to_dict
+
+SCHEMA_VERSION = 1
+MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
+
+
+def bench(artifact: Artifact, target: Target) -> dict:
+    raw = latency.run_worker(artifact, target)
+    metrics, per_run = latency.latency_metrics(raw)
+    metrics["package_mb"] = artifact.package_bytes() / MB
+    metrics["model_mb"] = artifact.path.stat().st_size / MB if artifact.path.is_file() else metrics["package_mb"]
+    lines = budgets.check(metrics, target.budget)
+    return {
+        "schema": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "artifact": {
+            "path": str(artifact.path),
+            "kind": artifact.kind,
+            "package_bytes": artifact.package_bytes(),
+            "files": [str(p) for p in artifact.package_files()],
+        },
+        "target": {"name": target.name, **to_dict(target), "threads_used": target.resolved_threads()},
+        "machine": machine.describe(target.resolved_threads()),
+        "versions": {"edgeft": __version__, **raw.get("versions", {})},
+        "metrics": metrics,
+        "runtime_counters": latency.runtime_counters(raw),
+        "runs": per_run,
+        "budget": [line.to_json() for line in lines],
+        "pass": budgets.all_pass(lines),
+    }

@@ -1,0 +1,78 @@
+"""Runs one benchmark in a child process, so peak RSS is the model's process alone, not the harness.
+
+Invoked as `python -m edgeft.bench.worker REQUEST.json RESULT.json`; the parent (`latency.py`)
+writes the request and reads the result. Imports stay light: no torch in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process image. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    exec, so a child started by a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def run(request: dict) -> dict:
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.registry import get_backend
+    from edgeft.bench.prompt import prompt_ids
+    from edgeft.config import load_target
+
+    target = load_target(request["target"])
+    artifact = Artifact(path=Path(request["artifact"]), kind=request["kind"])
+    backend = get_backend(target.backend)
+    rss_before_load = _rss_mb()
+    runner = backend.load(artifact, target)
+    try:
+        ids = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
+        runs = []
+        perf = []
+        for i in range(target.bench.warmup + target.bench.runs):
+            if hasattr(runner, "reset_perf"):
+                runner.reset_perf()
+            gen = runner.generate(ids, target.bench.new_tokens)
+            if i < target.bench.warmup:
+                continue
+            runs.append({"token_times": gen.token_times, "n_tokens": len(gen.tokens)})
+            if hasattr(runner, "perf_counters"):
+                perf.append(runner.perf_counters())
+        versions = runner.library_versions()
+    finally:
+        runner.close()
+    return {
+        "runs": runs,
+        "perf_counters": perf,
+        "prompt_tokens": len(ids),
+        "rss_before_load_mb": rss_before_load,
+        "peak_rss_mb": _rss_mb(),
+        "versions": versions,
+    }
+
+
+def main(argv: list[str]) -> int:
+    from edgeft.errors import EdgeftError
+
+    request = json.loads(Path(argv[0]).read_text())
+    try:
+        result = run(request)
+    except EdgeftError as exc:
+        result = {"error": exc.one_line(), "exit_code": exc.exit_code}
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""What was built from what: source model, profile, versions, and every output with size and sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from edgeft import __version__
+from edgeft.atomic_io import write_json
+from edgeft.bench.machine import package_versions
+
+TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "gguf", "llama-cpp-python", "numpy")
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(path: Path, root: Path | None = None) -> dict:
+    name = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+    return {"path": name, "bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def source_entry(label: str, path: Path) -> dict:
+    """A model source: its files hashed (a folder's weight, config and tokenizer files, or the one file)."""
+    if path.is_file():
+        return {"label": label, "path": str(path), "files": [file_entry(path)]}
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return {"label": label, "path": str(path), "files": [file_entry(p, path) for p in files]}
+
+
+def write_manifest(out_dir: Path, *, source: dict, target: dict, outputs: list[Path], stages: dict) -> Path:
+    manifest = {
+        "edgeft": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_model": source,
+        "target": target,
+        "versions": {"edgeft": __version__, **package_versions(TRACKED_PACKAGES)},
+        "stages": stages,
+        "outputs": [file_entry(p, out_dir) for p in outputs],
+    }
+    path = out_dir / "manifest.json"
+    write_json(path, manifest)
+    return path

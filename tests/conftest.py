@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny seeded models built in the test session, never downloaded."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import tiny_llama, tiny_qwen2  # noqa: E402
+
+BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny model per registered architecture family (tests fail if a family has no builder)."""
+    from edgeft.backends.gguf_arch import FAMILIES
+
+    out = {}
+    for name in FAMILIES:
+        assert name in BUILDERS, f"no tiny-model builder for registered architecture {name}"
+        out[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_dirs) -> Path:
+    return tiny_model_dirs["LlamaForCausalLM"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny Llama as an f16 GGUF, for tests of things downstream of conversion."""
+    from edgeft.backends.gguf_convert import convert
+
+    return convert(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", "f16")
+
+
+@pytest.fixture(scope="session")
+def default_build(tmp_path_factory):
+    """`edgeft build --target gguf` on the embedded default model, once per session (slow)."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    out = tmp_path_factory.mktemp("default-build") / "out"
+    result = CliRunner().invoke(main, ["--quiet", "build", "--target", "gguf", "--out", str(out)])
+    return out, result

@@ -1,0 +1,45 @@
+"""Interrupted writes leave nothing under the final name."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeft.atomic_io import atomic_dir, atomic_path, write_json
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    final = tmp_path / "model.gguf"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    final = tmp_path / "bench.json"
+    write_json(final, {"v": 1})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(final) as tmp:
+            tmp.write_text("{")
+            raise KeyboardInterrupt
+    assert final.read_text().strip().endswith("}")
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_written_file_has_normal_permissions(tmp_path):
+    final = tmp_path / "x.json"
+    write_json(final, {})
+    assert final.stat().st_mode & 0o044 == 0o044  # group and others can read a shipped file
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    final = tmp_path / "hf"
+    with atomic_dir(final) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError
+    assert [p.name for p in final.iterdir()] == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]

@@ -1,0 +1,104 @@
+"""CLI: help for every command, light imports, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+
+COMMANDS = sorted(main.commands)
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+def test_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_import_is_light():
+    """`edgeft --help` must be instant: importing the CLI may not pull in torch, transformers or llama_cpp."""
+    code = "import sys, edgeft.cli, edgeft.config, edgeft.backends.registry; print(sorted(m for m in ('torch','transformers','llama_cpp','gguf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_targets_lists_every_shipped_profile():
+    from edgeft.config import shipped_targets
+
+    result = CliRunner().invoke(main, ["targets"])
+    assert result.exit_code == 0
+    for name in shipped_targets():
+        assert name in result.output
+
+
+def test_doctor_reports_gguf():
+    result = CliRunner().invoke(main, ["doctor", "--json"])
+    assert result.exit_code == 0
+    assert '"backend": "gguf"' in result.output
+
+
+def _run_cli(args: list[str], cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeft.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_model_path(tmp_path):
+    out = tmp_path / "out"
+    proc = _run_cli(["build", "--model", str(tmp_path / "nope"), "--out", str(out)])
+    _assert_one_line_error(proc, str(tmp_path / "nope"), "no such file")
+    assert not out.exists()
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    out = tmp_path / "out"
+    proc = _run_cli(["build", "--model", str(tmp_path / "m"), "--out", str(out)])
+    _assert_one_line_error(proc, "config.json is missing")
+    assert not out.exists()
+
+
+def test_unsupported_architecture(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    out = tmp_path / "out"
+    proc = _run_cli(["build", "--model", str(model), "--out", str(out)])
+    _assert_one_line_error(proc, "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM")
+    assert not out.exists()
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 10)
+    out = tmp_path / "out"
+    proc = _run_cli(["build", "--model", str(bad), "--out", str(out)])
+    _assert_one_line_error(proc, "broken.gguf", "corrupt")
+    assert not out.exists()
+
+
+def test_bad_target(tmp_path):
+    profile = tmp_path / "t.toml"
+    profile.write_text('backend = "gguf"\nquant = "q4_0"\n[budget]\nttft_ms_p90 = -1\n')
+    proc = _run_cli(["build", "--target", str(profile), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(proc, "t.toml", "budget.ttft_ms_p90", "positive")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"x")
+    proc = _run_cli(["build", "--model", str(bad), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(proc, "weights.bin", ".gguf")

@@ -1,0 +1,103 @@
+"""End to end on the embedded default model (SmolLM2-135M-Instruct). Slow: run by `make test`, skipped by `make test-fast`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ENGLISH = ["Hello world", "The capital of France is Paris.", "I'm sure it's fine, isn't it?", "ALL CAPS AND lower case",
+           "e-mail: someone@example.com", "Price: $1,234.56 (approx.)", "A long-ish sentence, with commas; semicolons: and dashes - too."]
+CHINESE = ["你好，世界", "机器学习模型在手机上运行。", "今天天气很好，我们去公园散步吧！", "中文和English混合123"]
+CODE = ["def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; ++i) { sum += a[i]; }", "print(\"hi\")  # comment",
+        "SELECT * FROM users WHERE id = 42;", "x = [1, 2, 3]\ny = {k: v for k, v in zip(x, x)}", "<div class=\"a\">&nbsp;</div>"]
+EMOJI = ["🙂", "🚀🚀🚀", "I ❤️ llamas 🦙", "flags 🇫🇷🇯🇵", "family 👨‍👩‍👧‍👦"]
+SPACES = [" ", "  ", "   x", "x   ", "\n", "\n\n\n", "\t\tindented", "a \n b", " \t \n ", "line1\r\nline2"]
+SPECIAL = ["<|im_start|>user\nhi<|im_end|>", "<|endoftext|>", "text<|im_end|>more", "<|im_start|><|im_start|>"]
+NUMBERS = ["0", "12", "12345678901234567890", "3.14159", "1e-10", "2026-11-29"]
+
+
+def parity_strings() -> list[str]:
+    base = ENGLISH + CHINESE + CODE + EMOJI + SPACES + SPECIAL + NUMBERS
+    out = list(base)
+    for i, a in enumerate(base):
+        b = base[(i * 7 + 3) % len(base)]
+        out += [a + " " + b, a + "\n" + b, "  " + a, a.upper(), a + b]
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(default_build):
+    out, result = default_build
+    assert result.exit_code in (0, 1), result.output  # 1: a budget line failed, which this machine may do
+    return out
+
+
+def test_build_outputs_and_bench_fields(built):
+    from test_build_bench import METRICS
+
+    assert (built / "model-q4_k_m.gguf").is_file()
+    bench = json.loads((built / "bench.json").read_text())
+    for key in METRICS:
+        assert key in bench["metrics"], key
+    assert bench["metrics"]["package_mb"] < 350
+    assert {b["budget"] for b in bench["budget"]} == {"ttft_ms_p90", "package_mb"}
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["source_model"]["label"] == "default"
+    assert manifest["stages"]["export_check"]["token_mismatches"] == 0
+
+
+def test_tokenizer_parity_on_default_model(built):
+    from transformers import AutoTokenizer
+
+    from edgeft import models
+    from edgeft.backends.gguf import LlamaCppRunner
+
+    texts = parity_strings()
+    assert len(texts) >= 200
+    tok = AutoTokenizer.from_pretrained(built / "work" / "source-hf")
+    ours = LlamaCppRunner(built / "model-q4_k_m.gguf", threads=2, context=512)
+    shipped = LlamaCppRunner(models.default_model_path(), threads=2, context=512)
+    try:
+        for text in texts:
+            ref = tok(text, add_special_tokens=False)["input_ids"]
+            assert ours.tokenize(text) == ref, repr(text)
+            assert shipped.tokenize(text) == ref, repr(text)  # the shipped file, with llama.cpp's own reading of it
+    finally:
+        ours.close()
+        shipped.close()
+
+
+def _logprob(runner, prefix_ids: list[int], ids: list[int]) -> float:
+    logits = runner.logits(ids).astype(np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return float(sum(logp[i - 1, ids[i]] for i in range(len(prefix_ids), len(ids))))
+
+
+def test_answers_the_capital_of_france(built):
+    """The q4_k_m file, prompted with the chat template, answers fluently and ranks Paris far above other cities."""
+    from transformers import AutoTokenizer
+
+    from edgeft.backends.gguf import LlamaCppRunner
+
+    tok = AutoTokenizer.from_pretrained(built / "work" / "source-hf")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)
+    runner = LlamaCppRunner(built / "model-q4_k_m.gguf", threads=2, context=512)
+    try:
+        gen = runner.generate(runner.tokenize(prompt), 64)
+        answer = runner.detokenize(gen.tokens)
+        assert "<|im_end|>" in answer, answer  # the chat template's end of turn survives export: generation stops
+        reply = answer.split("<|im_end|>")[0]
+        assert len(reply.split()) >= 3 and sum(c.isalpha() for c in reply) > 0.6 * len(reply), reply
+        stem = prompt + "The capital of France is"
+        prefix = runner.tokenize(stem)
+        scores = {city: _logprob(runner, prefix, runner.tokenize(stem + f" {city}.")) for city in ["Paris", "London", "Berlin", "Rome", "Madrid"]}
+    finally:
+        runner.close()
+    best = max(scores, key=scores.get)
+    assert best == "Paris", scores
+    assert scores["Paris"] > max(v for k, v in scores.items() if k != "Paris") + 2.0, scores
