@@ -8,6 +8,7 @@ import the package itself (it imports `llm`, which is not installed).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from edgeft.atomic_io import atomic_dir
 from edgeft.backends.gguf_arch import FAMILIES
 from edgeft.errors import ModelSourceError, UnsupportedArchitecture
+from edgeft.progress import quiet_libraries
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,6 +37,12 @@ class ModelSource:
     kind: Literal["hf", "gguf"]
     path: Path  # the HF folder, or the .gguf file
     label: str  # what the user typed, for messages and the manifest
+
+    @property
+    def name(self) -> str:
+        """A display name: the folder or file name, without a GGUF quantization tag like `.Q4_1`."""
+        stem = self.path.name if self.kind == "hf" else self.path.stem
+        return re.sub(r"[.-](?:I?Q\d\w*|B?F16|F32)$", "", stem, flags=re.IGNORECASE)
 
     @property
     def architecture(self) -> str:
@@ -139,6 +147,7 @@ def _load_kwargs(source: ModelSource) -> tuple[str, dict[str, Any]]:
 def load_tokenizer(source: ModelSource) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
+    quiet_libraries()
     where, kwargs = _load_kwargs(source)
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -171,6 +180,7 @@ def load_model(source: ModelSource, dtype: str = "float32") -> "PreTrainedModel"
     import torch
     from transformers import AutoModelForCausalLM
 
+    quiet_libraries()
     where, kwargs = _load_kwargs(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs)

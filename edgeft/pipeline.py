@@ -75,15 +75,20 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
 
     t = time.perf_counter()
     status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
-    intermediate = None
-    if hasattr(backend, "intermediate_dtype") and backend.intermediate_dtype(target.quant) != target.quant:
+    extra: dict = {}
+    if hasattr(backend, "intermediate_dtype"):
+        # Backends that quantize from an unquantized file (GGUF) get it converted once and reused
+        # across levels and rebuilds while the source is unchanged.
         dtype = backend.intermediate_dtype(target.quant)
-        intermediate = work / f"model-{dtype}.gguf"
-        key = _key("convert", src_key, dtype)
-        if not _reusable(work / f"convert-{dtype}", key):
-            backend.convert(hf_dir, intermediate, dtype, name=source.path.stem)
-            _stamp(work / f"convert-{dtype}", key)
-    artifact = backend.compile(hf_dir, target, out_dir, intermediate=intermediate)
+        if dtype != target.quant:
+            intermediate = work / f"model-{dtype}.gguf"
+            key = _key("convert", src_key, dtype)
+            if not _reusable(work / f"convert-{dtype}", key):
+                backend.convert(hf_dir, intermediate, dtype, name=source.name)
+                _stamp(work / f"convert-{dtype}", key)
+            extra["intermediate"] = intermediate
+        extra["name"] = source.name
+    artifact = backend.compile(hf_dir, target, out_dir, **extra)
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name}
 
     t = time.perf_counter()

@@ -33,3 +33,19 @@ def status(message: str) -> None:
     """One short line about what is happening now; quiet runs print nothing."""
     if not _QUIET:
         print(message, file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' own bars and llama.cpp's per-tensor logs unless we show progress ourselves.
+
+    Called right before the heavy libraries do work, since they are imported lazily."""
+    import logging
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    if not enabled():
+        hf_logging.disable_progress_bar()

@@ -32,6 +32,9 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
     """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged."""
     import llama_cpp
 
+    from edgeft.progress import quiet_libraries
+
+    quiet_libraries()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads
@@ -169,18 +172,21 @@ class GGUFBackend:
 
         return convert(model_dir, out_path, dtype, name=name)
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None) -> Artifact:
-        """HF folder -> `<out_dir>/model-<quant>.gguf`. `intermediate` reuses an existing unquantized GGUF."""
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None,
+                name: str | None = None) -> Artifact:
+        """HF folder -> `<out_dir>/model-<quant>.gguf`. `intermediate` reuses an existing unquantized GGUF;
+        `name` is the model name written into the file (default: the folder name)."""
+        name = name or model_dir.name
         self.check()
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"model-{target.quant}.gguf"
         dtype = self.intermediate_dtype(target.quant)
         if target.quant == dtype:
-            self.convert(model_dir, final, dtype, name=model_dir.name)
+            self.convert(model_dir, final, dtype, name=name)
         else:
             source = intermediate or out_dir / f"model-{dtype}.unquantized.gguf"
             if intermediate is None:
-                self.convert(model_dir, source, dtype, name=model_dir.name)
+                self.convert(model_dir, source, dtype, name=name)
             quantize(source, final, target.quant, threads=target.resolved_threads())
             if intermediate is None:
                 os.unlink(source)
