@@ -107,10 +107,15 @@ def _print_bench(result: dict, as_json: bool) -> None:
     click.echo("budget: PASS" if result["pass"] else "budget: FAIL")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def targets(as_json: bool) -> None:
-    """List the shipped target profiles with backend, quantization and budget."""
+@click.pass_context
+def targets(ctx: click.Context, as_json: bool) -> None:
+    """List the shipped target profiles with backend, quantization and budget.
+
+    `edgeft targets validate FILE...` checks your own profiles."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dataclasses import asdict
 
     from edgeft.bench.report import table
@@ -126,6 +131,56 @@ def targets(as_json: bool) -> None:
         budget = ", ".join(f"{k}={v:g}" for k, v in asdict(t.budget).items() if v is not None) or "-"
         rows.append([t.name, t.backend, t.quant, str(t.threads or "all"), budget])
     click.echo(table(rows, ["target", "backend", "quant", "threads", "budget"]))
+
+
+@targets.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def targets_validate(files: tuple[str, ...]) -> None:
+    """Check target profiles (names or TOML paths); every problem of every file is reported."""
+    from edgeft.config import load_target
+
+    failed = 0
+    for name in files:
+        try:
+            load_target(name)
+            click.echo(f"{name}: ok")
+        except EdgeftError as exc:
+            failed += 1
+            click.echo(f"edgeft: error: {exc.one_line()}", err=True)
+    if failed:
+        sys.exit(2)
+
+
+@main.command("compile")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile name or TOML path.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--quant", default=None, help=QUANT_HELP)
+def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None) -> None:
+    """Compile a Hugging Face model folder (e.g. from `edgeft merge`) for a target, without benchmarking."""
+    from edgeft import models
+    from edgeft.backends.registry import get_backend
+
+    resolved = _load_target(target, quant, None)
+    source = models.resolve(str(model_dir))
+    if source.kind != "hf":
+        raise EdgeftError("compile takes a Hugging Face folder; use `edgeft build --model FILE` for a .gguf", file=model_dir)
+    artifact = get_backend(resolved.backend).compile(source.path, resolved, out)
+    click.echo(str(artifact.path))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def verify(out_dir: Path) -> None:
+    """Re-hash a build's outputs against its manifest.json; exit 1 if any file changed or is missing."""
+    from edgeft.manifest import verify as verify_manifest
+
+    problems = verify_manifest(out_dir)
+    for line in problems:
+        click.echo(f"edgeft: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{out_dir}: every output matches manifest.json")
 
 
 @main.command()

@@ -42,3 +42,40 @@ def check_tokenizer_parity(hf_dir: Path, runner) -> dict:
             what.append("chat template differs")
         raise ParityError("exported model does not match its source: " + "; ".join(what))
     return report
+
+
+# Relative max-abs logit error allowed for an unquantized export; quantized levels are measured, not gated.
+OUTPUT_TOLERANCE = {"f32": 1e-3, "fp32": 1e-3, "f16": 2e-2, "fp16": 2e-2, "bf16": 5e-2}
+
+
+def check_outputs(hf_dir: Path, runner, quant: str) -> dict:
+    """Run the source model (transformers, fp32) and the artifact on the same fixed prompts.
+
+    Unquantized exports must match within OUTPUT_TOLERANCE (else ParityError with the max
+    difference); quantized ones report their top-1 agreement with the source."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeft.progress import quiet_libraries
+
+    quiet_libraries()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    worst = 0.0
+    agree = total = 0
+    for text in CHECK_TEXTS:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        got = np.asarray(runner.logits(ids), dtype=np.float32)
+        worst = max(worst, float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12)))
+        agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+        total += len(ids)
+    report = {"max_rel_logit_error": worst, "top1_agreement": agree / total, "positions": total}
+    limit = OUTPUT_TOLERANCE.get(quant)
+    if limit is not None:
+        report["tolerance"] = limit
+        if worst > limit:
+            raise ParityError(f"exported {quant} model's logits differ from the source: max relative error {worst:.2e} > {limit:.0e}")
+    return report

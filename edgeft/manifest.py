@@ -47,3 +47,29 @@ def write_manifest(out_dir: Path, *, source: dict, target: dict, outputs: list[P
     path = out_dir / "manifest.json"
     write_json(path, manifest)
     return path
+
+
+def verify(out_dir: Path) -> list[str]:
+    """Problems found re-hashing the outputs a manifest lists; empty when everything matches."""
+    import json
+
+    from edgeft.errors import ArtifactError
+
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError("no manifest.json here", file=out_dir)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        outputs = manifest["outputs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"malformed manifest ({type(exc).__name__}: {exc})", file=path) from None
+    problems = []
+    for entry in outputs:
+        f = out_dir / entry["path"]
+        if not f.is_file():
+            problems.append(f"{f}: missing")
+        elif f.stat().st_size != entry["bytes"]:
+            problems.append(f"{f}: size {f.stat().st_size} != {entry['bytes']} recorded")
+        elif sha256(f) != entry["sha256"]:
+            problems.append(f"{f}: sha256 differs from the manifest")
+    return problems

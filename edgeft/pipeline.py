@@ -94,9 +94,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
     t = time.perf_counter()
     runner = backend.load(artifact, target)
     try:
-        from edgeft.export_check import check_tokenizer_parity
+        from edgeft.export_check import check_outputs, check_tokenizer_parity
 
         stages["export_check"] = check_tokenizer_parity(hf_dir, runner)
+        stages["export_check"]["outputs"] = check_outputs(hf_dir, runner, target.quant)
     finally:
         runner.close()
     stages["export_check"]["seconds"] = round(time.perf_counter() - t, 2)
@@ -113,6 +114,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
         write_json(out_dir / "bench.json", result)
         outputs.append(out_dir / "bench.json")
         stages["bench"] = {"seconds": round(time.perf_counter() - t, 2)}
+    else:
+        (out_dir / "bench.json").unlink(missing_ok=True)  # it described an earlier artifact
     stages["total_seconds"] = round(time.perf_counter() - started, 2)
     manifest = write_manifest(
         out_dir,

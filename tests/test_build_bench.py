@@ -109,3 +109,58 @@ def test_rebuild_reuses_conversion(tiny_build, tiny_llama_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert stamp.stat().st_mtime_ns == before
     assert (out / "model-q4_0.gguf").is_file()
+    assert not (out / "bench.json").exists()  # the old bench described another artifact
+
+
+def test_export_check_records_output_agreement(tiny_build):
+    out, _ = tiny_build
+    outputs = json.loads((out / "manifest.json").read_text())["stages"]["export_check"]["outputs"]
+    assert 0.5 < outputs["top1_agreement"] <= 1.0  # q8_0 of a tiny random model keeps most argmaxes
+    assert outputs["positions"] > 20
+
+
+def test_export_check_fails_on_wrong_numerics(tiny_llama_dir, tmp_path):
+    """A converter bug (here: a corrupted output norm) must stop the build with the max difference."""
+    import shutil
+
+    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.backends.gguf_convert import convert
+    from edgeft.errors import ParityError
+    from edgeft.export_check import check_outputs
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, broken)
+    out = convert(tiny_llama_dir, tmp_path / "ok.gguf", "f32")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(broken / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 1.5
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    runner = LlamaCppRunner(out, threads=1, context=128)
+    try:
+        assert check_outputs(tiny_llama_dir, runner, "f32")["max_rel_logit_error"] < 1e-3
+        with pytest.raises(ParityError, match="max relative error"):
+            check_outputs(broken, runner, "f32")
+    finally:
+        runner.close()
+
+
+def test_verify_detects_a_changed_output(tiny_build, tmp_path):
+    import shutil
+
+    out, _ = tiny_build
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("work"))
+    ok = CliRunner().invoke(main, ["verify", str(copy)])
+    assert ok.exit_code == 0, ok.output
+    with open(copy / "target.toml", "a") as fh:
+        fh.write(" ")
+    bad = CliRunner().invoke(main, ["verify", str(copy)])
+    assert bad.exit_code == 1 and "target.toml" in bad.output
+
+
+def test_compile_command(tiny_llama_dir, tmp_path):
+    result = CliRunner().invoke(main, ["compile", str(tiny_llama_dir), "--target", "gguf-q8", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "model-q8_0.gguf").is_file()
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["model-q8_0.gguf"]

@@ -73,3 +73,17 @@ def test_overrides_are_validated():
 
 def test_targets_dir_is_the_repository_folder():
     assert (targets_dir() / "gguf.toml").is_file()
+
+
+def test_targets_validate_command(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backend = "gguf"\nquant = "zz"\n')
+    ok = CliRunner().invoke(main, ["targets", "validate", "gguf", "gguf-q8"])
+    assert ok.exit_code == 0 and "gguf: ok" in ok.output
+    result = CliRunner().invoke(main, ["targets", "validate", "gguf", str(bad)])
+    assert result.exit_code == 2
+    assert "quant" in result.output
