@@ -42,13 +42,14 @@ def length_stats(lengths: Sequence[int]) -> dict[str, Any]:
 
 
 def histogram(lengths: Sequence[int], *, bins: int = 8) -> list[dict[str, int]]:
-    """Equal-width bins from 0 to the longest length; each bin is [lo, hi)."""
+    """Equal-width bins from the shortest to the longest length; each bin is [lo, hi)."""
     if not lengths:
         return []
-    top = max(lengths) + 1
-    width = max(1, -(-top // bins))
-    counts = Counter(min(n // width, bins - 1) for n in lengths)
-    return [{"lo": b * width, "hi": (b + 1) * width, "count": counts.get(b, 0)} for b in range(bins) if b * width < top]
+    low, top = min(lengths), max(lengths) + 1
+    width = max(1, -(-(top - low) // bins))
+    counts = Counter(min((n - low) // width, bins - 1) for n in lengths)
+    return [{"lo": low + b * width, "hi": low + (b + 1) * width, "count": counts.get(b, 0)} for b in range(bins)
+            if low + b * width < top]
 
 
 def histogram_text(hist: list[dict[str, int]], *, width: int = 40) -> str:
