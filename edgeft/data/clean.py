@@ -15,11 +15,16 @@ _LETTER = re.compile(r"[^\W\d_]")  # any Unicode letter (CJK included)
 
 
 def normalize_text(text: str) -> str:
-    """NFC; drop control and zero-width characters; one space for runs of spaces/tabs; trim lines;
-    at most one blank line in a row. Newlines inside the text are kept (code, lists)."""
+    """NFC; drop control and zero-width characters; one space for runs of spaces/tabs inside a line;
+    trailing spaces dropped; at most one blank line in a row. Newlines and leading indentation are
+    kept, because code and lists depend on them."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _CONTROL.sub("", text)
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        indent = line[: len(line) - len(body)]
+        lines.append(indent + _SPACES.sub(" ", body).rstrip())
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
