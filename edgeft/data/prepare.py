@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from edgeft.atomic_io import atomic_path, write_json
 from edgeft.data.clean import content_key, garbage_reason, normalize_record
@@ -150,8 +150,11 @@ def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fi
     return records, n
 
 
-def analyze(data_file: Path | None, tokenizer: "PreTrainedTokenizerBase", config: DataConfig = DataConfig()) -> Analysis:
-    """Read, validate, clean, deduplicate, split and length-filter; no model is run."""
+def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizerBase]", config: DataConfig = DataConfig()) -> Analysis:
+    """Read, validate, clean, deduplicate, split and length-filter; no model is run.
+
+    `tokenizer` is a loader, called only once the file has been read, so a bad file is reported
+    before any model is touched."""
     from edgeft.data.tokenize import Templater
 
     config.validate()
@@ -202,7 +205,7 @@ def analyze(data_file: Path | None, tokenizer: "PreTrainedTokenizerBase", config
         near.remove(unique[i].place, "near duplicate", duplicate_of=unique[j].place)
     unique = [r for i, r in enumerate(unique) if i not in dupes]
 
-    templater = Templater(tokenizer, config.plain_format)
+    templater = Templater(tokenizer(), config.plain_format)
     prompt_ids = templater.encode_prompts([(r.input, r.metadata.get("system")) for r in unique])
     input_ids = templater.encode_texts([r.input for r in unique])
     with_target = [i for i, r in enumerate(unique) if r.target is not None]
@@ -296,18 +299,26 @@ def prepare(data_file: Path | None, model: str, out_dir: Path, config: DataConfi
 
     config.validate()
     source = models.resolve(model)
-    tokenizer = models.load_tokenizer(source)
-    return prepare_with(data_file, source, tokenizer, Path(out_dir), config)
+    return prepare_with(data_file, source, lambda: models.load_tokenizer(source), Path(out_dir), config)
 
 
-def prepare_with(data_file: Path | None, source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", out_dir: Path,
-                 config: DataConfig) -> PreparedData:
+def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: "Callable[[], PreTrainedTokenizerBase]",
+                 out_dir: Path, config: DataConfig) -> PreparedData:
+    """`prepare` for a resolved source; the tokenizer is loaded once, after the data file has been read."""
     from edgeft.data.synthesize import GenerationSettings, default_cache_dir, synthesize
     from edgeft.data.tokenize import Templater, pack_examples, pad_example, pad_token_id, unpadded_example
 
     started = time.perf_counter()
     status("reading and cleaning data ...")
-    an = analyze(data_file, tokenizer, config)
+    loaded: list = []
+
+    def tokenizer_once():
+        if not loaded:
+            loaded.append(load_tokenizer())
+        return loaded[0]
+
+    an = analyze(data_file, tokenizer_once, config)
+    tokenizer = tokenizer_once()
     cap = Step("augment_cap")
     records = cap_augmented(an.records, config.augment_ratio, cap)
     templater = Templater(tokenizer, config.plain_format)
@@ -410,8 +421,7 @@ def inspect_data(data_file: Path | None, model: str, config: DataConfig = DataCo
 
     config.validate()
     source = models.resolve(model)
-    tokenizer = models.load_tokenizer(source)
-    an = analyze(data_file, tokenizer, config)
+    an = analyze(data_file, lambda: models.load_tokenizer(source), config)
     cap = Step("augment_cap")
     kept = cap_augmented(list(an.records), config.augment_ratio, cap)
     prompt_lengths = list(an.prompt_lengths.values())
