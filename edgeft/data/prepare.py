@@ -21,7 +21,7 @@ from edgeft.data.report import Step, histogram, length_stats
 from edgeft.data.schema import Record, RecordProblem, STANDARD_FIELDS, to_record
 from edgeft.data.split import is_eval
 from edgeft.errors import ConfigError
-from edgeft.progress import progress, status
+from edgeft.progress import progress
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -309,7 +309,6 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
     from edgeft.data.tokenize import Templater, pack_examples, pad_example, pad_token_id, unpadded_example
 
     started = time.perf_counter()
-    status("reading and cleaning data ...")
     loaded: list = []
 
     def tokenizer_once():
