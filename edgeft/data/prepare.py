@@ -45,6 +45,7 @@ class DataConfig:
     synth_max_new_tokens: int = 128
     synth_temperature: float = 0.0  # 0 = greedy
     synth_max_records: int | None = None  # cap on teacher generations per run (None = all)
+    synth_threads: int = 0  # llama.cpp threads for the teacher (0 = all cores)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles
     near_dup_num_perm: int = 128
     near_dup_shingle: int = 5  # characters per shingle
@@ -74,6 +75,8 @@ class DataConfig:
             problems.append(("synth_max_new_tokens", f"must be at least 1, got {self.synth_max_new_tokens}"))
         if self.synth_temperature < 0:
             problems.append(("synth_temperature", f"must be >= 0, got {self.synth_temperature}"))
+        if self.synth_threads < 0:
+            problems.append(("synth_threads", f"must be >= 0, got {self.synth_threads}"))
         if self.synth_max_records is not None and self.synth_max_records < 0:
             problems.append(("synth_max_records", f"must be >= 0, got {self.synth_max_records}"))
         if not 0.0 < self.near_dup_threshold <= 1.0:
@@ -337,7 +340,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         ids = templater.encode_texts(prompts)
         settings = GenerationSettings(config.synth_max_new_tokens, config.synth_temperature, config.seed)
         result = synthesize(source, tokenizer, prompts, ids, settings, config.cache_dir or default_cache_dir(),
-                            context=config.max_length + config.synth_max_new_tokens)
+                            context=config.max_length + config.synth_max_new_tokens, threads=config.synth_threads)
         for r, text in zip(need, result.targets):
             r.target = text or None
             r.target_source = "teacher"

@@ -120,7 +120,7 @@ class SynthesisResult:
 
 
 def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], prompt_ids: Sequence[list[int]],
-               settings: GenerationSettings, cache_dir: Path, context: int) -> SynthesisResult:
+               settings: GenerationSettings, cache_dir: Path, context: int, threads: int = 0) -> SynthesisResult:
     """Teacher targets for rendered `prompts` (with their token ids), from the cache or generated."""
     import time
 
@@ -135,7 +135,7 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
 
         path = _teacher_gguf(source, teacher_sha, cache_dir)
         status(f"teacher {source.label}: writing {len(todo)} targets ({len(prompts) - len(todo)} cached) ...")
-        threads = os.cpu_count() or 1
+        threads = threads or os.cpu_count() or 1
         llm = Llama(model_path=str(path), n_ctx=context, n_batch=min(512, context), n_threads=threads,
                     n_threads_batch=threads, verbose=False, seed=settings.seed)
         stop = _stop_ids(tokenizer, llm)
