@@ -231,6 +231,7 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
             lengths.remove(rec.place, "prompt + target too long for max_length", tokens=n_prompt + n_target,
                            max_length=config.max_length)
         else:
+            rec.prompt_ids = prompt_ids[i]
             prompt_lengths[len(final)] = n_prompt
             if n_target is not None:
                 target_lengths[len(final)] = n_target
@@ -337,7 +338,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         need = [r for r in need if id(r) not in over_ids]
     if need:
         prompts = [templater.prompt_text(r.input, r.metadata.get("system")) for r in need]
-        ids = templater.encode_texts(prompts)
+        ids = [r.prompt_ids if r.prompt_ids is not None else templater.encode_texts([p])[0] for r, p in zip(need, prompts)]
         settings = GenerationSettings(config.synth_max_new_tokens, config.synth_temperature, config.seed)
         result = synthesize(source, tokenizer, prompts, ids, settings, config.cache_dir or default_cache_dir(),
                             context=config.max_length + config.synth_max_new_tokens, threads=config.synth_threads)
@@ -356,7 +357,8 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
 
     # tokenization with the exact prompt mask, then the final length check
     tokens = Step("tokenize")
-    encoded = templater.encode_pairs([(r.input, r.target, r.metadata.get("system")) for r in progress(records, desc="tokenize")])
+    encoded = templater.encode_pairs([(r.input, r.target, r.metadata.get("system")) for r in progress(records, desc="tokenize")],
+                                     [r.prompt_ids for r in records])
     kept: list[tuple[Record, Any]] = []
     for r, enc in zip(records, encoded):
         if len(enc.target_ids) < config.min_target_tokens:

@@ -68,9 +68,15 @@ class Templater:
         """Token ids of the prompts alone (for generation and the input-length filter)."""
         return self.encode_texts([self.prompt_text(i, s) for i, s in inputs])
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str, str | None]]) -> list[Encoded]:
+    def encode_pairs(self, pairs: Sequence[tuple[str, str, str | None]],
+                     prompt_ids: Sequence[list[int] | None] | None = None) -> list[Encoded]:
+        """`prompt_ids`, when given, are the already tokenized prompt texts (None where unknown)."""
         rendered = [self.texts(i, t, s) for i, t, s in pairs]
-        prompts = self.encode_texts([p for p, _ in rendered])
+        known = list(prompt_ids) if prompt_ids is not None else [None] * len(rendered)
+        todo = [k for k, ids in enumerate(known) if ids is None]
+        for k, ids in zip(todo, self.encode_texts([rendered[k][0] for k in todo])):
+            known[k] = ids
+        prompts = known
         targets = self.encode_texts([t for _, t in rendered])
         return [Encoded(p, t) for p, t in zip(prompts, targets)]
 
