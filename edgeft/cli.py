@@ -244,10 +244,12 @@ def data_inspect(file: Path | None, model: str, field: tuple[str, ...], max_leng
 @click.option("--max-new-tokens", "synth_max_new_tokens", type=int, default=None, help="Teacher: most tokens per target [default: 128].")
 @click.option("--temperature", "synth_temperature", type=float, default=None, help="Teacher: sampling temperature, 0 = greedy [default: 0].")
 @click.option("--synth-max-records", type=int, default=None, help="Teacher: most targets generated per run [default: all].")
+@click.option("--synth-threads", type=int, default=None, help="Teacher: llama.cpp threads, 0 = all cores [default: 0].")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher-target cache [default: ~/.cache/edgeft].")
 def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...], max_length: int | None, eval_fraction: float | None,
                  augment_ratio: float | None, strict: bool, as_json: bool, layout: str | None, synth_max_new_tokens: int | None,
-                 synth_temperature: float | None, synth_max_records: int | None, cache_dir: Path | None) -> None:
+                 synth_temperature: float | None, synth_max_records: int | None, synth_threads: int | None,
+                 cache_dir: Path | None) -> None:
     """Write the cleaned, split, tokenized dataset and the data report into --out.
 
     Records without a target get one from the teacher (--model), cached on disk. FILE is JSONL,
@@ -257,7 +259,7 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 
     config = _data_config(field=field, max_length=max_length, eval_fraction=eval_fraction, augment_ratio=augment_ratio, strict=strict,
                           layout=layout, synth_max_new_tokens=synth_max_new_tokens, synth_temperature=synth_temperature,
-                          synth_max_records=synth_max_records, cache_dir=cache_dir)
+                          synth_max_records=synth_max_records, synth_threads=synth_threads, cache_dir=cache_dir)
     result = prepare(file, model, out, config)
     report = json.loads(result.report.read_text(encoding="utf-8"))
     if as_json:
