@@ -140,3 +140,13 @@ def test_field_mapping_via_cli(tmp_path, tiny_llama_dir):
     assert info["counts"]["kept"] == 2 and info["counts"]["with_target"] == 1
     bad = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--field", "question"])
     assert bad.exit_code == 2 and "--field" in bad.output
+
+
+@pytest.mark.parametrize("command", [["data"], ["data", "inspect"], ["data", "prepare"]])
+def test_data_help(command):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
