@@ -92,11 +92,13 @@ def test_parquet(tmp_path, tok):
 
 def test_alpaca_shape(tmp_path, tok):
     rows = [{"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
-            {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue, yellow."}]
+            {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue, yellow."},
+            {"instruction": "Correct the spelling.", "input": "recieve the pakage"}]
     an = _analyze(write_jsonl(tmp_path / "a.jsonl", rows), tok)
     assert [(r.input, r.target, r.shape) for r in an.records] == [
         ("Translate to French.\n\nGood morning", "Bonjour", "alpaca"),
         ("Name three primary colors.", "Red, blue, yellow.", "alpaca"),
+        ("Correct the spelling.\n\nrecieve the pakage", None, "alpaca"),  # no output: the teacher writes it
     ]
 
 

@@ -104,7 +104,7 @@ def to_record(raw: Any, field_map: Mapping[str, str] | None = None) -> Record:
     if "messages" in raw and "input" not in raw:
         inp, tgt, meta = _from_messages(raw)
         return Record(inp, tgt, meta, shape="messages")
-    if "instruction" in raw and "input" not in raw or "instruction" in raw and "output" in raw:
+    if "instruction" in raw:  # Alpaca: `input` is optional context appended to the instruction
         instruction = _text(raw, "instruction", required=True)
         extra = _text(raw, "input", required=False)
         inp = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
