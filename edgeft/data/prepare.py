@@ -374,13 +374,14 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
 
     pad_id = pad_token_id(tokenizer)
 
-    def rows(split_eval: bool) -> list[dict[str, Any]]:
+    def rows(split_eval: bool) -> Iterable[dict[str, Any]]:
+        """Rows are produced while they are written: a padded split held in memory costs GBs."""
         encs = [e for r, e in kept if r.eval == split_eval]
         if config.layout == "pack":
             return pack_examples(encs, config.max_length, pad_id)
         if config.layout == "none":
-            return [unpadded_example(e) for e in encs]
-        return [pad_example(e, config.max_length, pad_id) for e in encs]
+            return (unpadded_example(e) for e in encs)
+        return (pad_example(e, config.max_length, pad_id) for e in encs)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     train, evalp = out_dir / "train.jsonl", out_dir / "eval.jsonl"
