@@ -205,5 +205,134 @@ def doctor(as_json: bool) -> None:
     click.echo(table([[r["backend"], "yes" if r["available"] else "no", r["reason"]] for r in report], ["backend", "available", "details"]))
 
 
+# ---- data stage -------------------------------------------------------------------------------
+
+def _data_config(**flags):
+    """Flags given on the command line override DataConfig; a flag left out keeps its one default there."""
+    from dataclasses import replace
+
+    from edgeft.data.prepare import DataConfig
+    from edgeft.errors import ConfigError
+
+    fields = flags.pop("field", ())
+    overrides = {k: v for k, v in flags.items() if v is not None and v is not False}
+    if fields:
+        pairs = []
+        for item in fields:
+            dst, sep, src = item.partition("=")
+            if not sep or not dst.strip() or not src.strip():
+                raise ConfigError([("--field", f"expected STANDARD=COLUMN (e.g. input=question), got {item!r}")])
+            pairs.append((dst.strip(), src.strip()))
+        overrides["field_map"] = tuple(pairs)
+    config = replace(DataConfig(), **overrides)
+    config.validate()
+    return config
+
+
+def _data_options(fn):
+    for decorator in reversed([
+        click.option("--model", "-m", default="default", show_default=True,
+                     help="Model whose tokenizer (and, for prepare, teacher) is used: HF folder, .gguf, or 'default'."),
+        click.option("--field", multiple=True, metavar="STANDARD=COLUMN",
+                     help="Map a column to a standard field, e.g. --field input=question --field target=answer."),
+        click.option("--max-length", type=int, default=None, help="Tokens per example after templating [default: 512]."),
+        click.option("--eval-fraction", type=float, default=None, help="Share of records in the eval split [default: 0.1]."),
+        click.option("--augment-ratio", type=float, default=None, help="Most augmented records per original in train [default: 1/3]."),
+        click.option("--strict", is_flag=True, default=False, help="Any bad record ends the run with exit code 2."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@main.group()
+def data() -> None:
+    """Read, validate, clean, split, synthesize and tokenize task data."""
+
+
+@data.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@_data_options
+def data_inspect(file: Path | None, model: str, field: tuple[str, ...], max_length: int | None, eval_fraction: float | None,
+                 augment_ratio: float | None, strict: bool, as_json: bool) -> None:
+    """Counts, fields found, token-length histogram, duplicates and what cleaning would remove.
+
+    FILE is JSONL, JSON, CSV or Parquet; without it the shipped default prompts are inspected.
+    Nothing is written and no model is run (only its tokenizer is loaded)."""
+    from edgeft.data.prepare import inspect_data
+    from edgeft.data.report import histogram_text
+
+    config = _data_config(field=field, max_length=max_length, eval_fraction=eval_fraction, augment_ratio=augment_ratio, strict=strict)
+    info = inspect_data(file, model, config)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    c = info["counts"]
+    click.echo(f"{info['data_file']['path']} ({info['data_file']['format']})")
+    click.echo(f"records: {c['read']} read, {c['rejected']} bad, {c['kept']} kept after cleaning "
+               f"({c['with_target']} with target, {c['without_target']} for the teacher); split {c['train']} train / {c['eval']} eval")
+    click.echo(f"shapes: {', '.join(f'{k}={v}' for k, v in info['shapes'].items())}")
+    click.echo(f"fields found: {', '.join(info['fields_found'])}")
+    click.echo(f"task types: {', '.join(f'{k}={v}' for k, v in info['task_types'].items())}")
+    click.echo(f"domains: {', '.join(f'{k}={v}' for k, v in info['domains'].items())}")
+    click.echo("cleaning would remove:")
+    for step in info["steps"]:
+        if step["removed"]:
+            reasons = ", ".join(f"{k} ({v})" for k, v in step["reasons"].items())
+            first = "; ".join(f"{e['place']}: {e['reason']}" for e in step["examples"][:3])
+            click.echo(f"  {step['step']}: {step['removed']} - {reasons}; first: {first}")
+        elif step["step"] == "normalize":
+            click.echo(f"  normalize: changed text in {step['changed']} records (removes none)")
+    t = info["tokens"]
+    for name in ("prompt", "target"):
+        st = t[name]
+        if st["count"]:
+            click.echo(f"{name} tokens (min {st['min']}, p50 {st['p50']}, p90 {st['p90']}, max {st['max']}, n={st['count']}):")
+            click.echo(histogram_text(t[f"{name}_histogram"]))
+
+
+@data.command("prepare")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder for train/eval JSONL and data_report.json.")
+@_data_options
+@click.option("--layout", type=click.Choice(["pad", "pack", "none"]), default=None, help="Pad each example, pack several per row, or neither [default: pad].")
+@click.option("--max-new-tokens", "synth_max_new_tokens", type=int, default=None, help="Teacher: most tokens per target [default: 128].")
+@click.option("--temperature", "synth_temperature", type=float, default=None, help="Teacher: sampling temperature, 0 = greedy [default: 0].")
+@click.option("--synth-max-records", type=int, default=None, help="Teacher: most targets generated per run [default: all].")
+@click.option("--synth-threads", type=int, default=None, help="Teacher: llama.cpp threads, 0 = all cores [default: 0].")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher-target cache [default: ~/.cache/edgeft].")
+def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...], max_length: int | None, eval_fraction: float | None,
+                 augment_ratio: float | None, strict: bool, as_json: bool, layout: str | None, synth_max_new_tokens: int | None,
+                 synth_temperature: float | None, synth_max_records: int | None, synth_threads: int | None,
+                 cache_dir: Path | None) -> None:
+    """Write the cleaned, split, tokenized dataset and the data report into --out.
+
+    Records without a target get one from the teacher (--model), cached on disk. FILE is JSONL,
+    JSON, CSV or Parquet; without it the shipped default prompts are used. `build` and `distill`
+    call the same code."""
+    from edgeft.data.prepare import prepare
+
+    config = _data_config(field=field, max_length=max_length, eval_fraction=eval_fraction, augment_ratio=augment_ratio, strict=strict,
+                          layout=layout, synth_max_new_tokens=synth_max_new_tokens, synth_temperature=synth_temperature,
+                          synth_max_records=synth_max_records, synth_threads=synth_threads, cache_dir=cache_dir)
+    result = prepare(file, model, out, config)
+    report = json.loads(result.report.read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    c = report["counts"]
+    if result.rejected:
+        click.echo(f"skipped {result.rejected} bad records (--strict makes them an error); first: " + "; ".join(result.bad_examples))
+    click.echo(f"{c['read']} read, {c['rejected']} bad, {c['removed']} removed by cleaning; "
+               f"{c['train_examples']} train / {c['eval_examples']} eval examples ({c['teacher_targets']} targets by the teacher)")
+    for step in report["steps"][1:]:
+        if step["removed"]:
+            click.echo(f"  {step['step']}: {step['removed']} removed - " + ", ".join(f"{k} ({v})" for k, v in step["reasons"].items()))
+    syn = next(s for s in report["steps"] if s["step"] == "synthesis")
+    if syn.get("generated") or syn.get("cached"):
+        click.echo(f"  teacher: {syn['generated']} generated ({syn['generated_tokens']} tokens, {syn['seconds']} s), {syn['cached']} from cache")
+    click.echo(f"wrote {result.train}, {result.eval}, {result.report}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,158 @@
+"""Sequence-level distillation data: the teacher writes targets for records that have none.
+
+Generation runs through llama.cpp (several times faster than transformers' generate on CPU for a
+small teacher): a GGUF teacher is used as is, an HF teacher is converted to f16 GGUF once and
+cached. Prompts are rendered with the teacher's chat template by the HF tokenizer, so the token
+ids match training exactly. Targets are cached on disk keyed by the teacher's sha256, the
+generation settings and the rendered prompt, so a rerun regenerates nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from edgeft.atomic_io import write_text
+from edgeft.manifest import source_entry
+from edgeft.progress import progress, status
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from edgeft.models import ModelSource
+
+CACHE_FLUSH_EVERY = 16  # generations between cache writes, so an interrupted run keeps most of its work
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int
+    temperature: float
+    seed: int
+
+    def key(self) -> str:
+        return f"max_new_tokens={self.max_new_tokens};temperature={self.temperature:g};seed={self.seed if self.temperature > 0 else 0}"
+
+
+def teacher_hash(source: "ModelSource") -> str:
+    entry = source_entry(source.label, source.path)
+    h = hashlib.sha256()
+    for f in entry["files"]:
+        h.update(f"{f['path']}:{f['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("EDGEFT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgeft")
+    return Path(root) / "teacher-targets"
+
+
+class TargetCache:
+    """prompt key -> generated target, one JSON file per teacher+settings, rewritten atomically."""
+
+    def __init__(self, cache_dir: Path, teacher_sha: str, settings: GenerationSettings):
+        self.settings = settings
+        self.prefix = hashlib.sha256(f"{teacher_sha}\x00{settings.key()}".encode()).hexdigest()
+        self.path = cache_dir / f"{self.prefix[:32]}.json"
+        self.entries: dict[str, str] = {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if data.get("prefix") == self.prefix:
+                    self.entries = dict(data.get("targets", {}))
+            except (json.JSONDecodeError, OSError, AttributeError):
+                self.entries = {}  # a damaged cache is only a cache: regenerate
+        self.dirty = 0
+
+    def key(self, prompt_text: str) -> str:
+        return hashlib.sha256(f"{self.prefix}\x00{prompt_text}".encode("utf-8")).hexdigest()
+
+    def get(self, prompt_text: str) -> str | None:
+        return self.entries.get(self.key(prompt_text))
+
+    def put(self, prompt_text: str, target: str) -> None:
+        self.entries[self.key(prompt_text)] = target
+        self.dirty += 1
+        if self.dirty >= CACHE_FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.dirty:
+            write_text(self.path, json.dumps({"prefix": self.prefix, "settings": self.settings.key(), "targets": self.entries},
+                                             ensure_ascii=False))
+            self.dirty = 0
+
+
+def _teacher_gguf(source: "ModelSource", teacher_sha: str, cache_dir: Path) -> Path:
+    if source.kind == "gguf":
+        return source.path
+    from edgeft.backends.gguf_convert import convert
+
+    path = cache_dir / "teachers" / f"{teacher_sha[:32]}-f16.gguf"
+    if not path.is_file():
+        status(f"converting teacher {source.label} to f16 GGUF for generation ...")
+        convert(source.path, path, "f16", name=source.path.name)
+    return path
+
+
+def _stop_ids(tokenizer: "PreTrainedTokenizerBase", llm) -> set[int]:
+    ids = {int(llm.token_eos())}
+    for tid in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if tid is not None:
+            ids.add(int(tid))
+    for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
+        tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(int(tid))
+    return ids
+
+
+@dataclass
+class SynthesisResult:
+    targets: list[str]
+    generated: int  # how many came from the teacher in this run
+    cached: int  # how many came from the cache
+    generated_tokens: int
+    seconds: float
+
+
+def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], prompt_ids: Sequence[list[int]],
+               settings: GenerationSettings, cache_dir: Path, context: int, threads: int = 0) -> SynthesisResult:
+    """Teacher targets for rendered `prompts` (with their token ids), from the cache or generated."""
+    import time
+
+    teacher_sha = teacher_hash(source)
+    cache = TargetCache(cache_dir, teacher_sha, settings)
+    out: list[str | None] = [cache.get(p) for p in prompts]
+    todo = [i for i, t in enumerate(out) if t is None]
+    start = time.perf_counter()
+    n_tokens = 0
+    if todo:
+        from llama_cpp import Llama
+
+        path = _teacher_gguf(source, teacher_sha, cache_dir)
+        status(f"teacher {source.label}: writing {len(todo)} targets ({len(prompts) - len(todo)} cached) ...")
+        threads = threads or os.cpu_count() or 1
+        llm = Llama(model_path=str(path), n_ctx=context, n_batch=min(512, context), n_threads=threads,
+                    n_threads_batch=threads, verbose=False, seed=settings.seed)
+        stop = _stop_ids(tokenizer, llm)
+        try:
+            for i in progress(todo, desc="teacher", total=len(todo)):
+                llm.reset()
+                new: list[int] = []
+                budget = min(settings.max_new_tokens, context - len(prompt_ids[i]))
+                for tok in llm.generate(list(prompt_ids[i]), temp=settings.temperature, repeat_penalty=1.0, reset=False):
+                    if int(tok) in stop or len(new) >= budget:
+                        break
+                    new.append(int(tok))
+                n_tokens += len(new)
+                text = tokenizer.decode(new, skip_special_tokens=True).strip()
+                out[i] = text
+                cache.put(prompts[i], text)
+        finally:
+            cache.flush()
+            llm.close()
+    return SynthesisResult([t or "" for t in out], len(todo), len(prompts) - len(todo), n_tokens, time.perf_counter() - start)

@@ -1,0 +1,154 @@
+"""Every input format (JSONL, JSON, CSV, Parquet) and every accepted record shape maps to the standard record."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeft.data.prepare import DataConfig, analyze
+from tiny_models import make_tokenizer
+
+RECORDS = [
+    {"input": "What is the capital of France?", "target": "Paris is the capital.", "metadata": {"task_type": "qa", "domain": "geo"}},
+    {"input": "Summarize: edge devices run small models.", "target": "Small models run on edge devices.",
+     "metadata": {"task_type": "summarize", "domain": "tech"}},
+    {"input": "把这句话翻译成英文：今天天气很好。", "target": "The weather is nice today.", "metadata": {"task_type": "translate", "domain": "general"}},
+    {"input": "Write a haiku about a quiet lake at dawn.", "metadata": {"task_type": "instruct", "domain": "poetry"}},
+]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def _analyze(path: Path, tok, **cfg):
+    return analyze(path, lambda: tok, DataConfig(eval_fraction=0.0, **cfg))
+
+
+def _as_tuples(an):
+    return [(r.input, r.target, {k: v for k, v in r.metadata.items() if k in ("task_type", "domain")}) for r in an.records]
+
+
+EXPECTED = [(r["input"], r.get("target"), r["metadata"]) for r in RECORDS]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_jsonl(tmp_path, tok):
+    an = _analyze(write_jsonl(tmp_path / "d.jsonl", RECORDS), tok)
+    assert an.format == "jsonl"
+    assert _as_tuples(an) == EXPECTED
+    assert [r.place for r in an.records] == ["line 1", "line 2", "line 3", "line 4"]
+
+
+def test_json_array(tmp_path, tok):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(RECORDS, ensure_ascii=False, indent=1), encoding="utf-8")
+    an = _analyze(path, tok)
+    assert an.format == "json"
+    assert _as_tuples(an) == EXPECTED
+    assert an.records[2].place == "item 3"
+
+
+def test_csv_with_metadata_columns(tmp_path, tok):
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["input", "target", "task_type", "metadata.domain"])
+        for r in RECORDS:
+            w.writerow([r["input"], r.get("target", ""), r["metadata"]["task_type"], r["metadata"]["domain"]])
+    an = _analyze(path, tok)
+    assert an.format == "csv"
+    assert _as_tuples(an) == EXPECTED  # an empty target cell means "no target": the teacher writes it
+
+
+def test_csv_multiline_cell(tmp_path, tok):
+    path = tmp_path / "d.csv"
+    path.write_text('input,target\n"def f():\n    return 1","It returns one."\nSecond question here?,Yes.\n', encoding="utf-8")
+    an = _analyze(path, tok)
+    assert [r.input for r in an.records] == ["def f():\n    return 1", "Second question here?"]
+    assert [r.place for r in an.records] == ["line 2", "line 4"]
+
+
+def test_parquet(tmp_path, tok):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"input": r["input"], "target": r.get("target"), "metadata": r["metadata"]} for r in RECORDS])
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path)
+    an = _analyze(path, tok)
+    assert an.format == "parquet"
+    assert _as_tuples(an) == EXPECTED
+    assert an.records[3].place == "row 4"
+
+
+def test_alpaca_shape(tmp_path, tok):
+    rows = [{"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+            {"instruction": "Name three primary colors.", "input": "", "output": "Red, blue, yellow."},
+            {"instruction": "Correct the spelling.", "input": "recieve the pakage"}]
+    an = _analyze(write_jsonl(tmp_path / "a.jsonl", rows), tok)
+    assert [(r.input, r.target, r.shape) for r in an.records] == [
+        ("Translate to French.\n\nGood morning", "Bonjour", "alpaca"),
+        ("Name three primary colors.", "Red, blue, yellow.", "alpaca"),
+        ("Correct the spelling.\n\nrecieve the pakage", None, "alpaca"),  # no output: the teacher writes it
+    ]
+
+
+def test_prompt_completion_shape(tmp_path, tok):
+    rows = [{"prompt": "Two plus two is", "completion": "four."}, {"prompt": "Describe a calm sea at night."}]
+    an = _analyze(write_jsonl(tmp_path / "p.jsonl", rows), tok)
+    assert [(r.input, r.target, r.shape) for r in an.records] == [
+        ("Two plus two is", "four.", "prompt/completion"), ("Describe a calm sea at night.", None, "prompt/completion")]
+
+
+def test_messages_shape(tmp_path, tok):
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is rain made of?"},
+                      {"role": "assistant", "content": "Water droplets."}]},
+        {"messages": [{"role": "user", "content": "Name a fast land animal."}]},
+    ]
+    an = _analyze(write_jsonl(tmp_path / "m.jsonl", rows), tok)
+    assert [(r.input, r.target, r.shape) for r in an.records] == [
+        ("What is rain made of?", "Water droplets.", "messages"), ("Name a fast land animal.", None, "messages")]
+    assert an.records[0].metadata["system"] == "Be brief."
+
+
+def test_field_mapping(tmp_path, tok):
+    rows = [{"question": "Why do leaves change color?", "answer": "Chlorophyll breaks down.", "id": 7}]
+    an = _analyze(write_jsonl(tmp_path / "f.jsonl", rows), tok, field_map=(("input", "question"), ("target", "answer")))
+    assert [(r.input, r.target) for r in an.records] == [("Why do leaves change color?", "Chlorophyll breaks down.")]
+    assert "question" in an.fields and "answer" in an.fields
+
+
+def test_field_mapping_via_cli(tmp_path, tiny_llama_dir):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    path = tmp_path / "f.csv"
+    path.write_text("question,answer\nWhy is the sea salty?,Minerals from rocks.\nHow do magnets work?,\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--json",
+                                       "--field", "input=question", "--field", "target=answer", "--augment-ratio", "1"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["counts"]["kept"] == 2 and info["counts"]["with_target"] == 1
+    bad = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--field", "question"])
+    assert bad.exit_code == 2 and "--field" in bad.output
+
+
+@pytest.mark.parametrize("command", [["data"], ["data", "inspect"], ["data", "prepare"]])
+def test_data_help(command):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
