@@ -36,7 +36,10 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 bench: setup
+	# The reference converter (fetched at run time, never committed) imports sentencepiece.
+	$(PY) -c "import sentencepiece" 2>/dev/null || $(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/gguf_vs_reference.py
+	$(PY) benchmarks/build_wall_time.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

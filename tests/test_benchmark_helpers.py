@@ -1,0 +1,110 @@
+"""The arithmetic and file comparison inside benchmarks/ scripts (not part of the package, but
+their figures go into closing notes, so the parts that compute them are tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+class BigramRunner:
+    """Logits depend on the current token only, so any windowing must give the exact full-text
+    perplexity; records every call so the test can check what was fed."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        self.table = np.random.default_rng(seed).normal(size=(vocab, vocab)).astype(np.float32)
+        self.calls: list[int] = []
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.calls.append(len(ids))
+        return self.table[np.asarray(ids)]
+
+
+def _direct_ppl(table: np.ndarray, ids: list[int]) -> float:
+    t = table.astype(np.float64)
+    logp = t - np.log(np.exp(t).sum(axis=1, keepdims=True))
+    nll = -sum(logp[a, b] for a, b in zip(ids[:-1], ids[1:]))
+    return math.exp(nll / (len(ids) - 1))
+
+
+@pytest.mark.parametrize("window", [4, 7, 16, 1000])
+def test_perplexity_scores_every_token_once_whatever_the_window(window):
+    g = _load("gguf_vs_reference")
+    ids = list(np.random.default_rng(1).integers(0, 11, size=37))
+    runner = BigramRunner(11)
+    got = g.perplexity(runner, ids, window)
+    assert got["tokens_scored"] == len(ids) - 1
+    assert max(runner.calls) <= window
+    assert got["ppl"] == pytest.approx(_direct_ppl(runner.table, ids), rel=1e-9)
+
+
+def test_perplexity_uniform_logits_give_vocab_size():
+    g = _load("gguf_vs_reference")
+
+    class Uniform:
+        def logits(self, ids):
+            return np.zeros((len(ids), 50), dtype=np.float32)
+
+    assert g.perplexity(Uniform(), list(range(20)), 8)["ppl"] == pytest.approx(50.0)
+
+
+def _gguf(path: Path, name: str, extra: dict, weight: np.ndarray) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name(name)
+    w.add_block_count(2)
+    for key, value in extra.items():
+        w.add_uint32(key, value)
+    w.add_tensor("token_embd.weight", weight)
+    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_compare_files_reports_metadata_and_tensor_differences(tmp_path):
+    g = _load("gguf_vs_reference")
+    weight = np.arange(32, dtype=np.float32).reshape(4, 8)
+    changed = weight.copy()
+    changed[1, 2] += 0.5
+    a = _gguf(tmp_path / "a.gguf", "ours", {"only.a": 1, "shared": 3}, weight)
+    b = _gguf(tmp_path / "b.gguf", "ref", {"only.b": 2, "shared": 3}, changed)
+    diff = g.compare_files(a, b)
+    md = diff["metadata"]
+    assert list(md["only_ours"]) == ["only.a"]
+    assert list(md["only_ref"]) == ["only.b"]
+    assert set(md["different"]) == {"general.name"}
+    assert diff["tensors"]["bytes_differ"] == ["token_embd.weight"]
+    assert diff["tensors"]["identical"] == 1
+    assert diff["tensors"]["max_abs_diff_unquantized"] == pytest.approx(0.5)
+
+    same = g.compare_files(a, a)
+    assert not any(same["metadata"].values())
+    assert same["tensors"]["identical"] == 2
+
+
+def test_gnu_time_output_is_parsed():
+    w = _load("build_wall_time")
+    text = "\tUser time (seconds): 12.50\n\tSystem time (seconds): 1.25\n\tMaximum resident set size (kbytes): 204800\n"
+    assert w.parse_gnu_time(text) == {"user_s": 12.5, "system_s": 1.25, "max_single_process_rss_mb": 200.0}
