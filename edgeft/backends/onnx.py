@@ -52,14 +52,6 @@ class OnnxBackend:
             "versions": package_versions(("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")),
             "execution_providers": ort.get_available_providers(),
         }
-        try:
-            import onnxruntime_genai as og
-
-            info["genai_devices"] = [name for name, probe in (("cuda", "is_cuda_available"), ("dml", "is_dml_available"),
-                                                              ("webgpu", "is_webgpu_available"), ("qnn", "is_qnn_available"))
-                                     if getattr(og, probe, lambda: False)()]
-        except ImportError:
-            pass
         return info
 
     def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None) -> Artifact:
