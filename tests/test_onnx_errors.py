@@ -140,3 +140,22 @@ def test_bad_onnx_level_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--target", "onnx", "--quant", "q4_k_m",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     _one_line(proc, "quant", "fp32, int8, int4")
+
+
+def test_graph_onnxruntime_refuses_is_not_left_under_final_name(tiny_llama_dir, tmp_path):
+    """Regression: onnxruntime-genai 0.18 writes asymmetric int4 with tied embeddings as a graph ONNX
+    Runtime cannot load (a uint8 Reshape where float is expected); that folder must not be shipped."""
+    from edgeft.backends.onnx import OnnxBackend
+
+    out = tmp_path / "out"
+    target = load_target(_profile(tmp_path, "int4", extra="[onnx]\nsymmetric = false\n"))
+    try:
+        artifact = OnnxBackend().compile(tiny_llama_dir, target, out)
+    except ArtifactError as err:
+        assert "onnxruntime cannot load" in err.one_line() and str(tiny_llama_dir) in err.one_line()
+        assert not (out / "model-onnx-int4").exists()
+    else:  # a fixed builder: then the folder must load and run
+        from edgeft.backends.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(artifact.path, threads=1, context=64)
+        assert len(runner.generate([1, 2, 3], 4).tokens) == 4

@@ -102,7 +102,23 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions") -
         if not (tmp / MODEL_FILE).is_file() or not (tmp / GENAI_CONFIG).is_file():
             raise ArtifactError(f"the model builder wrote no {MODEL_FILE} and {GENAI_CONFIG}: {_failure_line(output)}",
                                 file=model_dir)
+        check_loadable(tmp / MODEL_FILE, model_dir)
     return out_dir
+
+
+def check_loadable(model_path: Path, model_dir: Path) -> None:
+    """The builder can write graphs ONNX Runtime refuses (e.g. asymmetric int4 with tied embeddings
+    in onnxruntime-genai 0.18); refuse them here, before the folder gets its final name."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a load check, not a run
+    try:
+        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        reason = " ".join(str(exc).split())[:300]
+        raise ArtifactError(f"the model builder wrote a graph onnxruntime cannot load ({reason})", file=model_dir) from None
 
 
 def _collect(stream, sink: list[str]):
