@@ -1,9 +1,10 @@
 """Runs an exported ONNX folder with plain onnxruntime, carrying the KV cache between steps.
 
 Plain onnxruntime rather than onnxruntime-genai's generator: it gives the logits of every
-position (for perplexity and parity), exact greedy decoding with no early stop at EOS (what the
-bench must time, as the GGUF runner does), and the KV cache stays in ONNX Runtime's own buffers
-between steps through IO binding, so a decode step copies no cache through numpy.
+position (for perplexity and parity) and exact greedy decoding with no early stop at EOS (what
+the bench must time, as the GGUF runner does). The KV cache stays in ONNX Runtime's own buffers
+between steps through IO binding, so a decode step copies no cache through numpy; decode speed
+is on par with genai's generator on the same folder (benchmarks/onnx_vs_gguf.py measures both).
 Tokenization uses the folder's tokenizer.json with the `tokenizers` library, the same
 file onnxruntime-genai reads.
 """
