@@ -4,7 +4,6 @@ quality, the KV cache, the onnxruntime-genai layout, and bad input as one-line e
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
