@@ -193,8 +193,11 @@ def doctor(as_json: bool) -> None:
     report = []
     for name in backend_names():
         try:
-            get_backend(name).check()
+            backend = get_backend(name)
+            backend.check()
             report.append({"backend": name, "available": True, "reason": entry(name).summary})
+            if hasattr(backend, "details"):  # a backend may report runtime versions, devices, providers
+                report[-1]["details"] = backend.details()
         except EdgeftError as exc:
             report.append({"backend": name, "available": False, "reason": exc.reason})
         except ImportError as exc:
@@ -203,6 +206,10 @@ def doctor(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(table([[r["backend"], "yes" if r["available"] else "no", r["reason"]] for r in report], ["backend", "available", "details"]))
+    for r in report:
+        for key, value in (r.get("details") or {}).items():
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else ", ".join(map(str, value)) or "-"
+            click.echo(f"{r['backend']} {key.replace('_', ' ')}: {shown}")
 
 
 # ---- data stage -------------------------------------------------------------------------------

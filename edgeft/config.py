@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgeft.backends import onnx_options
+from edgeft.backends.onnx_options import OnnxOptions
 from edgeft.errors import ConfigError
 
 
@@ -48,6 +50,7 @@ class Target:
     threads: int = 0  # 0: one per CPU core of the machine running the bench
     bench: BenchSettings = field(default_factory=BenchSettings)
     budget: Budget = field(default_factory=Budget)
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)  # `[onnx]`: exporter options, used by the onnx backend
     source: str | None = None  # the TOML file it came from
 
     def resolved_threads(self) -> int:
@@ -68,6 +71,8 @@ class Target:
         lines += [f"{f.name} = {getattr(self.bench, f.name)}" for f in fields(BenchSettings)]
         lines += ["", "[budget]"]
         lines += [f"{f.name} = {getattr(self.budget, f.name)}" for f in fields(Budget) if getattr(self.budget, f.name) is not None]
+        if self.backend == "onnx":
+            lines += onnx_options.to_toml(self.onnx)
         return "\n".join(lines) + "\n"
 
 
@@ -76,6 +81,8 @@ def to_dict(target: Target) -> dict[str, Any]:
     data.pop("name")
     data.pop("source")
     data["budget"] = {k: v for k, v in data["budget"].items() if v is not None}
+    if target.backend != "onnx":
+        data.pop("onnx")
     return data
 
 
@@ -115,7 +122,7 @@ def load_target(name_or_path: str | Path) -> Target:
 
 
 _INT_KEYS = {"threads"}
-_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget"}
+_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget", "onnx"}
 
 
 def _check_number(value: Any, *, integer: bool) -> str | None:
@@ -194,6 +201,8 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         else:
             budget_values[key] = float(value)
 
+    onnx = onnx_options.parse(_table(raw, "onnx", problems), problems)
+
     if problems:
         raise ConfigError(problems, file=source)
     bench = BenchSettings(**bench_values)
@@ -209,5 +218,6 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         threads=threads,
         bench=bench,
         budget=Budget(**budget_values),
+        onnx=onnx,
         source=source,
     )

@@ -103,7 +103,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
     stages["export_check"]["seconds"] = round(time.perf_counter() - t, 2)
 
     write_text(out_dir / "target.toml", target.to_toml())
-    outputs = [artifact.path, out_dir / "target.toml"]
+    outputs = [*artifact.package_files(), out_dir / "target.toml"]  # a folder artifact lists every file
     result = None
     if run_bench:
         from edgeft.bench.run import bench

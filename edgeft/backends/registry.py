@@ -58,3 +58,14 @@ register(
         summary="llama.cpp GGUF file, run with llama-cpp-python",
     )
 )
+
+register(
+    BackendEntry(
+        name="onnx",
+        module="edgeft.backends.onnx:OnnxBackend",
+        # fp32 as exported; int8 and int4 are weight-only MatMulNBits. fp16 is left out: ONNX Runtime's
+        # CPU provider has no fp16 kernels for these graphs (the builder's valid CPU precisions are fp32, int8, int4).
+        quant_levels=("fp32", "int8", "int4"),
+        summary="ONNX folder (KV cache, onnxruntime-genai layout), run with onnxruntime",
+    )
+)

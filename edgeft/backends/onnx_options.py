@@ -1,0 +1,85 @@
+"""The `[onnx]` table of a target profile: typed options for the ONNX exporter and runtime.
+
+Kept free of heavy imports: profile validation (and so `edgeft --help`) reads it.
+The values are handed to onnxruntime-genai's model builder, whose own option names are
+noted beside each field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+# MatMulNBits block sizes the builder and ONNX Runtime's CPU kernels accept.
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# MatMulNBits accuracy levels: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+# Weight-only quantization algorithms of the builder (`algo_config`).
+ALGORITHMS = ("default", "rtn", "k_quant")
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How `onnx` targets are exported; used for int4 and int8 (weight-only MatMulNBits)."""
+
+    block_size: int = 32  # builder `block_size`: weights per quantization block
+    accuracy_level: int = 4  # builder `accuracy_level`: 4 = int8 activations, ONNX Runtime's fast CPU path
+    symmetric: bool = True  # builder `is_symmetric`: int4/int8 (True) or uint4/uint8 with zero points
+    algorithm: str = "default"  # builder `algo_config`: round-to-nearest ("default", "rtn") or "k_quant"
+
+    def builder_options(self) -> list[str]:
+        """The builder's KEY=VALUE `--extra_options` for these settings."""
+        return [
+            f"block_size={self.block_size}",
+            f"accuracy_level={self.accuracy_level}",
+            f"is_symmetric={'true' if self.symmetric else 'false'}",
+            f"algo_config={self.algorithm}",
+        ]
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "block_size": BLOCK_SIZES,
+    "accuracy_level": ACCURACY_LEVELS,
+    "algorithm": ALGORITHMS,
+}
+
+
+def parse(raw: Mapping[str, Any], problems: list[tuple[str, str]]) -> OnnxOptions:
+    """Validate an `[onnx]` table, appending every problem as (key, reason)."""
+    known = {f.name: f for f in fields(OnnxOptions)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"onnx.{key}"
+        if key not in known:
+            problems.append((where, f"unknown key (allowed: {', '.join(sorted(known))})"))
+            continue
+        default = getattr(OnnxOptions, key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                problems.append((where, f"expected true or false, got {value!r}"))
+                continue
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append((where, f"expected an integer, got {value!r}"))
+                continue
+        elif not isinstance(value, str):
+            problems.append((where, f"expected a string, got {value!r}"))
+            continue
+        if key in _CHOICES and value not in _CHOICES[key]:
+            problems.append((where, f"must be one of {', '.join(map(str, _CHOICES[key]))}, got {value!r}"))
+            continue
+        values[key] = value
+    return OnnxOptions(**values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def to_toml(options: OnnxOptions) -> list[str]:
+    """The `[onnx]` table as TOML lines, for the resolved profile saved beside an artifact."""
+    return ["", "[onnx]"] + [f"{f.name} = {_toml_value(getattr(options, f.name))}" for f in fields(OnnxOptions)]

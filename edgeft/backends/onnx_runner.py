@@ -1,0 +1,249 @@
+"""Runs an exported ONNX folder with plain onnxruntime, carrying the KV cache between steps.
+
+Plain onnxruntime rather than onnxruntime-genai's generator: it gives the logits of every
+position (for perplexity and parity) and exact greedy decoding with no early stop at EOS (what
+the bench must time, as the GGUF runner does). The KV cache stays in ONNX Runtime's own buffers
+between steps through IO binding, so a decode step copies no cache through numpy; decode speed
+is on par with genai's generator on the same folder (benchmarks/onnx_vs_gguf.py measures both).
+Tokenization uses the folder's tokenizer.json with the `tokenizers` library, the same
+file onnxruntime-genai reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeft.backends.base import Generation
+from edgeft.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+GENAI_CONFIG = "genai_config.json"
+TOKENIZER = "tokenizer.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+
+
+def resolve_folder(path: Path) -> Path:
+    """The artifact folder: `path` itself, or the folder of a .onnx file given directly."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError("no such file or folder", file=path)
+    return path.parent if path.is_file() else path
+
+
+def read_genai_config(folder: Path) -> dict[str, Any]:
+    config_path = folder / GENAI_CONFIG
+    if not config_path.is_file():
+        raise ArtifactError(f"{GENAI_CONFIG} is missing; not an ONNX folder written by `edgeft` or onnxruntime-genai", file=folder)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        decoder = config["model"]["decoder"]
+        for key in ("filename", "num_hidden_layers", "num_key_value_heads", "head_size"):
+            decoder[key]  # noqa: B018 - presence check
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"not valid JSON ({exc})", file=config_path) from None
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"model.decoder.{exc.args[0] if exc.args else '?'} is missing", file=config_path) from None
+    return config
+
+
+def check_onnx_file(model_path: Path) -> None:
+    """Refuse a missing, corrupt or incomplete graph (missing or short external data) in one line."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if not model_path.is_file():
+        raise ArtifactError("no such file", file=model_path)
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError, onnx others
+        raise ArtifactError(f"corrupt ONNX file ({type(exc).__name__}: {str(exc) or 'cannot parse'})", file=model_path) from None
+    if not model.graph.node:
+        raise ArtifactError("corrupt ONNX file (the graph has no nodes)", file=model_path)
+    sizes: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        data = model_path.parent / info.location
+        if info.location not in sizes:
+            if not data.is_file():
+                raise ArtifactError(f"external data file {info.location} is missing (tensor {tensor.name})", file=model_path)
+            sizes[info.location] = data.stat().st_size
+        end = (info.offset or 0) + (info.length or 0)
+        if end > sizes[info.location]:
+            raise ArtifactError(
+                f"external data file {info.location} is truncated: tensor {tensor.name} ends at byte {end}, "
+                f"file has {sizes[info.location]}",
+                file=model_path,
+            )
+
+
+class OnnxRunner:
+    """Logits and timed greedy generation for one ONNX folder, on ONNX Runtime's CPU provider."""
+
+    def __init__(self, folder: Path, threads: int, context: int):
+        self.folder = resolve_folder(folder)
+        self.config = read_genai_config(self.folder)
+        decoder = self.config["model"]["decoder"]
+        self.model_path = self.folder / decoder["filename"]
+        check_onnx_file(self.model_path)
+        self.threads = threads
+        self.context = min(context, int(self.config["model"].get("context_length") or context))
+        self.n_layers = int(decoder["num_hidden_layers"])
+        self.kv_heads = int(decoder["num_key_value_heads"])
+        self.head_size = int(decoder["head_size"])
+        names = decoder.get("inputs", {})
+        outs = decoder.get("outputs", {})
+        self.past_names = [(names.get("past_key_names", "past_key_values.%d.key") % i,
+                            names.get("past_value_names", "past_key_values.%d.value") % i) for i in range(self.n_layers)]
+        self.present_names = [(outs.get("present_key_names", "present.%d.key") % i,
+                               outs.get("present_value_names", "present.%d.value") % i) for i in range(self.n_layers)]
+        self.session = self._open_session()
+        self._kv_dtype = self._past_dtype()
+        self._tokenizer = self._open_tokenizer()
+
+    def _open_session(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only; the warnings are about fallbacks we measure anyway
+        try:
+            return ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            reason = " ".join(str(exc).split())[:300]
+            raise ArtifactError(f"onnxruntime cannot load it ({reason})", file=self.model_path) from None
+
+    def _past_dtype(self):
+        import numpy as np
+
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        first = self.past_names[0][0]
+        if first not in types:
+            raise ArtifactError(f"the graph has no KV-cache input {first!r}", file=self.model_path)
+        return {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(types[first], np.float32)
+
+    def _open_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        path = self.folder / TOKENIZER
+        if not path.is_file():
+            raise ArtifactError(f"{TOKENIZER} is missing; an app could not tokenize", file=self.folder)
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ArtifactError(f"cannot read the tokenizer ({exc})", file=path) from None
+
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        # Special-token text such as <|im_start|> is always matched by tokenizers, as in transformers.
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def metadata(self) -> dict[str, str]:
+        """What the export check compares with the source model: EOS id and chat template.
+
+        Keyed like the GGUF runner's metadata so `export_check` reads both backends the same way."""
+        meta: dict[str, str] = {}
+        eos = self.config["model"].get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0] if len(eos) == 1 else eos
+        if eos is not None:
+            meta["tokenizer.ggml.eos_token_id"] = str(eos)
+        template = self.chat_template()
+        if template is not None:
+            meta["tokenizer.chat_template"] = template
+        return meta
+
+    def chat_template(self) -> str | None:
+        path = self.folder / CHAT_TEMPLATE
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        tok_config = self.folder / "tokenizer_config.json"
+        if tok_config.is_file():
+            return json.loads(tok_config.read_text(encoding="utf-8")).get("chat_template")
+        return None
+
+    # -- compute ----------------------------------------------------------------------------
+    def _empty_past(self) -> dict[str, Any]:
+        import numpy as np
+
+        empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype)
+        return {name: empty for pair in self.past_names for name in pair}
+
+    def _check_length(self, n: int) -> None:
+        if n > self.context:
+            raise ValueError(f"{n} tokens exceed the context of {self.context}")
+        if n < 1:
+            raise ValueError("no tokens given")
+
+    def logits(self, token_ids: list[int]) -> "np.ndarray":
+        """Logits for every position in one pass from an empty cache, [len, vocab] float32."""
+        import numpy as np
+
+        self._check_length(len(token_ids))
+        feed = {
+            "input_ids": np.asarray([token_ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(token_ids)), dtype=np.int64),
+            **self._empty_past(),
+        }
+        (logits,) = self.session.run(["logits"], feed)
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def generate(self, token_ids: list[int], new_tokens: int) -> Generation:
+        """Greedy, exactly `new_tokens` tokens (EOS does not stop it), timed from prompt submission.
+
+        The prompt is one prefill step; every later step feeds one token and the cache the
+        previous step returned, bound as ONNX Runtime values so it is never copied to numpy."""
+        import numpy as np
+        import onnxruntime as ort
+
+        self._check_length(len(token_ids) + new_tokens)
+        session = self.session
+        binding = session.io_binding()
+        outputs = ["logits"] + [name for pair in self.present_names for name in pair]
+        tokens: list[int] = []
+        times: list[float] = []
+        start = time.perf_counter()
+        ids = np.asarray([token_ids], dtype=np.int64)
+        past = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in self._empty_past().items()}
+        total = len(token_ids)
+        while len(tokens) < new_tokens:
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+            for name, value in past.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in outputs:
+                binding.bind_output(name, "cpu")
+            session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+            last = values[0].numpy()[0, -1]  # [vocab] of the last position
+            token = int(last.argmax())
+            times.append(time.perf_counter() - start)
+            tokens.append(token)
+            past = {p: v for (p, v) in zip((n for pair in self.past_names for n in pair), values[1:])}
+            ids = np.asarray([[token]], dtype=np.int64)
+            total += 1
+        return Generation(prompt_tokens=len(token_ids), tokens=tokens, token_times=times)
+
+    def library_versions(self) -> dict[str, str]:
+        # Read from package metadata: importing onnxruntime_genai here would load a second runtime
+        # into the process whose peak memory the bench reports.
+        from edgeft.bench.machine import package_versions
+
+        return package_versions(("onnxruntime", "onnxruntime-genai", "onnx"))
+
+    def close(self) -> None:
+        self.session = None
+        self._tokenizer = None
