@@ -45,7 +45,7 @@ class DataConfig:
     synth_max_new_tokens: int = 128
     synth_temperature: float = 0.0  # 0 = greedy
     synth_max_records: int | None = None  # cap on teacher generations per run (None = all)
-    synth_threads: int = 0  # llama.cpp threads for the teacher (0 = all cores)
+    synth_threads: int = 0  # llama.cpp threads for the teacher (0 = half the logical cores)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles
     near_dup_num_perm: int = 128
     near_dup_shingle: int = 5  # characters per shingle

@@ -135,7 +135,9 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
 
         path = _teacher_gguf(source, teacher_sha, cache_dir)
         status(f"teacher {source.label}: writing {len(todo)} targets ({len(prompts) - len(todo)} cached) ...")
-        threads = threads or os.cpu_count() or 1
+        # 0 = half the logical cores: llama.cpp's threads spin, and on busy or SMT cores one thread per
+        # physical core is faster (benchmarks/teacher_synthesis.py: 1 thread 19.8 tok/s vs 2 threads 6.6 on a loaded 2-core box)
+        threads = threads or max(1, (os.cpu_count() or 2) // 2)
         llm = Llama(model_path=str(path), n_ctx=context, n_batch=min(512, context), n_threads=threads,
                     n_threads_batch=threads, verbose=False, seed=settings.seed)
         stop = _stop_ids(tokenizer, llm)
