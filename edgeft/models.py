@@ -7,6 +7,7 @@ import the package itself (it imports `llm`, which is not installed).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -114,17 +115,29 @@ def _checked_hf(folder: Path, *, label: str) -> ModelSource:
     return ModelSource(kind="hf", path=folder, label=label)
 
 
-def _gguf_architecture(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _gguf_header(path: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """The few GGUF keys we need, parsed once per file version (the reader is slow on big files)."""
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(path)
-        field = reader.fields["general.architecture"]
-        return str(field.contents())
-    except KeyError:
-        raise ModelSourceError("corrupt GGUF file: no general.architecture key", file=path) from None
+        fields = GGUFReader(path).fields
     except Exception as exc:  # the reader raises ValueError/struct errors/etc. on garbage
         raise ModelSourceError(f"corrupt or unreadable GGUF file ({type(exc).__name__}: {exc})", file=path) from None
+    wanted = ("general.architecture", "tokenizer.ggml.pre")
+    return {key: str(fields[key].contents()) for key in wanted if key in fields}
+
+
+def _gguf_string(path: Path, key: str) -> str | None:
+    st = path.stat()
+    return _gguf_header(str(path), st.st_mtime_ns, st.st_size).get(key)
+
+
+def _gguf_architecture(path: Path) -> str:
+    arch = _gguf_string(path, "general.architecture")
+    if arch is None:
+        raise ModelSourceError("corrupt GGUF file: no general.architecture key", file=path)
+    return arch
 
 
 def _checked_gguf(path: Path, *, label: str) -> ModelSource:
@@ -156,13 +169,6 @@ def load_tokenizer(source: ModelSource) -> "PreTrainedTokenizerBase":
     if source.kind == "gguf":
         _restore_gguf_pre_tokenizer(tok, source.path)
     return tok
-
-
-def _gguf_string(path: Path, key: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get(key)
-    return None if field is None else str(field.contents())
 
 
 def _restore_gguf_pre_tokenizer(tok: "PreTrainedTokenizerBase", path: Path) -> None:
