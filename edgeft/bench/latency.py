@@ -14,14 +14,15 @@ from edgeft.config import Target
 from edgeft.errors import ArtifactError, EdgeftError
 
 
-def run_worker(artifact: Artifact, target: Target) -> dict:
+def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
+    """Run the worker in a child process; `extra` goes into its request (e.g. mode="quality")."""
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-") as tmp:
         tmp_path = Path(tmp)
         profile = tmp_path / f"{target.name}.toml"
         profile.write_text(target.to_toml(), encoding="utf-8")
         request = tmp_path / "request.json"
         result = tmp_path / "result.json"
-        request.write_text(json.dumps({"target": str(profile), "artifact": str(artifact.path), "kind": artifact.kind}))
+        request.write_text(json.dumps({"target": str(profile), "artifact": str(artifact.path), "kind": artifact.kind, **extra}))
         proc = subprocess.run(
             [sys.executable, "-m", "edgeft.bench.worker", str(request), str(result)],
             capture_output=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from edgeft import __version__
 from edgeft.backends.base import Artifact
@@ -13,9 +14,21 @@ SCHEMA_VERSION = 1
 MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
 
 
-def bench(artifact: Artifact, target: Target) -> dict:
+def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = None, eval_data: Path | None = None,
+          quality: bool = True) -> dict:
+    """Latency and memory in one child process, then quality (perplexity; KL, top-1 and the
+    perplexity increase against `reference`, the unquantized model) in another."""
     raw = latency.run_worker(artifact, target)
     metrics, per_run = latency.latency_metrics(raw)
+    evaluation = None
+    if quality:
+        q = latency.run_worker(
+            artifact, target, mode="quality",
+            reference={"path": str(reference.path), "kind": reference.kind} if reference else None,
+            eval_data=str(eval_data) if eval_data else None,
+        )
+        evaluation = {**q["eval"], "tokens_scored": q["quality"].pop("tokens_scored"), "windows": q["quality"].pop("windows")}
+        metrics.update(q["quality"])
     metrics["package_mb"] = artifact.package_bytes() / MB
     metrics["model_mb"] = artifact.path.stat().st_size / MB if artifact.path.is_file() else metrics["package_mb"]
     lines = budgets.check(metrics, target.budget)
@@ -33,6 +46,7 @@ def bench(artifact: Artifact, target: Target) -> dict:
         "versions": {"edgeft": __version__, **raw.get("versions", {})},
         "metrics": metrics,
         "runtime_counters": latency.runtime_counters(raw),
+        "eval": evaluation,  # what quality was measured on; None when it was not
         "runs": per_run,
         "budget": [line.to_json() for line in lines],
         "pass": budgets.all_pass(lines),
