@@ -51,3 +51,24 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
         "budget": [line.to_json() for line in lines],
         "pass": budgets.all_pass(lines),
     }
+
+
+def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
+               baseline: Path | None = None, tolerance_pct: float | None = None) -> dict:
+    """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it.
+
+    The baseline is read first, so a malformed one fails before minutes of benchmarking."""
+    from edgeft.bench import baseline as gate
+    from edgeft.errors import ArtifactError
+
+    old = gate.load_bench(baseline) if baseline is not None else None
+    for path, what in ((artifact_path, "artifact"), (reference, "reference")):
+        if path is not None and not Path(path).exists():
+            raise ArtifactError(f"no such file (the {what})", file=path)
+    artifact = Artifact(path=Path(artifact_path), kind=target.backend)
+    ref = Artifact(path=Path(reference), kind=target.backend) if reference is not None else None
+    result = bench(artifact, target, reference=ref, eval_data=eval_data)
+    if old is not None:
+        lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)
+        result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines)}
+    return result
