@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 
 # (header, metric key, format) for the table; every metric is in compare.json whatever is shown here.
 COLUMNS = [
-    ("size MB", "package_mb", "{:.1f}"),
+    ("size MB", "package_mb", "{:.4g}"),
     ("TTFT p50 ms", "ttft_ms_p50", "{:.1f}"),
     ("TTFT p90 ms", "ttft_ms_p90", "{:.1f}"),
     ("ms/token p50", "ms_per_token_p50", "{:.2f}"),

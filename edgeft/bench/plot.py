@@ -41,16 +41,30 @@ def compare_plot(data: dict, out: Path) -> Path:
                 if r["artifact"] == recommended:
                     ax.scatter([x], [y], s=320, facecolors="none", edgecolors="#2ca02c", linewidths=2.2, zorder=4,
                                label="recommended")
+        all_x = [r["metrics"]["package_mb"] for r in rows]
+        all_y = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
+        notes = []
+        # A budget far beyond every point would squash the points into a corner: draw it only when
+        # it is near the data, otherwise say in words that every level is under it.
         if budget_key and budgets.get(budget_key) is not None:
-            ax.axhline(budgets[budget_key], color="#d62728", linestyle="--", linewidth=1.2,
-                       label=f"budget {budgets[budget_key]:g}")
+            limit = budgets[budget_key]
+            if all_y and limit > 2 * max(max(all_y), 1e-9):
+                notes.append(f"{budget_key} budget {limit:g}: all levels far below")
+            else:
+                ax.axhline(limit, color="#d62728", linestyle="--", linewidth=1.2, label=f"{budget_key} budget {limit:g}")
         if budgets.get("package_mb") is not None:
-            ax.axvline(budgets["package_mb"], color="#7f7f7f", linestyle=":", linewidth=1.2,
-                       label=f"size budget {budgets['package_mb']:g} MB")
+            limit = budgets["package_mb"]
+            if all_x and limit > 2 * max(all_x):
+                notes.append(f"size budget {limit:g} MB: all levels far below")
+            else:
+                ax.axvline(limit, color="#7f7f7f", linestyle=":", linewidth=1.2, label=f"size budget {limit:g} MB")
+        if notes:
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
         ax.set_xlabel("package size (MB)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(fontsize=8, loc="best", markerscale=0.6, framealpha=0.8)
     ax_q.set_title("quality loss: lower is better")
     ax_t.set_title("latency: lower is better")
     pick = (data.get("recommended") or {})
