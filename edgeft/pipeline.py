@@ -63,6 +63,9 @@ def prepare_source(source: models.ModelSource, src_key: str, work: Path) -> tupl
 
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None) -> BuildResult:
     started = time.perf_counter()
+    if target.quant == AUTO_QUANT and not run_bench:
+        raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
+                          file=target.source)
     source = models.resolve(model)
     backend = get_backend(target.backend)
     backend.check()
@@ -77,9 +80,6 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
-        if not run_bench:
-            raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
-                              file=target.source)
         artifact, reference, result, stages["auto_quant"] = _quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key,
                                                                              source.path.stem, eval_data)
         target = target.with_overrides(quant=artifact.path.stem.removeprefix("model-"))
