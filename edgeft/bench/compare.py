@@ -16,7 +16,7 @@ from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import get_backend
 from edgeft.config import AUTO_QUANT, Target
 from edgeft.errors import ConfigError
-from edgeft.progress import status
+from edgeft.progress import progress, status
 
 SCHEMA_VERSION = 1
 
@@ -97,7 +97,7 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
     for target in targets:
         backend = get_backend(target.backend)
         backend.check()
-        for level in levels[target.name]:
+        for level in progress(levels[target.name], desc=f"compare {target.backend}"):
             level_target = target.with_overrides(quant=level)
             level_dir = out_dir / f"{target.backend}-{level}"
             status(f"compare: compiling {target.backend} {level} ...")
