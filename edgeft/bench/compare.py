@@ -94,7 +94,10 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
     src_key = source_hash(source)
     rows: list[dict] = []
     reference_path: str | None = None
-    for target in targets:
+    shared_reference = None
+    # Backends with an unquantized conversion go first: theirs is the reference for backends without one.
+    ordered = sorted(targets, key=lambda t: not hasattr(get_backend(t.backend), "intermediate_dtype"))
+    for target in ordered:
         backend = get_backend(target.backend)
         backend.check()
         for level in progress(levels[target.name], desc=f"compare {target.backend}"):
@@ -103,6 +106,8 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
             status(f"compare: compiling {target.backend} {level} ...")
             artifact, reference = compile_level(backend, hf_dir, level_target, level_dir, work, src_key, source.path.stem)
             status(f"compare: benchmarking {target.backend} {level} ...")
+            reference = reference or shared_reference
+            shared_reference = shared_reference or reference
             result = bench(artifact, level_target, reference=reference, eval_data=eval_data)
             write_json(level_dir / "bench.json", result)
             if reference is not None:
