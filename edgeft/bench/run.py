@@ -66,7 +66,9 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
     artifact = Artifact(path=Path(artifact_path), kind=target.backend)
-    ref = Artifact(path=Path(reference), kind=target.backend) if reference is not None else None
+    ref = None
+    if reference is not None:  # a GGUF reference serves every backend (scored through the Runner interface)
+        ref = Artifact(path=Path(reference), kind="gguf" if Path(reference).suffix == ".gguf" else target.backend)
     result = bench(artifact, target, reference=ref, eval_data=eval_data)
     if old is not None:
         lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)
