@@ -52,8 +52,10 @@ def main() -> None:
     before = context()
     base = bench(artifact, target, quality=False)
     failures, per_metric, cvs, medians = 0, {}, {}, {}
+    fidelity = [base["runtime_counters"]["harness_vs_runtime_pct"]]  # decode tok/s: ours vs llama.cpp's counters
     for i in range(args.gates):
         new = bench(artifact, target, quality=False)
+        fidelity.append(new["runtime_counters"]["harness_vs_runtime_pct"])
         lines = gate(base, new, target.regression, tolerance_pct=args.tolerance)
         bad = [line.metric for line in lines if line.status == "FAIL"]
         failures += not passed(lines)
@@ -68,13 +70,17 @@ def main() -> None:
                   "cv_of_medians": statistics.stdev(medians[k]) / statistics.fmean(medians[k]),
                   "runs_needed_for_tolerance": runs_needed(statistics.median(v), args.tolerance)} for k, v in cvs.items()}
     print(f"{failures} of {args.gates} gates failed at {args.tolerance:g}% tolerance with {target.bench.runs} runs each")
+    print(f"decode tok/s, harness vs llama.cpp counters: median {statistics.median(fidelity):+.2f}%, "
+          f"worst {max(fidelity, key=abs):+.2f}% over {len(fidelity)} benches")
     for k, s in spread.items():
         print(f"  {k}: per-run cv {s['median_run_cv']:.1%}, cv of medians across gates {s['cv_of_medians']:.1%}, "
               f"runs needed for <1% false alarms at {args.tolerance:g}%: {s['runs_needed_for_tolerance']}")
     write(args.result, {"context_before": before, "context_after": context(), "artifact": str(args.artifact),
                         "tolerance_pct": args.tolerance, "runs_per_bench": target.bench.runs, "warmup": target.bench.warmup,
                         "threads": target.resolved_threads(), "gates": args.gates, "false_alarms": failures,
-                        "false_alarms_by_metric": per_metric, "spread": spread})
+                        "false_alarms_by_metric": per_metric, "spread": spread,
+                        "decode_fidelity_pct": {"per_bench": fidelity, "median": statistics.median(fidelity),
+                                                "worst": max(fidelity, key=abs)}})
 
 
 if __name__ == "__main__":
