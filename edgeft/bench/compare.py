@@ -141,13 +141,18 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
 
 
 def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["backend", "level", *[c[0] for c in COLUMNS], "budget"]
+    from edgeft.bench.report import SPREAD_WARN_CV
+
+    header = ["backend", "level", *[c[0] for c in COLUMNS], "spread", "budget"]
     rows = []
     for r in data["rows"]:
         cells = [r["backend"], r["quant"]]
         for _, key, fmt in COLUMNS:
             value = r["metrics"].get(key)
             cells.append("-" if value is None else fmt.format(value))
+        # the widest run-to-run spread of the timings; above the warning level the medians are not trustworthy
+        cv = max(r["metrics"].get(f"{k}_cv", 0.0) for k in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"))
+        cells.append(f"{cv:.0%} noisy" if cv > SPREAD_WARN_CV else f"{cv:.0%}")
         mark = "PASS" if r["pass"] else f"FAIL {_first_failure(r)}"
         if data["recommended"] and r["artifact"] == data["recommended"]["artifact"]:
             mark += " <- recommended"
