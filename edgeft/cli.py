@@ -14,7 +14,7 @@ import click
 from edgeft import __version__
 from edgeft.errors import EdgeftError
 
-QUANT_HELP = "Override the profile's quantization level (e.g. q4_k_m, q8_0, f16)."
+QUANT_HELP = "Override the profile's quantization level (e.g. q4_k_m, q8_0, f16), or 'auto': the smallest level that meets every budget."
 
 
 class EdgeftGroup(click.Group):
@@ -339,6 +339,89 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
     if syn.get("generated") or syn.get("cached"):
         click.echo(f"  teacher: {syn['generated']} generated ({syn['generated_tokens']} tokens, {syn['seconds']} s), {syn['cached']} from cache")
     click.echo(f"wrote {result.train}, {result.eval}, {result.report}")
+
+
+# --- bench and compare (issue 6) -------------------------------------------------------------
+
+
+@main.command("bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile: runtime settings, [budget] and [regression].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write every number to this bench.json.")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None, help="An earlier bench.json to gate against (exit 1 on regression).")
+@click.option("--tolerance", default=None, help="Allowed worsening per gated metric, e.g. 10% [default: the profile's regression.tolerance_pct].")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="The unquantized model (f16/f32) for perplexity increase, KL and top-1 agreement.")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="Held-out JSONL with `input_ids` to score instead of the shipped evaluation text.")
+@click.option("--summary", type=click.Path(path_type=Path), default=None, help="Append a Markdown report (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write a JUnit XML report: one test case per budget and gated metric.")
+@click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
+def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: Path | None, tolerance: str | None,
+                  reference: Path | None, eval_data: Path | None, summary: Path | None, junit: Path | None, threads: int | None) -> None:
+    """Benchmark a built artifact: latency, memory, size, quality; budgets and the CI gate.
+
+    Exit code 0 when every budget and gated metric passes, 1 when one fails, 2 on bad input
+    (missing or corrupt artifact, malformed baseline, mismatched metrics).
+    """
+    from edgeft.atomic_io import write_json, write_text
+    from edgeft.bench import summary as reports
+    from edgeft.bench.baseline import parse_tolerance
+    from edgeft.bench.report import gate_table
+    from edgeft.bench.run import bench_file
+
+    resolved = _load_target(target, None, threads)
+    tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
+    result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline, tolerance_pct=tolerance_pct)
+    gate = result.get("regression")
+    if json_out is not None:
+        write_json(json_out, result)
+    if summary is not None:
+        reports.append_markdown(summary, reports.markdown(result, gate["lines"] if gate else None))
+    if junit is not None:
+        write_text(junit, reports.junit(result, gate["lines"] if gate else None))
+    _print_bench(result, False)
+    if gate:
+        click.echo("")
+        click.echo(gate_table(gate["lines"]))
+        click.echo("regression gate: PASS" if gate["pass"] else "regression gate: FAIL")
+    if not result["pass"] or (gate and not gate["pass"]):
+        sys.exit(1)
+
+
+@main.command("compare")
+@click.option("--model", "-m", default="default", show_default=True, help="Model source: a Hugging Face folder, a .gguf file, or 'default'.")
+@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile (its budget decides the recommendation).")
+@click.option("--targets", default=None, help="Several target profiles, comma-separated (e.g. gguf,onnx), compared in one table and plot.")
+@click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q5_k_m,q4_k_m,q4_0 [default: the profile's].")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/compare"), show_default=True, help="Output folder.")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out JSONL with `input_ids` to score.")
+@click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print compare.json instead of the table.")
+def compare_command(model: str, target: str, targets: str | None, quant: str | None, out: Path, eval_data: Path | None,
+                    threads: int | None, as_json: bool) -> None:
+    """Build several quantization levels from one conversion and benchmark them side by side.
+
+    Writes compare.json, compare.md and compare.png into the output folder and names the
+    smallest level that meets every budget. Exit code 1 when none does.
+    """
+    from edgeft.bench.compare import compare, parse_levels, table_rows
+    from edgeft.bench.report import table
+
+    names = [n.strip() for n in (targets or target).split(",") if n.strip()]
+    loaded = [_load_target(n, None, threads) for n in names]
+    levels = {t.name: parse_levels(quant, t) for t in loaded}
+    result = compare(model, loaded, levels, out, eval_data=eval_data)
+    if as_json:
+        click.echo(json.dumps(result.data, indent=2))
+    else:
+        header, rows = table_rows(result.data)
+        click.echo(table(rows, header))
+        click.echo("")
+        click.echo(result.data["verdict"])
+        click.echo(f"wrote {result.json_path}, {result.md_path}, {result.png_path}")
+    if result.data["recommended"] is None:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,43 @@ class BenchSettings:
     runs: int = 5
     warmup: int = 1
     context: int = 2048
+    eval_window: int = 512  # perplexity/KL window in tokens (capped at `context`)
+    eval_tokens: int = 4096  # at most this many evaluation tokens are scored
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The baseline gate's tolerances in percent: `tolerance_pct` for every gated metric,
+    or a per-metric value (None: use `tolerance_pct`)."""
+
+    tolerance_pct: float = 10.0
+    ttft_ms_p50: float | None = None
+    ms_per_token_p50: float | None = None
+    decode_tok_s_p50: float | None = None
+    prefill_tok_s_p50: float | None = None
+    peak_rss_mb: float | None = None
+    package_mb: float | None = None
+    model_mb: float | None = None
+    ppl: float | None = None
+    top1_agree_pct: float | None = None
+
+    def for_metric(self, metric: str) -> float:
+        value = getattr(self, metric, None)
+        return self.tolerance_pct if value is None else value
+
+
+# `quant = "auto"`: quantize to fit, trying these levels from the smallest file upward.
+AUTO_QUANT = "auto"
+
+
+@dataclass(frozen=True)
+class AutoQuantLevels:
+    """Candidate levels per backend for `--quant auto`; they are ordered by the size of the file each produces."""
+
+    gguf: tuple[str, ...] = ("q3_k_m", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
+
+    def for_backend(self, backend: str) -> tuple[str, ...]:
+        return getattr(self, backend, ())
 
 
 @dataclass(frozen=True)
@@ -51,6 +88,7 @@ class Target:
     bench: BenchSettings = field(default_factory=BenchSettings)
     budget: Budget = field(default_factory=Budget)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)  # `[onnx]`: exporter options, used by the onnx backend
+    regression: Regression = field(default_factory=Regression)
     source: str | None = None  # the TOML file it came from
 
     def resolved_threads(self) -> int:
@@ -73,6 +111,8 @@ class Target:
         lines += [f"{f.name} = {getattr(self.budget, f.name)}" for f in fields(Budget) if getattr(self.budget, f.name) is not None]
         if self.backend == "onnx":
             lines += onnx_options.to_toml(self.onnx)
+        lines += ["", "[regression]"]
+        lines += [f"{f.name} = {getattr(self.regression, f.name)}" for f in fields(Regression) if getattr(self.regression, f.name) is not None]
         return "\n".join(lines) + "\n"
 
 
@@ -83,6 +123,7 @@ def to_dict(target: Target) -> dict[str, Any]:
     data["budget"] = {k: v for k, v in data["budget"].items() if v is not None}
     if target.backend != "onnx":
         data.pop("onnx")
+    data["regression"] = {k: v for k, v in data["regression"].items() if v is not None}
     return data
 
 
@@ -122,7 +163,7 @@ def load_target(name_or_path: str | Path) -> Target:
 
 
 _INT_KEYS = {"threads"}
-_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget", "onnx"}
+_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget", "regression", "onnx"}
 
 
 def _check_number(value: Any, *, integer: bool) -> str | None:
@@ -161,7 +202,7 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         problems.append(("quant", "missing"))
     elif not isinstance(quant, str):
         problems.append(("quant", f"expected a string, got {type(quant).__name__}"))
-    elif backend in backend_names() and quant not in quant_levels(backend):
+    elif backend in backend_names() and quant != AUTO_QUANT and quant not in quant_levels(backend):
         problems.append(("quant", f"unknown level {quant!r} for backend {backend} (known: {', '.join(quant_levels(backend))})"))
 
     threads = raw.get("threads", Target.threads)
@@ -202,6 +243,20 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
             budget_values[key] = float(value)
 
     onnx = onnx_options.parse(_table(raw, "onnx", problems), problems)
+    regression_raw = _table(raw, "regression", problems)
+    regression_values: dict[str, Any] = {}
+    regression_fields = {f.name for f in fields(Regression)}
+    for key, value in regression_raw.items():
+        if key not in regression_fields:
+            problems.append((f"regression.{key}", f"unknown key (allowed: {', '.join(sorted(regression_fields))})"))
+            continue
+        why = _check_number(value, integer=False)
+        if why:
+            problems.append((f"regression.{key}", why))
+        elif value <= 0:
+            problems.append((f"regression.{key}", f"must be a positive percentage, got {value}"))
+        else:
+            regression_values[key] = float(value)
 
     if problems:
         raise ConfigError(problems, file=source)
@@ -219,5 +274,6 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         bench=bench,
         budget=Budget(**budget_values),
         onnx=onnx,
+        regression=Regression(**regression_values),
         source=source,
     )

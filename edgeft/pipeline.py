@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft import models
-from edgeft.atomic_io import write_json, write_text
+from edgeft.atomic_io import atomic_path, write_json, write_text
 from edgeft.backends.registry import get_backend
-from edgeft.config import Target, to_dict
+from edgeft.backends.base import Artifact
+from edgeft.config import AUTO_QUANT, AutoQuantLevels, Target, to_dict
+from edgeft.errors import ConfigError
 from edgeft.manifest import source_entry, write_manifest
 from edgeft.progress import status
 
@@ -59,8 +61,11 @@ def prepare_source(source: models.ModelSource, src_key: str, work: Path) -> tupl
     return hf_dir, {"reused": False, "kind": "gguf-dequantized", "key": key}
 
 
-def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) -> BuildResult:
+def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None) -> BuildResult:
     started = time.perf_counter()
+    if target.quant == AUTO_QUANT and not run_bench:
+        raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
+                          file=target.source)
     source = models.resolve(model)
     backend = get_backend(target.backend)
     backend.check()
@@ -74,21 +79,14 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
     stages["source"]["seconds"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
-    extra: dict = {}
-    if hasattr(backend, "intermediate_dtype"):
-        # Backends that quantize from an unquantized file (GGUF) get it converted once and reused
-        # across levels and rebuilds while the source is unchanged.
-        dtype = backend.intermediate_dtype(target.quant)
-        if dtype != target.quant:
-            intermediate = work / f"model-{dtype}.gguf"
-            key = _key("convert", src_key, dtype)
-            if not _reusable(work / f"convert-{dtype}", key):
-                backend.convert(hf_dir, intermediate, dtype, name=source.name)
-                _stamp(work / f"convert-{dtype}", key)
-            extra["intermediate"] = intermediate
-        extra["name"] = source.name
-    artifact = backend.compile(hf_dir, target, out_dir, **extra)
+    if target.quant == AUTO_QUANT:
+        artifact, reference, result, stages["auto_quant"] = _quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key,
+                                                                             source.name, eval_data)
+        target = target.with_overrides(quant=artifact.path.stem.removeprefix("model-"))
+    else:
+        status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
+        artifact, reference = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name)
+        result = None
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name}
 
     t = time.perf_counter()
@@ -104,13 +102,13 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
 
     write_text(out_dir / "target.toml", target.to_toml())
     outputs = [*artifact.package_files(), out_dir / "target.toml"]  # a folder artifact lists every file
-    result = None
     if run_bench:
         from edgeft.bench.run import bench
 
         t = time.perf_counter()
-        status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
-        result = bench(artifact, target)
+        if result is None:  # quant=auto benchmarked the kept level already
+            status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
+            result = bench(artifact, target, reference=reference, eval_data=eval_data)
         write_json(out_dir / "bench.json", result)
         outputs.append(out_dir / "bench.json")
         stages["bench"] = {"seconds": round(time.perf_counter() - t, 2)}
@@ -125,6 +123,63 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True) 
         stages=stages,
     )
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest)
+
+
+def compile_level(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str,
+                  name: str) -> tuple[Artifact, Artifact | None]:
+    """One level of one backend, and the unquantized reference it can be measured against.
+
+    The unquantized conversion (`work/model-<dtype>.gguf`) is made once per source and reused by
+    every level: quantized levels start from it, and the level equal to it is a copy of it."""
+    if not hasattr(backend, "intermediate_dtype"):
+        return backend.compile(hf_dir, target, out_dir), None
+    dtype = backend.intermediate_dtype(target.quant)
+    intermediate = work / f"model-{dtype}.gguf"
+    key = _key("convert", src_key, dtype)
+    if not _reusable(work / f"convert-{dtype}", key):
+        backend.convert(hf_dir, intermediate, dtype, name=name)
+        _stamp(work / f"convert-{dtype}", key)
+    reference = Artifact(path=intermediate, kind=target.backend, files=(intermediate,))
+    if target.quant == dtype:
+        final = out_dir / f"model-{dtype}.gguf"
+        with atomic_path(final) as tmp:
+            shutil.copyfile(intermediate, tmp)
+        return Artifact(path=final, kind=target.backend, files=(final,)), reference
+    return backend.compile(hf_dir, target, out_dir, intermediate=intermediate, name=name), reference
+
+
+def _quantize_to_fit(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str, name: str,
+                     eval_data: Path | None) -> tuple[Artifact, Artifact | None, dict, dict]:
+    """`--quant auto`: make every candidate level from the one conversion, then benchmark them from
+    the smallest file upward and keep the first that meets every budget (latency and quality included).
+    Returns the kept artifact, its reference, its bench result and what was tried and why each was rejected."""
+    from edgeft.bench.run import bench
+
+    levels = AutoQuantLevels().for_backend(target.backend)
+    if not levels:
+        raise ConfigError([("quant", f"'auto' has no candidate levels for backend {target.backend}")], file=target.source)
+    candidates = []
+    for level in levels:
+        status(f"quant auto: compiling {level} ...")
+        candidates.append(compile_level(backend, hf_dir, target.with_overrides(quant=level), out_dir, work, src_key, name))
+    candidates.sort(key=lambda c: c[0].package_bytes())
+    tried = []
+    kept = None
+    for i, (artifact, reference) in enumerate(candidates):
+        level = artifact.path.stem.removeprefix("model-")
+        status(f"quant auto: benchmarking {level} ({artifact.package_bytes() / 1e6:.1f} MB) ...")
+        result = bench(artifact, target.with_overrides(quant=level), reference=reference, eval_data=eval_data)
+        failed = [b for b in result["budget"] if b["status"] == "FAIL"]
+        tried.append({"quant": level, "package_bytes": artifact.package_bytes(), "pass": result["pass"],
+                      "rejected_because": [f"{b['budget']} = {b['value']:.4g} > {b['limit']:g}" for b in failed]})
+        if result["pass"] or i == len(candidates) - 1:
+            kept = (artifact, reference, result)
+            break
+    for artifact, _ in candidates:  # only the kept level stays in the output folder
+        if artifact.path != kept[0].path:
+            artifact.path.unlink(missing_ok=True)
+    verdict = "met every budget" if kept[2]["pass"] else "no level met every budget; kept the largest tried"
+    return kept[0], kept[1], kept[2], {"order": "smallest file first", "tried": tried, "kept": kept[0].path.name, "verdict": verdict}
 
 
 def clean_work(out_dir: Path) -> None:

@@ -14,14 +14,15 @@ from edgeft.config import Target
 from edgeft.errors import ArtifactError, EdgeftError
 
 
-def run_worker(artifact: Artifact, target: Target) -> dict:
+def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
+    """Run the worker in a child process; `extra` goes into its request (e.g. mode="quality")."""
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-") as tmp:
         tmp_path = Path(tmp)
         profile = tmp_path / f"{target.name}.toml"
         profile.write_text(target.to_toml(), encoding="utf-8")
         request = tmp_path / "request.json"
         result = tmp_path / "result.json"
-        request.write_text(json.dumps({"target": str(profile), "artifact": str(artifact.path), "kind": artifact.kind}))
+        request.write_text(json.dumps({"target": str(profile), "artifact": str(artifact.path), "kind": artifact.kind, **extra}))
         proc = subprocess.run(
             [sys.executable, "-m", "edgeft.bench.worker", str(request), str(result)],
             capture_output=True,
@@ -68,10 +69,17 @@ def latency_metrics(raw: dict) -> tuple[dict[str, float], list[dict[str, float]]
 
 
 def runtime_counters(raw: dict) -> dict[str, float] | None:
-    """The runtime's own decode speed over the same runs, to cross-check our clock."""
+    """The runtime's own decode speed over the same runs, beside ours aggregated the same way
+    (all decode steps over all decode time), so the two clocks can be compared directly."""
     perf = raw.get("perf_counters") or []
     if not perf:
         return None
     eval_ms = sum(p["eval_ms"] for p in perf)
     n_eval = sum(p["n_eval"] for p in perf)
-    return {"decode_tok_s": n_eval / (eval_ms / 1000.0) if eval_ms > 0 else float("nan"), "n_eval": n_eval, "eval_ms": eval_ms}
+    steps = sum(len(r["token_times"]) - 1 for r in raw["runs"])
+    seconds = sum(r["token_times"][-1] - r["token_times"][0] for r in raw["runs"])
+    runtime = n_eval / (eval_ms / 1000.0) if eval_ms > 0 else float("nan")
+    harness = steps / seconds if seconds > 0 else float("nan")
+    return {"decode_tok_s": runtime, "n_eval": n_eval, "eval_ms": eval_ms,
+            "harness_decode_tok_s": harness, "harness_decode_steps": steps,
+            "harness_vs_runtime_pct": (harness / runtime - 1.0) * 100.0 if runtime > 0 else float("nan")}

@@ -33,8 +33,21 @@ def metrics_table(result: dict) -> str:
         note = f"spread {cv:.0%}: noisy, add runs" if cv > SPREAD_WARN_CV else f"spread {cv:.0%}"
         rows.append([label, _fmt(m.get(f"{key}_p50"), unit), _fmt(m.get(f"{key}_p90"), unit), note])
     rows.append(["peak memory (RSS)", _fmt(m.get("peak_rss_mb"), "MB"), "", f"model share {_fmt(m.get('model_rss_mb'), 'MB')}"])
-    rows.append(["package size", _fmt(m.get("package_mb"), "MB"), "", ""])
+    rows.append(["package size", _fmt(m.get("package_mb"), "MB"), "", f"model file {_fmt(m.get('model_mb'), 'MB')}"])
+    if m.get("ppl") is not None:
+        note = f"{result['eval']['tokens_scored']} tokens of {result['eval']['source']}" if result.get("eval") else ""
+        rows.append(["perplexity", _fmt(m["ppl"]), "", note])
+    if m.get("ppl_increase_pct") is not None:
+        rows.append(["vs reference", f"{m['ppl_increase_pct']:+.2f} % ppl", "",
+                     f"KL mean {m['kl_mean']:.4f} p99 {m['kl_p99']:.4f}, top-1 agree {m['top1_agree_pct']:.1f} %"])
     return table(rows, ["metric", "median", "p90", ""])
+
+
+def gate_table(lines: list[dict]) -> str:
+    """Old, new and change in percent per gated metric (GateLine.to_json() dicts)."""
+    rows = [[g["metric"], f"{g['better']} is better", _fmt(g["old"]), _fmt(g["new"]), f"{g['change_pct']:+.1f} %",
+             f"{g['tolerance_pct']:g} %", g["status"]] for g in lines]
+    return table(rows, ["metric", "direction", "baseline", "now", "change", "tolerance", "result"])
 
 
 def budget_table(result: dict) -> str:

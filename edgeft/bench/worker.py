@@ -26,6 +26,8 @@ def _rss_mb() -> float:
 
 
 def run(request: dict) -> dict:
+    if request.get("mode") == "quality":
+        return run_quality(request)
     from edgeft.backends.base import Artifact
     from edgeft.backends.registry import get_backend
     from edgeft.bench.prompt import prompt_ids
@@ -59,6 +61,41 @@ def run(request: dict) -> dict:
         "rss_before_load_mb": rss_before_load,
         "peak_rss_mb": _rss_mb(),
         "versions": versions,
+    }
+
+
+def run_quality(request: dict) -> dict:
+    """Perplexity, and KL/top-1 against the reference when one is given, in this process alone.
+    The reference is loaded beside the artifact so each window is scored by both without
+    storing a [tokens, vocab] array of every position."""
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.registry import get_backend
+    from edgeft.bench import perplexity
+    from edgeft.config import load_target
+
+    target = load_target(request["target"])
+    artifact = Artifact(path=Path(request["artifact"]), kind=request["kind"])
+    runner = get_backend(target.backend).load(artifact, target)
+    reference = None
+    try:
+        ref = request.get("reference")
+        if ref and Path(ref["path"]).resolve() != artifact.path.resolve():
+            reference = get_backend(ref["kind"]).load(Artifact(path=Path(ref["path"]), kind=ref["kind"]), target)
+        tokenizer = reference or runner  # the reference tokenizes, so every level compared scores the same tokens
+        eval_data = Path(request["eval_data"]) if request.get("eval_data") else None
+        ids, source = perplexity.eval_ids(tokenizer.tokenize, eval_data, target.bench.eval_tokens)
+        window = min(target.bench.eval_window, target.bench.context)
+        scores = perplexity.score(runner, ids, window, reference)
+        if ref and reference is None:  # the artifact is its own reference
+            scores.update(ref_ppl=scores["ppl"], ppl_increase_pct=0.0, kl_mean=0.0, kl_p99=0.0, top1_agree_pct=100.0)
+    finally:
+        runner.close()
+        if reference is not None:
+            reference.close()
+    return {
+        "quality": scores,
+        "eval": {"source": source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
+                 "reference": ref["path"] if ref else None},
     }
 
 

@@ -1,0 +1,110 @@
+"""Quality of an artifact: perplexity on an evaluation text and, against the unquantized
+reference, the perplexity increase, per-token KL divergence and top-1 agreement.
+
+Everything goes through the Runner interface (`logits`, `tokenize`), so every backend is
+measured the same way. Runs inside a worker process (see worker.py), never in the harness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeft.errors import EdgeftError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def read_eval_data(path: Path) -> list[int]:
+    """Token ids of a held-out split: JSONL, one object per line with `input_ids` (a list of ints)."""
+    if not path.is_file():
+        raise EdgeftError("no such file", file=path)
+    ids: list[int] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EdgeftError(f"not valid JSON ({exc.msg})", file=path, place=f"line {lineno}") from None
+            row = record.get("input_ids") if isinstance(record, dict) else None
+            if not isinstance(row, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row):
+                raise EdgeftError("expected an object with `input_ids`, a list of non-negative integers",
+                                  file=path, place=f"line {lineno}")
+            ids.extend(row)
+    if len(ids) < 2:
+        raise EdgeftError(f"only {len(ids)} evaluation tokens; at least 2 are needed", file=path)
+    return ids
+
+
+def eval_ids(tokenize, eval_data: Path | None, limit: int) -> tuple[list[int], str]:
+    """The tokens every level is scored on: the build's held-out split, else the shipped text."""
+    if eval_data is not None:
+        ids, source = read_eval_data(eval_data), str(eval_data)
+    else:
+        from edgeft.bench.prompt import eval_text
+
+        ids, source = tokenize(eval_text()), "edgeft/assets/eval.txt"
+    return ids[:limit], source
+
+
+def windows(ids: list[int], window: int) -> list[list[int]]:
+    """Non-overlapping windows of `window` tokens; a last window of one token predicts nothing and is dropped."""
+    chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
+    return [c for c in chunks if len(c) >= 2]
+
+
+def log_softmax(logits: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def score(runner, ids: list[int], window: int, reference=None) -> dict:
+    """Perplexity of `runner` on `ids`; with a `reference` runner also KL(ref || runner) per token,
+    top-1 agreement and the reference's own perplexity. Each window's first token is context only."""
+    import numpy as np
+
+    nll: list[float] = []
+    ref_nll: list[float] = []
+    kl: list[float] = []
+    agree = 0
+    chunks = windows(ids, window)
+    if not chunks:
+        raise EdgeftError(f"{len(ids)} evaluation tokens are too few to score")
+    for chunk in chunks:
+        targets = np.asarray(chunk[1:])
+        lp = log_softmax(runner.logits(chunk)[:-1])  # [len-1, vocab]: position i predicts chunk[i+1]
+        nll.extend((-lp[np.arange(len(targets)), targets]).tolist())
+        if reference is None:
+            continue
+        ref_lp = log_softmax(reference.logits(chunk)[:-1])
+        if ref_lp.shape != lp.shape:
+            raise EdgeftError(f"the reference has {ref_lp.shape[1]} vocabulary entries, the artifact {lp.shape[1]}; "
+                              "they are not the same model")
+        ref_nll.extend((-ref_lp[np.arange(len(targets)), targets]).tolist())
+        kl.extend((np.exp(ref_lp) * (ref_lp - lp)).sum(axis=-1).clip(min=0.0).tolist())  # [len-1]
+        agree += int((ref_lp.argmax(axis=-1) == lp.argmax(axis=-1)).sum())
+    result: dict = {"ppl": math.exp(float(np.mean(nll))), "tokens_scored": len(nll), "windows": len(chunks)}
+    if reference is not None:
+        ref_ppl = math.exp(float(np.mean(ref_nll)))
+        result.update(
+            ref_ppl=ref_ppl,
+            ppl_increase_pct=(result["ppl"] / ref_ppl - 1.0) * 100.0,
+            kl_mean=float(np.mean(kl)),
+            kl_p99=float(np.percentile(kl, 99)),
+            top1_agree_pct=100.0 * agree / len(kl),
+        )
+    return result
+
+
+def ids_digest(ids: list[int]) -> str:
+    """A fingerprint of the scored tokens, so two bench files can show they used the same text."""
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()

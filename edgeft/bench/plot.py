@@ -1,0 +1,76 @@
+"""compare.png: quality loss and latency against package size, budgets drawn, the pick marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeft.atomic_io import atomic_path
+
+_MARKERS = ["o", "s", "^", "D", "v"]
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+
+
+def compare_plot(data: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, and never a window from a CLI
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    budgets: dict = {}
+    for b in data.get("budget", {}).values():
+        budgets.update(b)
+    has_quality = any(r["metrics"].get("ppl_increase_pct") is not None for r in rows)
+    fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+    panels = [
+        (ax_q, "ppl_increase_pct" if has_quality else "ppl", "perplexity increase vs reference (%)" if has_quality else "perplexity",
+         "ppl_increase_pct" if has_quality else None),
+        (ax_t, "ttft_ms_p90", "time to first token, p90 (ms)", "ttft_ms_p90"),
+    ]
+    recommended = (data.get("recommended") or {}).get("artifact")
+    for ax, key, label, budget_key in panels:
+        for i, backend in enumerate(backends):
+            pts = [r for r in rows if r["backend"] == backend and r["metrics"].get(key) is not None]
+            xs = [r["metrics"]["package_mb"] for r in pts]
+            ys = [r["metrics"][key] for r in pts]
+            ax.scatter(xs, ys, s=60, marker=_MARKERS[i % len(_MARKERS)], color=_COLORS[i % len(_COLORS)],
+                       label=backend, zorder=3)
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(r["quant"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+                if r["artifact"] == recommended:
+                    ax.scatter([x], [y], s=320, facecolors="none", edgecolors="#2ca02c", linewidths=2.2, zorder=4,
+                               label="recommended")
+        all_x = [r["metrics"]["package_mb"] for r in rows]
+        all_y = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
+        notes = []
+        # A budget far beyond every point would squash the points into a corner: draw it only when
+        # it is near the data, otherwise say in words that every level is under it.
+        if budget_key and budgets.get(budget_key) is not None:
+            limit = budgets[budget_key]
+            if all_y and limit > 2 * max(max(all_y), 1e-9):
+                notes.append(f"{budget_key} budget {limit:g}: all levels far below")
+            else:
+                ax.axhline(limit, color="#d62728", linestyle="--", linewidth=1.2, label=f"{budget_key} budget {limit:g}")
+        if budgets.get("package_mb") is not None:
+            limit = budgets["package_mb"]
+            if all_x and limit > 2 * max(all_x):
+                notes.append(f"size budget {limit:g} MB: all levels far below")
+            else:
+                ax.axvline(limit, color="#7f7f7f", linestyle=":", linewidth=1.2, label=f"size budget {limit:g} MB")
+        if notes:
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="#555555", va="bottom")
+        ax.set_xlabel("package size (MB)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(fontsize=8, loc="best", markerscale=0.6, framealpha=0.8)
+    ax_q.set_title("quality loss: lower is better")
+    ax_t.set_title("latency: lower is better")
+    pick = (data.get("recommended") or {})
+    fig.suptitle(f"{Path(str(data['model'])).name}: " + (f"pick {pick['backend']} {pick['quant']}" if pick else data["verdict"]),
+                 fontsize=12)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out

@@ -1,0 +1,67 @@
+"""Reports for CI: a Markdown section (for a job summary) and a JUnit XML file (one test case per check)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+from edgeft.atomic_io import write_text
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def markdown(result: dict, gate: list[dict] | None = None) -> str:
+    """One section: verdict, key metrics, budget lines and (when gated) the baseline comparison."""
+    m = result["metrics"]
+    verdict = "PASS" if result["pass"] and (gate is None or all(g["status"] == "PASS" for g in gate)) else "FAIL"
+    t = result["target"]
+    lines = [f"### edgeft bench: `{Path(result['artifact']['path']).name}` ({t['backend']} {t['quant']}) — {verdict}", ""]
+    lines += ["| metric | median | p90 | spread |", "| --- | ---: | ---: | ---: |"]
+    for key in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"):
+        lines.append(f"| {key} | {_cell(m.get(f'{key}_p50'))} | {_cell(m.get(f'{key}_p90'))} | {m.get(f'{key}_cv', 0):.0%} |")
+    for key in ("peak_rss_mb", "package_mb", "model_mb", "ppl", "ppl_increase_pct", "kl_mean", "kl_p99", "top1_agree_pct"):
+        if m.get(key) is not None:
+            lines.append(f"| {key} | {_cell(m[key])} | | |")
+    if result["budget"]:
+        lines += ["", "| budget | value | limit | result |", "| --- | ---: | ---: | --- |"]
+        lines += [f"| {b['budget']} | {_cell(b['value'])} | {_cell(b['limit'])} | {b['status']} |" for b in result["budget"]]
+    if gate:
+        lines += ["", "| metric (vs baseline) | baseline | now | change | tolerance | result |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {g['metric']} | {_cell(g['old'])} | {_cell(g['new'])} | {g['change_pct']:+.1f}% | {g['tolerance_pct']:g}% | {g['status']} |"
+                  for g in gate]
+    return "\n".join(lines) + "\n\n"
+
+
+def append_markdown(path: Path, text: str) -> None:
+    """Append, as CI job summaries expect; the whole file is rewritten atomically so a reader never sees half a section."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text(path, old + text)
+
+
+def junit(result: dict, gate: list[dict] | None = None) -> str:
+    """Each budget line and each gated metric as a test case; a FAIL is a <failure>."""
+    name = Path(result["artifact"]["path"]).name
+    cases = []
+    for b in result["budget"]:
+        msg = f"{b['budget']} = {_cell(b['value'])}, limit {_cell(b['limit'])}"
+        cases.append((f"budget.{b['budget']}", b["status"] == "FAIL", msg))
+    for g in gate or []:
+        msg = f"{g['metric']}: {_cell(g['old'])} -> {_cell(g['new'])} ({g['change_pct']:+.1f}%, tolerance {g['tolerance_pct']:g}%)"
+        cases.append((f"regression.{g['metric']}", g["status"] == "FAIL", msg))
+    failures = sum(1 for _, failed, _ in cases if failed)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name={quoteattr("edgeft bench " + name)} tests="{len(cases)}" failures="{failures}">']
+    for case, failed, msg in cases:
+        if failed:
+            out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><failure message={quoteattr(msg)}/></testcase>")
+        else:
+            out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><system-out>{quoteattr(msg)[1:-1]}</system-out></testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"

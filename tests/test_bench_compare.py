@@ -1,0 +1,116 @@
+"""`edgeft compare` and `edgeft build --quant auto` on a tiny model: one conversion, the same
+tokens for every level, the table/JSON/Markdown/PNG outputs, and what auto tried and why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+
+
+def _profile(tmp_path, budget: str):
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        'backend = "gguf"\nquant = "q4_0"\nthreads = 1\n'
+        "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 2\nwarmup = 1\ncontext = 128\neval_window = 64\neval_tokens = 512\n"
+        f"[budget]\n{budget}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_llama_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    out = tmp / "out"
+    profile = _profile(tmp, "package_mb = 350\nppl_increase_pct = 1000")
+    result = CliRunner().invoke(main, ["--quiet", "compare", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--quant", "f16,q8_0,q4_0", "--out", str(out)])
+    return out, result
+
+
+def test_compare_writes_table_json_markdown_and_plot(compared):
+    out, result = compared
+    assert result.exit_code == 0, result.output
+    for name in ("compare.json", "compare.md", "compare.png"):
+        assert (out / name).is_file(), name
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.partial"))
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["quant"] for r in data["rows"]] == ["f16", "q8_0", "q4_0"]
+    assert "recommended: gguf q4_0" in result.output and "<- recommended" in (out / "compare.md").read_text()
+    assert data["recommended"]["quant"] == "q4_0"
+
+
+def test_compare_uses_one_conversion_one_reference_and_the_same_tokens(compared):
+    out, _ = compared
+    data = json.loads((out / "compare.json").read_text())
+    assert data["same_eval_tokens"] and len({r["eval"]["sha256"] for r in data["rows"]}) == 1
+    assert data["reference"] == str(out / "work" / "model-f16.gguf")
+    assert sorted(p.name for p in (out / "work").glob("*.gguf")) == ["model-f16.gguf"]
+    f16 = next(r for r in data["rows"] if r["quant"] == "f16")
+    assert f16["metrics"]["kl_mean"] == 0 and f16["metrics"]["top1_agree_pct"] == 100
+    sizes = {r["quant"]: r["metrics"]["package_mb"] for r in data["rows"]}
+    assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]
+    for r in data["rows"]:
+        assert r["metrics"]["ttft_ms_p90"] >= r["metrics"]["ttft_ms_p50"] > 0
+
+
+def test_compare_names_the_budget_no_level_meets(tiny_llama_dir, compared, tmp_path):
+    out, _ = compared
+    profile = _profile(tmp_path, "package_mb = 0.0001")
+    result = CliRunner().invoke(main, ["--quiet", "compare", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--quant", "q4_0", "--out", str(out), "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output[result.output.index("{\n") : result.output.rindex("}") + 1])
+    assert data["recommended"] is None and "package_mb fails at every level" in data["verdict"]
+
+
+def test_compare_rejects_unknown_levels(tmp_path):
+    result = CliRunner().invoke(main, ["--quiet", "compare", "--quant", "q4_0,q9_9,auto", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "q9_9" in result.output and "auto" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_quant_auto_keeps_the_smallest_level_that_passes(tiny_llama_dir, tmp_path, monkeypatch):
+    from edgeft import config, pipeline
+
+    # listed out of size order on purpose: auto must order by the files it made
+    monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "f16", "q4_0")))
+    out = tmp_path / "out"
+    profile = _profile(tmp_path, "package_mb = 350")
+    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--quant", "auto", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    auto = manifest["stages"]["auto_quant"]
+    assert [t["quant"] for t in auto["tried"]] == ["q4_0"] and auto["kept"] == "model-q4_0.gguf"
+    assert manifest["target"]["quant"] == "q4_0"
+    assert sorted(p.name for p in out.glob("model-*.gguf")) == ["model-q4_0.gguf"]
+    assert json.loads((out / "bench.json").read_text())["metrics"]["ppl_increase_pct"] is not None
+
+
+def test_quant_auto_records_why_each_level_was_rejected(tiny_llama_dir, tmp_path, monkeypatch):
+    from edgeft import config, pipeline
+
+    monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "q4_0")))
+    out = tmp_path / "out"
+    profile = _profile(tmp_path, "package_mb = 0.0001")
+    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--quant", "auto", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    auto = json.loads((out / "manifest.json").read_text())["stages"]["auto_quant"]
+    assert [t["quant"] for t in auto["tried"]] == ["q4_0", "q8_0"]
+    for tried in auto["tried"]:
+        assert tried["pass"] is False and tried["rejected_because"][0].startswith("package_mb = ")
+    assert "no level met every budget" in auto["verdict"]
+
+
+def test_quant_auto_needs_the_bench(tiny_llama_dir, tmp_path):
+    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(_profile(tmp_path, "")),
+                                       "--quant", "auto", "--no-bench", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--no-bench" in result.output
+    assert not (tmp_path / "o").exists()

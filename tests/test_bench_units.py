@@ -1,0 +1,134 @@
+"""Pure units of the harness: perplexity/KL/top-1 on hand-made logits, the gate's arithmetic,
+the [regression] table, the recommendation. No model, no timing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgeft.bench import baseline, perplexity
+from edgeft.bench.compare import recommend
+from edgeft.config import Regression, load_target
+from edgeft.errors import ConfigError, EdgeftError
+
+
+class FixedRunner:
+    """A Runner whose logits depend only on the position, so the expected numbers can be computed by hand."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table  # [positions, vocab]
+        self.calls: list[int] = []
+
+    def logits(self, token_ids):
+        self.calls.append(len(token_ids))
+        return self.table[: len(token_ids)]
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_perplexity_kl_and_top1_match_hand_computation():
+    rng = np.random.default_rng(0)
+    vocab, window = 7, 5
+    q_table = rng.normal(size=(window, vocab))
+    p_table = rng.normal(size=(window, vocab))
+    ids = [1, 4, 2, 6, 0, 3, 3, 5, 1]  # windows [1,4,2,6,0] and [3,3,5,1]
+    runner, reference = FixedRunner(q_table), FixedRunner(p_table)
+    got = perplexity.score(runner, ids, window, reference)
+
+    nll, ref_nll, kls, agree = [], [], [], 0
+    for chunk in ([1, 4, 2, 6, 0], [3, 3, 5, 1]):
+        for i, target in enumerate(chunk[1:]):
+            q, p = _softmax(q_table[i]), _softmax(p_table[i])
+            nll.append(-math.log(q[target]))
+            ref_nll.append(-math.log(p[target]))
+            kls.append(float((p * np.log(p / q)).sum()))
+            agree += int(p.argmax() == q.argmax())
+    assert got["tokens_scored"] == 7 and got["windows"] == 2
+    assert runner.calls == [5, 4] and reference.calls == [5, 4]
+    assert got["ppl"] == pytest.approx(math.exp(np.mean(nll)))
+    assert got["ref_ppl"] == pytest.approx(math.exp(np.mean(ref_nll)))
+    assert got["ppl_increase_pct"] == pytest.approx((got["ppl"] / got["ref_ppl"] - 1) * 100)
+    assert got["kl_mean"] == pytest.approx(np.mean(kls))
+    assert got["kl_p99"] == pytest.approx(np.percentile(kls, 99))
+    assert got["top1_agree_pct"] == pytest.approx(100 * agree / 7)
+
+
+def test_windows_drop_a_lone_last_token():
+    assert perplexity.windows(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert perplexity.windows(list(range(10)), 4)[-1] == [8, 9]
+
+
+def test_vocab_mismatch_is_a_user_error():
+    with pytest.raises(EdgeftError, match="vocabulary"):
+        perplexity.score(FixedRunner(np.zeros((4, 5))), [0, 1, 2, 3], 4, FixedRunner(np.zeros((4, 6))))
+
+
+def _bench(**metrics):
+    return {"schema": 1, "metrics": metrics, "target": {"bench": {"prompt_tokens": 16}}}
+
+
+def test_gate_knows_each_direction():
+    old = _bench(ttft_ms_p50=100.0, decode_tok_s_p50=50.0)
+    lines = baseline.gate(old, _bench(ttft_ms_p50=109.0, decode_tok_s_p50=45.5), Regression())
+    assert [line.status for line in lines] == ["PASS", "PASS"]
+    lines = baseline.gate(old, _bench(ttft_ms_p50=111.0, decode_tok_s_p50=44.0), Regression())
+    assert [line.status for line in lines] == ["FAIL", "FAIL"]
+    assert lines[0].change_pct == pytest.approx(11.0) and lines[1].change_pct == pytest.approx(-12.0)
+    # improvements never fail, however large
+    lines = baseline.gate(old, _bench(ttft_ms_p50=10.0, decode_tok_s_p50=500.0), Regression())
+    assert baseline.passed(lines)
+
+
+def test_per_metric_tolerance_beats_the_default_and_flag():
+    old, new = _bench(ttft_ms_p50=100.0, package_mb=10.0), _bench(ttft_ms_p50=125.0, package_mb=10.2)
+    reg = Regression(tolerance_pct=1.0, ttft_ms_p50=30.0)
+    assert [line.status for line in baseline.gate(old, new, reg)] == ["PASS", "FAIL"]
+    assert [line.status for line in baseline.gate(old, new, reg, tolerance_pct=5.0)] == ["PASS", "PASS"]
+
+
+def test_parse_tolerance():
+    assert baseline.parse_tolerance("10%") == 10.0 and baseline.parse_tolerance(" 2.5 ") == 2.5
+    for bad in ("-1%", "0", "ten", "nan"):
+        with pytest.raises(EdgeftError):
+            baseline.parse_tolerance(bad)
+
+
+def test_regression_table_is_validated_all_at_once(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('backend = "gguf"\nquant = "q4_0"\n[regression]\ntolerance_pct = -5\nttft_ms_p50 = "x"\nspeed = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_target(path)
+    keys = [k for k, _ in info.value.problems]
+    assert keys == ["regression.tolerance_pct", "regression.ttft_ms_p50", "regression.speed"]
+    path.write_text('backend = "gguf"\nquant = "q4_0"\n[regression]\ntolerance_pct = 15\nppl = 2\n')
+    target = load_target(path)
+    assert target.regression.for_metric("ppl") == 2 and target.regression.for_metric("ttft_ms_p50") == 15
+    # the resolved profile written beside a build round-trips the table
+    (tmp_path / "again.toml").write_text(target.to_toml())
+    assert load_target(tmp_path / "again.toml").regression == target.regression
+
+
+def test_quant_auto_is_a_valid_profile_level(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('backend = "gguf"\nquant = "auto"\n')
+    assert load_target(path).quant == "auto"
+
+
+def _row(quant, mb, statuses):
+    return {"backend": "gguf", "quant": quant, "artifact": quant, "metrics": {"package_mb": mb},
+            "budget": [{"budget": k, "status": s} for k, s in statuses.items()], "pass": all(s == "PASS" for s in statuses.values())}
+
+
+def test_recommend_smallest_passing_or_the_failing_budget():
+    rows = [_row("f16", 270, {"ttft_ms_p90": "PASS", "package_mb": "FAIL"}), _row("q8_0", 145, {"ttft_ms_p90": "PASS", "package_mb": "PASS"}),
+            _row("q4_0", 90, {"ttft_ms_p90": "PASS", "package_mb": "PASS"})]
+    best, verdict = recommend(rows)
+    assert best["quant"] == "q4_0" and "q4_0" in verdict
+    rows = [_row("q8_0", 145, {"ttft_ms_p90": "FAIL", "ppl_increase_pct": "PASS"}), _row("q4_0", 90, {"ttft_ms_p90": "FAIL", "ppl_increase_pct": "FAIL"})]
+    best, verdict = recommend(rows)
+    assert best is None and "ttft_ms_p90 fails at every level" in verdict
