@@ -275,6 +275,10 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     from edgeft.distill import qlora
 
     config.validate()
+    if not progress_enabled():  # quiet runs: no loading/saving bars from transformers either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tsrc = models.resolve(teacher)
