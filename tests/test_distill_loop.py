@@ -97,7 +97,7 @@ def test_run_writes_report_curve_and_improves_on_train_data(setup, tmp_path):
     from edgeft.distill.records import PreparedSplits
 
     same = PreparedSplits(out_dir=data.out_dir, train=data.train, eval=data.train)
-    adapter = run(str(t_dir), same, tmp_path / "r", _cfg(steps=10, save_every=0, quantize_base=True))
+    adapter = run(str(t_dir), same, tmp_path / "r", _cfg(steps=10, save_every=0, quantize_base=True, grad_checkpointing=True))
     out = tmp_path / "r"
     report = json.loads((out / "distill.json").read_text())
     ev = report["eval"]
