@@ -46,7 +46,9 @@ def test_default_teacher_into_15_layer_student_then_merge_and_gguf(tmp_path):
     assert report["config"]["quantize_base"] is True
     ev = report["eval"]
     assert ev["teacher"]["perplexity"] < ev["student_before"]["perplexity"]  # dropping 15 layers hurts
-    assert all(r > 0 for r in [ev["student_after"]["perplexity"], ev["student_after"]["top1_agreement"]])
+    # even a few steps on few records must move the cut student towards the data
+    assert ev["student_after"]["perplexity"] < ev["student_before"]["perplexity"]
+    assert 0.0 <= ev["student_after"]["top1_agreement"] <= 1.0
 
     merged = merge(adapter, tmp_path / "merged", "float16")
     gguf = convert(merged, tmp_path / "student-f16.gguf", "f16")
@@ -56,4 +58,8 @@ def test_default_teacher_into_15_layer_student_then_merge_and_gguf(tmp_path):
         logits = runner.logits(ids)
     finally:
         runner.close()
-    assert logits.shape == (len(ids), 49152) or logits.shape[0] == len(ids)
+    assert logits.shape == (len(ids), tok_vocab(tok))
+
+
+def tok_vocab(tok) -> int:
+    return 49152 if len(tok) <= 49152 else len(tok)  # SmolLM2's embedding has 49152 rows
