@@ -36,12 +36,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help=f"optimizer steps [default: {DistillConfig().steps}]")
     ap.add_argument("--max-eval", type=int, default=None, help="eval records used (0: all)")
     ap.add_argument("--student-layers", type=int, default=15)
+    ap.add_argument("--no-quantize-base", action="store_true", help="fp32 LoRA base (much faster on CPUs without AVX512-BF16)")
     args = ap.parse_args()
     set_quiet(False)
 
     env = environment()
     data = data_for(args.data, args.out)
-    base = DistillConfig().with_overrides(steps=args.steps, max_eval_records=args.max_eval, student_layers=args.student_layers)
+    base = DistillConfig().with_overrides(steps=args.steps, max_eval_records=args.max_eval, student_layers=args.student_layers,
+                                         quantize_base=False if args.no_quantize_base else None)
     variants = {"distilled": base, "fine_tuned": dataclasses.replace(base, alpha=0.0)}
     results, walls = {}, {}
     for name, cfg in variants.items():
