@@ -424,5 +424,88 @@ def compare_command(model: str, target: str, targets: str | None, quant: str | N
         sys.exit(1)
 
 
+# ---- distill and merge (issue 4) ----------------------------------------------------------
+
+def _layer_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer numbers, got {text!r}") from None
+
+
+@main.command()
+@click.option("--teacher", default="default", show_default=True, help="Teacher model source (HF folder, .gguf file, 'default').")
+@click.option("--data", "data", type=click.Path(path_type=Path), required=True,
+              help="A prepared data folder (train.jsonl, eval.jsonl) or a raw data file for the data stage.")
+@click.option("--student", default=None, help="Student model source with the teacher's tokenizer.")
+@click.option("--student-layers", type=int, default=None, help="Make the student from the teacher by keeping N decoder layers [default: half].")
+@click.option("--keep-layers", default=None, help="Teacher layers to keep, e.g. 0,2,4 (instead of evenly spaced).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True)
+@click.option("--preset", default="demo", show_default=True, help="Settings to start from: demo (minutes on a laptop) or full (a serious run).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step.")
+@click.option("--lr", type=float, default=None)
+@click.option("--warmup-steps", type=int, default=None)
+@click.option("--alpha", type=float, default=None, help="Weight of the KD term (1 - alpha weighs cross-entropy).")
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-k", type=int, default=None, help="Teacher log-probs cached per target token.")
+@click.option("--lora-rank", type=int, default=None)
+@click.option("--lora-alpha", type=int, default=None)
+@click.option("--lora-dropout", type=float, default=None)
+@click.option("--target-modules", default=None, help="Comma-separated module names for LoRA [default: all linear layers].")
+@click.option("--no-quantize-base", is_flag=True, help="Plain LoRA on a full-precision base instead of NF4 (QLoRA).")
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None)
+@click.option("--save-every", type=int, default=None, help="Checkpoint every N steps (0: never).")
+@click.option("--seed", type=int, default=None)
+@click.option("--quant", default=None, help="Quantization level used for the size estimate (e.g. q4_k_m).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher top-k cache folder [default: OUT/teacher-cache].")
+@click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
+def distill(teacher, data, student, student_layers, keep_layers, out, preset, steps, batch_size, grad_accum, lr, warmup_steps,
+            alpha, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules, no_quantize_base, grad_checkpointing,
+            save_every, seed, quant, resume, cache_dir, as_json) -> None:
+    """Teach a small student the teacher's distributions (KD + QLoRA); write a LoRA adapter.
+
+    Writes OUT/adapter (PEFT), OUT/student (the base), distill.json, train_log.csv, eval.csv
+    and loss.png. Merge the result with `edgeft merge OUT/adapter --out DIR`.
+    """
+    from edgeft.distill import open_data, run
+    from edgeft.distill.config import preset as get_preset
+
+    config = get_preset(preset).with_overrides(
+        student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers), steps=steps, batch_size=batch_size,
+        grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, alpha=alpha, temperature=temperature, top_k=top_k,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
+        quantize_base=False if no_quantize_base else None, grad_checkpointing=grad_checkpointing, save_every=save_every,
+        seed=seed, target_quant=quant)
+    adapter = run(teacher, open_data(data, teacher, out), out, config, resume=resume, cache_dir=cache_dir)
+    report = json.loads((out / "distill.json").read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from edgeft.bench.report import table
+
+    rows = [[name, f"{e['perplexity']:.3f}", "-" if e["top1_agreement"] is None else f"{e['top1_agreement']:.1%}"]
+            for name, e in report["eval"].items()]
+    click.echo(table(rows, ["model", "eval perplexity", "top-1 agreement"]))
+    tps = report.get("train_tok_per_s")
+    click.echo(f"\ntrained {config.steps} steps" + (f" at {tps:.0f} tokens/s" if tps else "") + f"; adapter: {adapter}")
+
+
+@main.command()
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Folder for the dense merged model.")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "bfloat16"]), default="float16", show_default=True)
+def merge(adapter_dir: Path, out: Path, dtype: str) -> None:
+    """Merge a LoRA adapter into its (dequantized) base: a dense Hugging Face folder."""
+    from edgeft.merge import merge as run_merge
+
+    click.echo(f"merged model: {run_merge(adapter_dir, out, dtype)}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,69 @@
+"""Held-out quality of distillation on the default model and data.
+
+(a) the 30-layer teacher, (b) the 15-layer student before training, (c) after distillation
+(KD + CE, default step budget), (d) after plain fine-tuning on the same data and steps without
+the teacher (alpha = 0). Perplexity on the eval split's target tokens and top-1 agreement with
+the teacher. JSON first (benchmarks/results/distill_quality.json), then a table.
+
+    python benchmarks/distill_quality.py                      # default data via the data stage
+    python benchmarks/distill_quality.py --data out/data      # a prepared folder
+    python benchmarks/distill_quality.py --steps 10 --max-eval 16   # a short version
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def main() -> None:
+    from _distill_common import data_for, environment
+
+    from edgeft.atomic_io import write_json
+    from edgeft.bench.report import table
+    from edgeft.distill import DistillConfig, run
+    from edgeft.progress import set_quiet
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="prepared folder or raw data file [default: the default data]")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/distill_quality"))
+    ap.add_argument("--steps", type=int, default=None, help=f"optimizer steps [default: {DistillConfig().steps}]")
+    ap.add_argument("--max-eval", type=int, default=None, help="eval records used (0: all)")
+    ap.add_argument("--student-layers", type=int, default=15)
+    ap.add_argument("--no-quantize-base", action="store_true", help="fp32 LoRA base (much faster on CPUs without AVX512-BF16)")
+    args = ap.parse_args()
+    set_quiet(False)
+
+    env = environment()
+    data = data_for(args.data, args.out)
+    base = DistillConfig().with_overrides(steps=args.steps, max_eval_records=args.max_eval, student_layers=args.student_layers,
+                                         quantize_base=False if args.no_quantize_base else None)
+    variants = {"distilled": base, "fine_tuned": dataclasses.replace(base, alpha=0.0)}
+    results, walls = {}, {}
+    for name, cfg in variants.items():
+        t = time.perf_counter()
+        run("default", data, args.out / name, cfg, cache_dir=args.out / "teacher-cache")
+        walls[name] = time.perf_counter() - t
+        results[name] = json.loads((args.out / name / "distill.json").read_text())
+    ev = results["distilled"]["eval"]
+    rows = {"teacher": ev["teacher"], "student_before": ev["student_before"], "distilled": ev["student_after"],
+            "fine_tuned": results["fine_tuned"]["eval"]["student_after"]}
+    report = {"env": env, "config": base.to_dict(), "eval_tokens": ev["teacher"]["tokens"],
+              "train_records": results["distilled"]["train_records"], "eval_records": results["distilled"]["eval_records"],
+              "results": rows, "wall_s": walls, "train_tok_per_s": {k: v["train_tok_per_s"] for k, v in results.items()}}
+    write_json(args.out.parent / "distill_quality.json", report)
+    print(json.dumps(report["results"], indent=2))
+    print(table([[k, f"{v['perplexity']:.3f}", "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.1%}"]
+                 for k, v in rows.items()], ["model", "eval perplexity", "top-1 agreement"]))
+    print(f"steps {base.steps}, wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items())
+          + f"; load average at start {env['load_average_at_start'][0]:.1f} on {env['machine']['cores']} cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Every distillation default, once: `DistillConfig`, plus the `--preset` table."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from edgeft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How a student is built and taught. The defaults are a laptop demo (minutes on a CPU)."""
+
+    # the student
+    student: str | None = None  # a model source with the teacher's tokenizer; None: prune the teacher
+    student_layers: int | None = None  # None with no `student`: half the teacher's layers
+    keep_layers: tuple[int, ...] | None = None  # explicit teacher layer indices (overrides even spacing)
+    target_quant: str = "q4_k_m"  # only for the size estimate printed before training
+    # QLoRA
+    quantize_base: bool = True  # NF4 base through bitsandbytes; False: plain LoRA on an fp32 base
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)
+    # the loss
+    alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs cross-entropy on the targets
+    temperature: float = 2.0
+    top_k: int = 64  # teacher log-probs kept per target token in the cache
+    use_teacher_cache: bool = True  # False: run the teacher every step (for the speed benchmark)
+    # the loop
+    steps: int = 60
+    batch_size: int = 4
+    grad_accum: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 6
+    max_grad_norm: float = 1.0
+    grad_checkpointing: bool = False
+    seed: int = 0
+    max_length: int = 256  # records longer than this are cut (targets beyond are dropped)
+    save_every: int = 20  # checkpoint every N optimizer steps; 0: never
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 8
+    max_eval_records: int = 64  # eval split records used before/after training; 0: all
+
+    def with_overrides(self, **changes: Any) -> "DistillConfig":
+        """Apply CLI flags (None = not given) and validate the result as a whole."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        problems: list[tuple[str, str]] = []
+        positive = ("lora_rank", "lora_alpha", "top_k", "steps", "batch_size", "grad_accum", "max_length", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(("alpha", f"must be within [0, 1], got {self.alpha}"))
+        if self.temperature <= 0:
+            problems.append(("temperature", f"must be positive, got {self.temperature}"))
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(("lora_dropout", f"must be within [0, 1), got {self.lora_dropout}"))
+        if self.lr <= 0:
+            problems.append(("lr", f"must be positive, got {self.lr}"))
+        for name in ("warmup_steps", "save_every", "max_eval_records", "weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append((name, f"must not be negative, got {getattr(self, name)}"))
+        if self.max_grad_norm <= 0:
+            problems.append(("max_grad_norm", f"must be positive, got {self.max_grad_norm}"))
+        if self.keep_checkpoints < 1:
+            problems.append(("keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}"))
+        if self.student_layers is not None and self.student_layers < 1:
+            problems.append(("student_layers", f"must be at least 1, got {self.student_layers}"))
+        if self.student is not None and (self.student_layers is not None or self.keep_layers is not None):
+            problems.append(("student", "give either a student model or --student-layers/--keep-layers, not both"))
+        if self.keep_layers is not None:
+            if len(set(self.keep_layers)) != len(self.keep_layers) or any(i < 0 for i in self.keep_layers):
+                problems.append(("keep_layers", "must be distinct non-negative layer indices"))
+            if self.student_layers is not None and self.student_layers != len(self.keep_layers):
+                problems.append(("keep_layers", f"lists {len(self.keep_layers)} layers but --student-layers is {self.student_layers}"))
+        if problems:
+            raise ConfigError(problems, file="<distill config>")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("keep_layers", "target_modules"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+
+# `--preset NAME`: a named starting point that flags then override.
+PRESETS: dict[str, DistillConfig] = {
+    # minutes on a laptop CPU: a visible improvement, not a finished model
+    "demo": DistillConfig(),
+    # a serious run (hours on a CPU, minutes on a GPU): more steps, a larger effective batch,
+    # longer sequences and a wider teacher distribution
+    "full": DistillConfig(
+        steps=2000, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=100, lora_rank=64, lora_alpha=128,
+        top_k=128, max_length=1024, save_every=200, max_eval_records=0, grad_checkpointing=True,
+    ),
+}
+
+
+def preset(name: str) -> DistillConfig:
+    if name not in PRESETS:
+        raise ConfigError([("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")], file="--preset")
+    return PRESETS[name]

@@ -1,0 +1,338 @@
+"""The distillation run: student, teacher cache, evaluation before and after, the training loop.
+
+One readable function per phase, in the order they run (the shape of torchtune's KD recipe):
+build the student -> cache the teacher -> evaluate -> train (AdamW, warm-up + cosine,
+accumulation, clipping, checkpoints) -> evaluate -> write the adapter atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from edgeft import models
+from edgeft.atomic_io import atomic_dir, atomic_path, write_json
+from edgeft.distill import student as student_mod
+from edgeft.distill import teacher_cache
+from edgeft.distill.config import DistillConfig
+from edgeft.distill.evaluate import evaluate, plot_curve, write_csv
+from edgeft.distill.kd_loss import kd_loss
+from edgeft.distill.records import IGNORE, Record, collate, read_records
+from edgeft.errors import EdgeftError
+from edgeft.progress import enabled as progress_enabled
+from edgeft.progress import status
+
+if TYPE_CHECKING:
+    import torch
+
+from edgeft.merge import ADAPTER_META  # noqa: E402  (one name for the file, shared with merge)
+
+
+class TrainingError(EdgeftError):
+    """Training that cannot go on (a NaN loss, adapters without gradient). Exit code 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class _Teacher:
+    source: "models.ModelSource"
+    hash: str
+    tokenizer: Any
+    _model: Any = None
+
+    def model(self):
+        if self._model is None:
+            status(f"loading teacher {self.source.label}")
+            self._model = models.load_model(self.source)
+        return self._model
+
+    def release(self) -> None:
+        self._model = None
+
+
+def _source_hash(source: "models.ModelSource") -> str:
+    from edgeft.manifest import source_entry
+
+    entry = source_entry(source.label, source.path)
+    return json.dumps([(f["path"], f["sha256"]) for f in entry["files"]])
+
+
+def _pad_id(tok) -> int:
+    for tid in (tok.pad_token_id, tok.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+# ---- the student ---------------------------------------------------------------------------
+
+def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path) -> tuple[Path, "student_mod.StudentInfo"]:
+    """The student's HF folder (written under out_dir/student unless a HF student was given) and its description."""
+    tmodel = teacher.model()
+    n_teacher = tmodel.config.num_hidden_layers
+    if config.student is not None:
+        src = models.resolve(config.student)
+        stok = models.load_tokenizer(src)
+        folder = models.materialize_hf(src, out_dir / "student") if src.kind == "gguf" else src.path
+        scfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        student_mod.check_vocabulary(teacher.tokenizer, stok, tmodel.config.vocab_size, int(scfg.get("vocab_size", -1)), src.path)
+        smodel = models.load_model(models.resolve(folder))
+        info = student_mod.info(smodel, None, n_teacher, config.target_quant)
+    else:
+        if config.keep_layers is not None:
+            keep = student_mod.check_layers(config.keep_layers, n_teacher)
+        else:
+            keep = student_mod.evenly_spaced(n_teacher, config.student_layers or max(1, n_teacher // 2))
+        smodel = student_mod.drop_layers(tmodel, keep)
+        folder = out_dir / "student"
+        with atomic_dir(folder) as tmp:
+            smodel.save_pretrained(tmp)
+            teacher.tokenizer.save_pretrained(tmp)
+        info = student_mod.info(smodel, keep, n_teacher, config.target_quant)
+    write_json(out_dir / "student.json", {"path": str(folder), "teacher": teacher.source.label, **info.to_dict()})
+    status(f"student: {info.layers} of the teacher's {info.teacher_layers} layers"
+           + (f" {list(info.kept_layers)}" if info.kept_layers else "")
+           + f", {info.parameters / 1e6:.1f} M parameters, about {info.est_bytes / 1e6:.0f} MB at {info.quant}")
+    return folder, info
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+def _schedule(step: int, config: DistillConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to zero at `steps`."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    span = max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+
+
+def _micro_batch(records: Sequence[Record], micro: int, config: DistillConfig) -> list[int]:
+    """Record indices of micro-batch number `micro`: a fixed function of (seed, micro), so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+    import torch
+
+    n, bs = len(records), config.batch_size
+    out = []
+    for pos in range(micro * bs, micro * bs + bs):
+        epoch, i = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+def _optimizer_step(optimizer, scheduler) -> None:
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _trainable(model) -> dict[str, "torch.Tensor"]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, log: list[dict], config: DistillConfig) -> None:
+    import torch
+
+    state = {
+        "step": step,
+        "adapters": {n: p.detach().clone() for n, p in _trainable(model).items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "log": log,
+        "config": config.to_dict(),
+    }
+    final = ckpt_root / f"step-{step:06d}"
+    with atomic_dir(final) as tmp:
+        torch.save(state, tmp / "state.pt")
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for p in old[: -config.keep_checkpoints]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+_RESUMABLE_CHANGES = {"save_every", "keep_checkpoints", "steps", "eval_batch_size", "max_eval_records"}
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, config: DistillConfig) -> tuple[int, list[dict]]:
+    import torch
+
+    state = torch.load(path / "state.pt", weights_only=False)
+    saved = state["config"]
+    changed = [k for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise EdgeftError(f"the checkpoint was made with other settings ({', '.join(changed)}); rerun without --resume "
+                          "or with the same settings", file=path / "state.pt")
+    params = _trainable(model)
+    with torch.no_grad():
+        for n, t in state["adapters"].items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["log"])
+
+
+def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad_id: int, config: DistillConfig,
+          ckpt_root: Path, resume: bool) -> list[dict]:
+    """Optimize the adapters for `config.steps` optimizer steps; returns the per-step log."""
+    import torch
+
+    from edgeft.distill.qlora import packed_layers
+
+    params = list(_trainable(model).values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config))
+    start, log = 0, []
+    if resume and (ckpt := _latest_checkpoint(ckpt_root)) is not None:
+        start, log = _load_checkpoint(ckpt, model, optimizer, scheduler, config)
+        status(f"resuming from {ckpt.name}")
+    elif ckpt_root.exists():
+        shutil.rmtree(ckpt_root)
+    if packed_layers(model):
+        raise TrainingError(f"{packed_layers(model)} 4-bit layers hold bitsandbytes' CPU-repacked layout; training them "
+                            "would give the adapters no gradient")
+
+    bar = None
+    if progress_enabled() and start < config.steps:
+        from tqdm import tqdm
+        import sys
+
+        bar = tqdm(total=config.steps, initial=start, desc="distill", leave=False, file=sys.stderr)
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, config.steps):
+            t_step = time.perf_counter()
+            tokens, sums = 0, {"loss": 0.0, "kd": 0.0, "ce": 0.0}
+            for a in range(config.grad_accum):
+                idx = _micro_batch(records, step * config.grad_accum + a, config)
+                batch = collate([records[i] for i in idx], pad_id)
+                sel = batch["targets"] != IGNORE  # [b, s]
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                s_logits = out.logits[sel]  # [n, vocab], rows in (record, position) order like the cache
+                if cache is not None:
+                    rows = [cache.rows(i) for i in idx]
+                    t_ids = torch.cat([r[0] for r in rows])
+                    t_lp = torch.cat([r[1] for r in rows])
+                elif teacher is not None and config.alpha > 0:
+                    rows = teacher_cache.teacher_topk(teacher.model(), batch, config.top_k)
+                    t_ids = torch.cat([r[0] for r in rows])
+                    t_lp = torch.cat([r[1] for r in rows])
+                else:  # plain fine-tuning: no teacher term
+                    t_ids = batch["targets"][sel].unsqueeze(-1)
+                    t_lp = torch.zeros_like(t_ids, dtype=torch.float32)
+                parts = kd_loss(s_logits, t_ids, t_lp, batch["targets"][sel], alpha=config.alpha, temperature=config.temperature)
+                if not torch.isfinite(parts.total.detach()):
+                    raise TrainingError(f"the loss became {parts.total.item()} at step {step + 1} (micro-batch {a + 1}); "
+                                        "lower --lr or check the data; the last checkpoint is still usable")
+                (parts.total / config.grad_accum).backward()
+                tokens += int(batch["attention_mask"].sum())
+                sums["loss"] += parts.total.item() / config.grad_accum
+                sums["kd"] += float(parts.kd) / config.grad_accum
+                sums["ce"] += float(parts.ce) / config.grad_accum
+            norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            if not math.isfinite(norm):
+                raise TrainingError(f"the gradient norm became {norm} at step {step + 1}; lower --lr")
+            if norm == 0.0:
+                raise TrainingError(f"the adapters received no gradient at step {step + 1} (a repacked 4-bit base "
+                                    "or frozen adapters)")
+            lr = optimizer.param_groups[0]["lr"]
+            _optimizer_step(optimizer, scheduler)
+            dt = time.perf_counter() - t_step
+            log.append({"step": step + 1, "loss": sums["loss"], "kd": sums["kd"], "ce": sums["ce"], "lr": lr,
+                        "grad_norm": norm, "tokens": tokens, "tok_per_s": tokens / dt if dt > 0 else 0.0,
+                        "elapsed_s": time.perf_counter() - t0})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss']:.3f}", tok_s=f"{log[-1]['tok_per_s']:.0f}")
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+                _save_checkpoint(ckpt_root, step + 1, model, optimizer, scheduler, log, config)
+    finally:
+        if bar is not None:
+            bar.close()
+    return log
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig(), *, resume: bool = False,
+        cache_dir: Path | None = None) -> Path:
+    """Distill `teacher` into a student on `data` (anything with .train/.eval JSONL paths);
+    returns the PEFT adapter folder, out_dir/adapter. Also writes out_dir/student(.json),
+    distill.json (config, eval before/after, training summary), train_log.csv, eval.csv, loss.png."""
+    import torch
+
+    from edgeft.distill import qlora
+
+    config.validate()
+    if not progress_enabled():  # quiet runs: no loading/saving bars from transformers either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tsrc = models.resolve(teacher)
+    tch = _Teacher(source=tsrc, hash=_source_hash(tsrc), tokenizer=models.load_tokenizer(tsrc))
+    pad_id = _pad_id(tch.tokenizer)
+    vocab = tch.model().config.vocab_size
+    train_recs = read_records(Path(data.train), vocab_size=vocab, max_length=config.max_length)
+    eval_recs = read_records(Path(data.eval), vocab_size=vocab, max_length=config.max_length)
+    if config.max_eval_records:
+        eval_recs = eval_recs[: config.max_eval_records]
+
+    student_dir, info = build_student(tch, config, out_dir)
+
+    timings: dict[str, float] = {}
+    cache, hit = None, None
+    if config.use_teacher_cache and config.alpha > 0:
+        t = time.perf_counter()
+        cache, hit = teacher_cache.get_or_build(Path(cache_dir or out_dir / "teacher-cache"), tch.hash, tch.model, train_recs,
+                                                config.top_k, pad_id, config.eval_batch_size)
+        timings["teacher_cache_s"] = time.perf_counter() - t
+        status(f"teacher cache: {'reused' if hit else 'built'} ({cache.ids.shape[0]} target tokens, top {cache.k})")
+    t_eval = evaluate(tch.model(), eval_recs, pad_id, config.eval_batch_size)
+    if config.use_teacher_cache or config.alpha == 0:
+        tch.release()  # the teacher is not needed again: free its memory for training
+
+    torch.manual_seed(config.seed)
+    base = qlora.load_base(student_dir, config.quantize_base)
+    model = qlora.add_lora(base, config)
+    before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
+    status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
+
+    t = time.perf_counter()
+    log = train(model, train_recs, cache, None if config.use_teacher_cache else tch, pad_id, config, out_dir / "checkpoints", resume)
+    timings["train_s"] = time.perf_counter() - t
+    after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
+    status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")
+
+    adapter_dir = out_dir / "adapter"
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+        write_json(tmp / ADAPTER_META, {"student_dir": str(Path(student_dir).resolve()), "quantized_base": config.quantize_base,
+                                        "teacher": tsrc.label, "config": config.to_dict()})
+    evals = {"teacher": t_eval.to_dict(), "student_before": before.to_dict(), "student_after": after.to_dict()}
+    write_csv(out_dir / "train_log.csv", log)
+    write_csv(out_dir / "eval.csv", [{"model": k, **v} for k, v in evals.items()])
+    plot_curve(out_dir / "loss.png", log, evals)
+    train_tokens = sum(r["tokens"] for r in log)
+    write_json(out_dir / "distill.json", {
+        "teacher": tsrc.label, "student": info.to_dict() | {"path": str(student_dir)}, "adapter": str(adapter_dir),
+        "config": config.to_dict(), "eval": evals, "train_records": len(train_recs), "eval_records": len(eval_recs),
+        "teacher_cache_hit": hit, "timings": timings, "train_tokens": train_tokens,
+        "train_tok_per_s": train_tokens / timings["train_s"] if log and timings["train_s"] > 0 else None,
+        "final_loss": log[-1]["loss"] if log else None,
+    })
+    if (out_dir / "checkpoints").exists():
+        shutil.rmtree(out_dir / "checkpoints")  # the finished adapter supersedes them
+    return adapter_dir

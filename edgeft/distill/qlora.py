@@ -1,0 +1,114 @@
+"""The trainable student: a frozen base (NF4 through bitsandbytes, or fp32) with LoRA adapters (peft).
+
+The repack trap: on a CPU with AVX512-BF16, a bitsandbytes `Linear4bit` that runs a forward in
+eval mode without grad repacks its weight into a CPU-only layout, in place; training steps after
+that silently get no gradient through the base. We switch that repacking off on every 4-bit
+layer, check no layer is packed before training, and the loop stops when the adapters get no
+gradient at a step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeft.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from edgeft.distill.config import DistillConfig
+
+
+def nf4_config():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                              bnb_4bit_use_double_quant=False)
+
+
+def load_base(student_dir: Path, quantize: bool) -> "PreTrainedModel":
+    """The student base from its HF folder: NF4-quantized (frozen) or plain fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not quantize:
+        return AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable("4-bit NF4 needs bitsandbytes (pip install bitsandbytes), or pass --no-quantize-base") from None
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, quantization_config=nf4_config())
+    disable_cpu_repack(model)
+    return model
+
+
+def four_bit_layers(model) -> list:
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, Linear4bit)]
+
+
+def disable_cpu_repack(model) -> int:
+    """Switch off bitsandbytes' in-place CPU repacking on every 4-bit layer (see module doc)."""
+    layers = four_bit_layers(model)
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def packed_layers(model) -> int:
+    """How many 4-bit layers hold the CPU-repacked layout (training through them gets no gradient)."""
+    return sum(1 for m in four_bit_layers(model)
+               if getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
+
+
+def unpack(model) -> None:
+    """Undo a repack (bitsandbytes keeps the inverse) so a packed model trains again."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for m in four_bit_layers(model):
+        qs = getattr(m.weight, "quant_state", None)
+        if getattr(qs, "packing_format_for_cpu", False):
+            m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
+
+
+def add_lora(base: "PreTrainedModel", config: "DistillConfig"):
+    """Wrap the base with fresh LoRA adapters; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if tuple(config.target_modules) == ("all-linear",) else list(config.target_modules)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    if config.grad_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:  # peft names the target modules it could not find
+        from edgeft.errors import ConfigError
+
+        raise ConfigError([("target_modules", str(exc).split("\n")[0])]) from None
+    return model
+
+
+def load_adapter(base: "PreTrainedModel", adapter_dir: Path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+def dequantized_state(model) -> dict[str, "object"]:
+    """{module name: fp32 weight} for every 4-bit layer, dequantized exactly as training saw it."""
+    import bitsandbytes.functional as bf
+
+    unpack(model)
+    out = {}
+    layers = set(id(m) for m in four_bit_layers(model))
+    for name, m in model.named_modules():
+        if id(m) in layers:
+            out[name] = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+    return out

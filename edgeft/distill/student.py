@@ -1,0 +1,105 @@
+"""The student: the teacher with some decoder layers dropped, or a given model with the same vocabulary."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from edgeft.errors import ConfigError, ModelSourceError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Bits per weight of llama.cpp's quantization levels, for the size estimate printed before
+# training (block scales included; K-quant mixes averaged as llama.cpp reports them).
+BITS_PER_WEIGHT = {
+    "f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.56, "q5_k_m": 5.69, "q5_k_s": 5.52, "q5_0": 5.5,
+    "q5_1": 6.0, "q4_k_m": 4.89, "q4_k_s": 4.57, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.91, "q2_k": 3.35,
+}
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    kept_layers: tuple[int, ...] | None  # teacher layer indices, or None for a given student
+    teacher_layers: int
+    layers: int
+    parameters: int
+    est_bytes: int
+    quant: str
+
+    def to_dict(self) -> dict:
+        return {"kept_layers": list(self.kept_layers) if self.kept_layers else None, "teacher_layers": self.teacher_layers,
+                "layers": self.layers, "parameters": self.parameters, "estimated_size_bytes": self.est_bytes,
+                "estimated_at_quant": self.quant}
+
+
+def evenly_spaced(n_teacher: int, n_keep: int) -> tuple[int, ...]:
+    """`n_keep` of `n_teacher` layer indices, first and last always kept, the rest evenly between."""
+    if not 1 <= n_keep <= n_teacher:
+        raise ConfigError([("student_layers", f"must be between 1 and the teacher's {n_teacher} layers, got {n_keep}")])
+    if n_keep == 1:
+        return (0,)
+    return tuple(round(i * (n_teacher - 1) / (n_keep - 1)) for i in range(n_keep))
+
+
+def check_layers(keep: Sequence[int], n_teacher: int) -> tuple[int, ...]:
+    bad = [i for i in keep if not 0 <= i < n_teacher]
+    if bad:
+        raise ConfigError([("keep_layers", f"layer {bad[0]} does not exist (the teacher has layers 0..{n_teacher - 1})")])
+    return tuple(sorted(keep))
+
+
+def drop_layers(teacher: "PreTrainedModel", keep: Sequence[int]) -> "PreTrainedModel":
+    """A deep copy of `teacher` holding only the decoder layers in `keep`, weights copied."""
+    import torch
+
+    n_teacher = teacher.config.num_hidden_layers
+    keep = check_layers(keep, n_teacher)
+    student = copy.deepcopy(teacher)
+    layers = student.model.layers
+    student.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_idx, layer in enumerate(student.model.layers):
+        # the KV cache is indexed by layer_idx; a stale index would mix layers' caches
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new_idx
+    student.config.num_hidden_layers = len(keep)
+    layer_types = getattr(student.config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == n_teacher:
+        student.config.layer_types = [layer_types[i] for i in keep]
+    return student
+
+
+def parameter_count(model: "PreTrainedModel") -> int:
+    # tied embeddings are one tensor: count each storage once
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total
+
+
+def info(model: "PreTrainedModel", kept: tuple[int, ...] | None, teacher_layers: int, quant: str) -> StudentInfo:
+    n = parameter_count(model)
+    bpw = BITS_PER_WEIGHT.get(quant, 16.0)
+    return StudentInfo(kept, teacher_layers, model.config.num_hidden_layers, n, int(n * bpw / 8), quant)
+
+
+def check_vocabulary(teacher_tok: "PreTrainedTokenizerBase", student_tok: "PreTrainedTokenizerBase", teacher_vocab: int,
+                     student_vocab: int, student_path: Path) -> None:
+    """Logit distillation compares distributions id by id: the vocabularies must be the same."""
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if tv != sv:
+        diff = sorted(set(tv.items()) ^ set(sv.items()), key=lambda kv: kv[1])
+        example = f" (first difference: {diff[0][0]!r} -> {diff[0][1]})" if diff else ""
+        raise ModelSourceError(
+            f"the student's tokenizer differs from the teacher's ({len(sv)} vs {len(tv)} tokens{example}); "
+            "logit distillation needs the same vocabulary", file=student_path, place="tokenizer")
+    if teacher_vocab != student_vocab:
+        raise ModelSourceError(f"the student's vocab_size is {student_vocab} but the teacher's is {teacher_vocab}; "
+                               "logit distillation needs the same vocabulary", file=student_path, place="config.json vocab_size")

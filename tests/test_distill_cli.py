@@ -1,0 +1,70 @@
+"""`edgeft distill` and `edgeft merge` from the command line: one line and exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from distill_data import write_prepared
+from tiny_models import tiny_llama
+
+
+def _invoke(*args):
+    from edgeft.cli import main
+
+    return CliRunner().invoke(main, ["--quiet", *args])
+
+
+def test_distill_then_merge_from_the_cli(tmp_path):
+    t_dir = tiny_llama(tmp_path / "t", layers=4)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=8, n_eval=4)
+    out = tmp_path / "out"
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", "0,2,3", "--out", str(out),
+                "--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "4", "--top-k", "8",
+                "--no-quantize-base", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["student"]["kept_layers"] == [0, 2, 3] and report["config"]["quantize_base"] is False
+    assert set(report["eval"]) == {"teacher", "student_before", "student_after"}
+    r = _invoke("merge", str(out / "adapter"), "--out", str(tmp_path / "merged"), "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_student_with_another_vocabulary_is_one_line_exit_2(tmp_path):
+    t_dir = tiny_llama(tmp_path / "t")
+    s_dir = tiny_llama(tmp_path / "s", tokenizer_style="digits")  # another BPE: another vocabulary
+    data = write_prepared(tmp_path / "d", t_dir, n_train=4, n_eval=2)
+    r = _invoke("distill", "--teacher", str(t_dir), "--student", str(s_dir), "--data", str(data), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("edgeft: error:")]
+    assert len(lines) == 1 and "tokenizer differs from the teacher's" in lines[0] and str(s_dir) in lines[0]
+    assert "Traceback" not in r.output and not (tmp_path / "o" / "adapter").exists()
+
+
+@pytest.mark.parametrize("bad, where", [("{oops\n", "line 2: invalid JSON"), ('{"input_ids": [1]}\n', "line 2: 'labels' must be")])
+def test_bad_data_line_is_one_line_exit_2(tmp_path, bad, where):
+    t_dir = tiny_llama(tmp_path / "t")
+    data = write_prepared(tmp_path / "d", t_dir, n_train=4, n_eval=2)
+    first = (data / "train.jsonl").read_text().splitlines()[0]
+    (data / "train.jsonl").write_text(first + "\n" + bad)
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2, r.output
+    assert f"train.jsonl: {where}" in r.output and "Traceback" not in r.output
+
+
+def test_bad_flags_are_reported_together(tmp_path):
+    data = write_prepared(tmp_path / "d", tiny_llama(tmp_path / "t"), n_train=2, n_eval=1)
+    r = _invoke("distill", "--data", str(data), "--alpha", "2", "--temperature", "0", "--preset", "demo")
+    assert r.exit_code == 2 and "alpha" in r.output and "temperature" in r.output
+    r = _invoke("distill", "--data", str(data), "--preset", "huge")
+    assert r.exit_code == 2 and "unknown preset 'huge'" in r.output
+
+
+def test_missing_prepared_split_is_exit_2(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text("")
+    r = _invoke("distill", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2 and "eval.jsonl" in r.output

@@ -1,0 +1,158 @@
+"""Distillation pieces on tiny models: the KD loss by hand, student construction, the top-k cache, records, config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from distill_data import write_prepared
+from tiny_models import tiny_llama
+
+
+def test_kd_loss_matches_hand_computation():
+    """One target position, vocabulary 3, teacher top-2; every term worked out with math."""
+    import torch
+
+    from edgeft.distill.kd_loss import kd_loss
+
+    s = [1.0, 2.0, 0.5]  # student logits
+    t_lp = [math.log(0.6), math.log(0.3)]  # teacher log-probs at ids 1 and 0 (0.1 of its mass is cut off)
+    alpha, T = 0.25, 2.0
+    # teacher at T, renormalized over its top 2: p_i ∝ exp(log p_i / T) = sqrt(p_i)
+    z = math.sqrt(0.6) + math.sqrt(0.3)
+    p = [math.sqrt(0.6) / z, math.sqrt(0.3) / z]
+    # student log-softmax at T over the full vocabulary, read at ids 1 and 0
+    lse = math.log(sum(math.exp(v / T) for v in s))
+    q = [s[1] / T - lse, s[0] / T - lse]
+    kl = sum(pi * (math.log(pi) - qi) for pi, qi in zip(p, q))
+    ce = -(s[2] - math.log(sum(math.exp(v) for v in s)))  # target token 2
+    expected = alpha * T * T * kl + (1 - alpha) * ce
+
+    parts = kd_loss(torch.tensor([s]), torch.tensor([[1, 0]]), torch.tensor([t_lp]), torch.tensor([2]), alpha=alpha, temperature=T)
+    assert parts.total.item() == pytest.approx(expected, rel=1e-6)
+    assert parts.kd.item() == pytest.approx(T * T * kl, rel=1e-6)
+    assert parts.ce.item() == pytest.approx(ce, rel=1e-6)
+
+
+def test_kd_loss_is_zero_when_student_equals_full_teacher():
+    import torch
+
+    from edgeft.distill.kd_loss import kd_loss
+
+    logits = torch.randn(5, 11)
+    lp = torch.log_softmax(logits, -1)
+    vals, ids = lp.topk(11, -1)  # k = vocab: nothing cut off
+    parts = kd_loss(logits, ids, vals, torch.zeros(5, dtype=torch.long), alpha=1.0, temperature=3.0)
+    assert abs(parts.total.item()) < 1e-5
+
+
+def test_evenly_spaced_keeps_first_and_last():
+    from edgeft.distill.student import evenly_spaced
+
+    assert evenly_spaced(30, 15) == tuple(round(i * 29 / 14) for i in range(15))
+    assert evenly_spaced(30, 15)[0] == 0 and evenly_spaced(30, 15)[-1] == 29
+    assert evenly_spaced(4, 2) == (0, 3)
+    assert len(set(evenly_spaced(30, 15))) == 15
+
+
+def test_student_keeps_chosen_layers_with_teacher_weights(tmp_path):
+    import torch
+
+    from edgeft import models
+    from edgeft.distill.student import drop_layers, parameter_count
+
+    teacher = models.load_model(models.resolve(tiny_llama(tmp_path / "t", layers=4)))
+    student = drop_layers(teacher, [1, 3])
+    assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    for new, old in enumerate([1, 3]):
+        for key, val in s_sd.items():
+            if key.startswith(f"model.layers.{new}."):
+                assert torch.equal(val, t_sd[key.replace(f"layers.{new}.", f"layers.{old}.")]), key
+        assert student.model.layers[new].self_attn.layer_idx == new
+    assert torch.equal(s_sd["model.embed_tokens.weight"], t_sd["model.embed_tokens.weight"])
+    assert teacher.config.num_hidden_layers == 4  # the teacher is untouched
+    # the student computes what the teacher's kept layers compute
+    ids = torch.tensor([[3, 17, 42, 5]])
+    h = teacher.model.embed_tokens(ids)
+    pos = torch.arange(4)[None]
+    rope = teacher.model.rotary_emb(h, pos)
+    for i in (1, 3):
+        h = teacher.model.layers[i](h, position_embeddings=rope, attention_mask=None, position_ids=pos)
+        h = h[0] if isinstance(h, tuple) else h
+    want = teacher.lm_head(teacher.model.norm(h))
+    with torch.no_grad():
+        got = student(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert parameter_count(student) < parameter_count(teacher)
+
+
+def test_teacher_cache_round_trip_and_reuse(tmp_path):
+    import torch
+
+    from edgeft import models
+    from edgeft.distill import teacher_cache
+    from edgeft.distill.records import IGNORE, collate, read_records
+
+    t_dir = tiny_llama(tmp_path / "t")
+    data = write_prepared(tmp_path / "d", t_dir, n_train=6, n_eval=2, pad_to=52)
+    model = models.load_model(models.resolve(t_dir))
+    recs = read_records(data / "train.jsonl", vocab_size=model.config.vocab_size, max_length=256)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return model
+
+    cache, hit = teacher_cache.get_or_build(tmp_path / "c", "h1", factory, recs, 8, 0, 4)
+    assert not hit and calls == [1]
+    again, hit = teacher_cache.get_or_build(tmp_path / "c", "h1", factory, recs, 8, 0, 4)
+    assert hit and calls == [1]  # the teacher did not run again
+    assert torch.equal(again.ids, cache.ids) and torch.equal(again.logprobs, cache.logprobs)
+    # rows for record 2 equal the teacher's top-8 at its target positions
+    batch = collate([recs[2]], 0)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0], -1)
+    sel = batch["targets"][0] != IGNORE
+    vals, ids = lp[sel].topk(8, -1)
+    got_ids, got_lp = again.rows(2)
+    assert torch.equal(got_ids, ids) and torch.allclose(got_lp, vals, atol=2e-2)  # stored as float16
+    _, other = teacher_cache.get_or_build(tmp_path / "c", "h2", factory, recs, 8, 0, 4)
+    assert not other  # another teacher: another cache
+
+
+def test_records_reject_bad_lines_with_place(tmp_path):
+    from edgeft.distill.records import read_records
+    from edgeft.errors import EdgeftError
+
+    p = tmp_path / "train.jsonl"
+    p.write_text(json.dumps({"input_ids": [1, 2], "labels": [-100, 2], "attention_mask": [1, 1]}) + "\n{not json\n")
+    with pytest.raises(EdgeftError, match=r"train.jsonl: line 2: invalid JSON"):
+        read_records(p, vocab_size=10, max_length=8)
+    p.write_text(json.dumps({"input_ids": [1, 99], "labels": [-100, 2], "attention_mask": [1, 1]}) + "\n")
+    with pytest.raises(EdgeftError, match=r"line 1: token id 99 is outside"):
+        read_records(p, vocab_size=10, max_length=8)
+    p.write_text(json.dumps({"input_ids": [1, 2], "labels": [-100], "attention_mask": [1, 1]}) + "\n")
+    with pytest.raises(EdgeftError, match=r"line 1: .*differ in length"):
+        read_records(p, vocab_size=10, max_length=8)
+
+
+def test_collate_shifts_labels_and_masks_padding():
+    from edgeft.distill.records import Record, collate
+
+    b = collate([Record((5, 6, 7, 8), (-100, -100, 7, 8)), Record((5, 9), (-100, 9))], pad_id=0)
+    assert b["targets"].tolist() == [[-100, 7, 8, -100], [9, -100, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_config_reports_every_problem_and_presets_are_valid():
+    from edgeft.distill.config import PRESETS, DistillConfig
+    from edgeft.errors import ConfigError
+
+    for cfg in PRESETS.values():
+        cfg.validate()
+    with pytest.raises(ConfigError) as exc:
+        DistillConfig().with_overrides(alpha=1.5, steps=0, temperature=-1.0)
+    assert {k for k, _ in exc.value.problems} == {"alpha", "steps", "temperature"}
