@@ -68,20 +68,37 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--quant", default=None, help=QUANT_HELP)
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
 @click.option("--no-bench", is_flag=True, help="Compile only; skip the benchmark and the budget check.")
+@click.option("--no-distill", is_flag=True, help="Compile the model as it is, without data, distillation and merge.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Task data (JSONL/JSON/CSV/Parquet) for distillation [default: the shipped prompts; the teacher writes answers].")
+@click.option("--preset", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
+              help="Data and distillation settings: 'demo' takes minutes on a laptop CPU, 'full' is a serious run.")
+@click.option("--eval-data", type=click.Path(path_type=Path), default=None,
+              help="Text or prepared JSONL scored for perplexity [default: the data's held-out split, else a shipped text].")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
-def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool, as_json: bool) -> None:
+def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
+          no_distill: bool, data: Path | None, preset: str, eval_data: Path | None, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
-    Converts the model (our own HF -> GGUF converter), quantizes it with llama.cpp's
-    quantizer, checks the export still tokenizes and templates like the source, then
-    benchmarks it in a separate process. Writes the model file, target.toml, bench.json and
-    manifest.json into the output folder. Exit code 1 when a budget fails.
+    \b
+    With distillation (the default), MODEL is the teacher:
+      data     clean and split --data (or the shipped prompts); the teacher writes missing answers
+      distill  a student with half the teacher's layers learns the teacher's logits (QLoRA)
+      merge    the adapters are folded into a dense model
+    Then, for every build:
+      compile  our HF -> GGUF converter + llama.cpp's quantizer (or the target's backend)
+      check    the export still tokenizes, templates and answers like its source
+      bench    latency, memory, size and quality in a separate process, against the budget
+
+    Writes the model, target.toml, bench.json and manifest.json into the output folder; finished
+    stages under work/ are reused while their inputs are unchanged. Exit code 1 when a budget fails.
     """
     from edgeft.pipeline import build as run_build
 
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
-    result = run_build(model, resolved, out_dir, run_bench=not no_bench)
+    result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
+                       data=data, preset=preset)
     if result.bench is None:
         click.echo(f"built {result.artifact}")
         return

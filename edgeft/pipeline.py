@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeft import models
 from edgeft.atomic_io import atomic_path, write_json, write_text
@@ -17,8 +18,11 @@ from edgeft.backends.registry import get_backend
 from edgeft.backends.base import Artifact
 from edgeft.config import AUTO_QUANT, AutoQuantLevels, Target, to_dict
 from edgeft.errors import ConfigError
-from edgeft.manifest import source_entry, write_manifest
+from edgeft.manifest import sha256, source_entry, write_manifest
 from edgeft.progress import status
+
+if TYPE_CHECKING:
+    from edgeft.presets import BuildPreset
 
 
 @dataclass
@@ -61,7 +65,64 @@ def prepare_source(source: models.ModelSource, src_key: str, work: Path) -> tupl
     return hf_dir, {"reused": False, "kind": "gguf-dequantized", "key": key}
 
 
-def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None) -> BuildResult:
+def file_key(path: Path | None) -> str:
+    return _key("default-data" if path is None else sha256(Path(path)))
+
+
+def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, preset: "BuildPreset", work: Path,
+                    stages: dict) -> tuple[Path, str, Path]:
+    """data -> distill -> merge, each stage reused while its inputs are unchanged.
+
+    Returns the merged HF folder, its key (what later stages hash against) and the eval split."""
+    from dataclasses import asdict
+
+    from edgeft import distill
+    from edgeft.data.prepare import prepare
+    from edgeft.merge import merge
+
+    t = time.perf_counter()
+    data_dir = work / "data"
+    data_key = _key("data", file_key(data), src_key, asdict(preset.data))
+    reused = _reusable(data_dir, data_key)
+    if not reused:
+        status("data: cleaning, splitting and letting the teacher write missing answers ...")
+        prepare(data, model, data_dir, preset.data)
+        _stamp(data_dir, data_key)
+    from edgeft.distill.records import open_prepared
+
+    prepared = open_prepared(data_dir)
+    stages["data"] = {"reused": reused, "key": data_key, "seconds": round(time.perf_counter() - t, 2),
+                      "report": str((data_dir / "data_report.json").relative_to(work.parent))}
+
+    t = time.perf_counter()
+    distill_dir = work / "distill"
+    distill_key = _key("distill", data_key, src_key, preset.distill.to_dict())
+    reused = _reusable(distill_dir, distill_key)
+    if not reused:
+        status("distill: training the student against the teacher's logits ...")
+        distill.run(str(hf_dir), prepared, distill_dir, preset.distill)
+        _stamp(distill_dir, distill_key)
+    summary_path = distill_dir / "distill.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    stages["distill"] = {"reused": reused, "key": distill_key, "seconds": round(time.perf_counter() - t, 2),
+                         "config": preset.distill.to_dict(), "eval": summary.get("eval")}
+
+    t = time.perf_counter()
+    merged_dir = work / "merged"
+    merge_key = _key("merge", distill_key)
+    reused = _reusable(merged_dir, merge_key)
+    if not reused:
+        status("merge: folding the adapters into a dense model ...")
+        merge(distill_dir / "adapter", merged_dir)
+        _stamp(merged_dir, merge_key)
+    stages["merge"] = {"reused": reused, "key": merge_key, "seconds": round(time.perf_counter() - t, 2)}
+    return merged_dir, merge_key, prepared.eval
+
+
+def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
+          distill: bool = False, data: Path | None = None, preset: str = "demo") -> BuildResult:
+    """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
+    distill -> merge produce the student that is compiled; without, the model is compiled as it is."""
     started = time.perf_counter()
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
@@ -77,6 +138,11 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     src_key = source_hash(source)
     hf_dir, stages["source"] = prepare_source(source, src_key, work)
     stages["source"]["seconds"] = round(time.perf_counter() - t, 2)
+    if distill:
+        from edgeft.presets import build_preset
+
+        hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, build_preset(preset), work, stages)
+        eval_data = eval_data or held_out
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:

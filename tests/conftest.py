@@ -51,5 +51,5 @@ def default_build(tmp_path_factory):
     from edgeft.cli import main
 
     out = tmp_path_factory.mktemp("default-build") / "out"
-    result = CliRunner().invoke(main, ["--quiet", "build", "--target", "gguf", "--out", str(out)])
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--target", "gguf", "--out", str(out)])
     return out, result

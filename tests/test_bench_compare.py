@@ -82,7 +82,7 @@ def test_quant_auto_keeps_the_smallest_level_that_passes(tiny_llama_dir, tmp_pat
     monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "f16", "q4_0")))
     out = tmp_path / "out"
     profile = _profile(tmp_path, "package_mb = 350")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
                                        "--quant", "auto", "--out", str(out)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -99,7 +99,7 @@ def test_quant_auto_records_why_each_level_was_rejected(tiny_llama_dir, tmp_path
     monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "q4_0")))
     out = tmp_path / "out"
     profile = _profile(tmp_path, "package_mb = 0.0001")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
                                        "--quant", "auto", "--out", str(out)])
     assert result.exit_code == 1, result.output
     auto = json.loads((out / "manifest.json").read_text())["stages"]["auto_quant"]
@@ -110,7 +110,7 @@ def test_quant_auto_records_why_each_level_was_rejected(tiny_llama_dir, tmp_path
 
 
 def test_quant_auto_needs_the_bench(tiny_llama_dir, tmp_path):
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(_profile(tmp_path, "")),
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(_profile(tmp_path, "")),
                                        "--quant", "auto", "--no-bench", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--no-bench" in result.output
     assert not (tmp_path / "o").exists()

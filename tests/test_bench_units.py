@@ -132,3 +132,12 @@ def test_recommend_smallest_passing_or_the_failing_budget():
     rows = [_row("q8_0", 145, {"ttft_ms_p90": "FAIL", "ppl_increase_pct": "PASS"}), _row("q4_0", 90, {"ttft_ms_p90": "FAIL", "ppl_increase_pct": "FAIL"})]
     best, verdict = recommend(rows)
     assert best is None and "ttft_ms_p90 fails at every level" in verdict
+
+
+def test_eval_data_padding_is_not_scored(tmp_path):
+    """Bug pinned: padded rows from the data stage were scored pad tokens and all."""
+    from edgeft.bench.perplexity import read_eval_data
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"input_ids": [5, 6, 7, 0, 0], "attention_mask": [1, 1, 1, 0, 0]}\n{"input_ids": [8, 9]}\n')
+    assert read_eval_data(path) == [5, 6, 7, 8, 9]

@@ -31,7 +31,7 @@ def tiny_build(tiny_llama_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
     out = tmp / "out"
     profile = _profile(tmp, "package_mb = 350\nttft_ms_p90 = 100000")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
     return out, result
 
 
@@ -82,7 +82,7 @@ def test_manifest_records_sources_outputs_and_versions(tiny_build, tiny_llama_di
 def test_failed_budget_exits_1(tiny_llama_dir, tmp_path):
     profile = _profile(tmp_path, "package_mb = 0.001")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output
     bench = json.loads((out / "bench.json").read_text())
@@ -91,7 +91,7 @@ def test_failed_budget_exits_1(tiny_llama_dir, tmp_path):
 
 def test_json_output(tiny_llama_dir, tmp_path):
     profile = _profile(tmp_path, "package_mb = 350", quant="f16")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
                                        "--out", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[: result.output.rindex("}") + 1])
@@ -104,7 +104,7 @@ def test_rebuild_reuses_conversion(tiny_build, tiny_llama_dir, tmp_path):
     stamp = out / "work" / "convert-f16" / ".stage.json"
     before = stamp.stat().st_mtime_ns
     profile = _profile(tmp_path, "package_mb = 350", quant="q4_0")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile),
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
                                        "--out", str(out), "--no-bench"])
     assert result.exit_code == 0, result.output
     assert stamp.stat().st_mtime_ns == before

@@ -57,7 +57,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 
 def test_missing_model_path(tmp_path):
     out = tmp_path / "out"
-    proc = _run_cli(["build", "--model", str(tmp_path / "nope"), "--out", str(out)])
+    proc = _run_cli(["build", "--no-distill", "--model", str(tmp_path / "nope"), "--out", str(out)])
     _assert_one_line_error(proc, str(tmp_path / "nope"), "no such file")
     assert not out.exists()
 
@@ -65,7 +65,7 @@ def test_missing_model_path(tmp_path):
 def test_folder_without_config(tmp_path):
     (tmp_path / "m").mkdir()
     out = tmp_path / "out"
-    proc = _run_cli(["build", "--model", str(tmp_path / "m"), "--out", str(out)])
+    proc = _run_cli(["build", "--no-distill", "--model", str(tmp_path / "m"), "--out", str(out)])
     _assert_one_line_error(proc, "config.json is missing")
     assert not out.exists()
 
@@ -75,7 +75,7 @@ def test_unsupported_architecture(tmp_path):
     model.mkdir()
     (model / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     out = tmp_path / "out"
-    proc = _run_cli(["build", "--model", str(model), "--out", str(out)])
+    proc = _run_cli(["build", "--no-distill", "--model", str(model), "--out", str(out)])
     _assert_one_line_error(proc, "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM")
     assert not out.exists()
 
@@ -84,7 +84,7 @@ def test_corrupt_gguf(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 10)
     out = tmp_path / "out"
-    proc = _run_cli(["build", "--model", str(bad), "--out", str(out)])
+    proc = _run_cli(["build", "--no-distill", "--model", str(bad), "--out", str(out)])
     _assert_one_line_error(proc, "broken.gguf", "corrupt")
     assert not out.exists()
 
@@ -92,7 +92,7 @@ def test_corrupt_gguf(tmp_path):
 def test_bad_target(tmp_path):
     profile = tmp_path / "t.toml"
     profile.write_text('backend = "gguf"\nquant = "q4_0"\n[budget]\nttft_ms_p90 = -1\n')
-    proc = _run_cli(["build", "--target", str(profile), "--out", str(tmp_path / "out")])
+    proc = _run_cli(["build", "--no-distill", "--target", str(profile), "--out", str(tmp_path / "out")])
     _assert_one_line_error(proc, "t.toml", "budget.ttft_ms_p90", "positive")
     assert not (tmp_path / "out").exists()
 
@@ -100,5 +100,5 @@ def test_bad_target(tmp_path):
 def test_not_a_gguf_file(tmp_path):
     bad = tmp_path / "weights.bin"
     bad.write_bytes(b"x")
-    proc = _run_cli(["build", "--model", str(bad), "--out", str(tmp_path / "out")])
+    proc = _run_cli(["build", "--no-distill", "--model", str(bad), "--out", str(tmp_path / "out")])
     _assert_one_line_error(proc, "weights.bin", ".gguf")

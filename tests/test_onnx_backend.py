@@ -203,7 +203,7 @@ def test_build_cli_writes_folder_bench_and_manifest(tiny_llama_dir, tmp_path):
 
     out = tmp_path / "out"
     profile = _profile(tmp_path, "int4", budget="package_mb = 350\nttft_ms_p90 = 100000")
-    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out)])
     assert result.exit_code == 0, result.output
     folder = out / "model-onnx-int4"
     assert (folder / "model.onnx").is_file()

@@ -48,7 +48,7 @@ def test_unsupported_architecture_cli(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text('{"architectures": ["MistralForCausalLM"]}')
-    proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--model", str(model), "--target", "onnx",
+    proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--no-distill", "--model", str(model), "--target", "onnx",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     _one_line(proc, "MistralForCausalLM", "LlamaForCausalLM")
     assert not (tmp_path / "out").exists()
@@ -137,7 +137,7 @@ def test_bad_onnx_options_reported_together(tmp_path):
 
 
 def test_bad_onnx_level_cli(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--target", "onnx", "--quant", "q4_k_m",
+    proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--no-distill", "--target", "onnx", "--quant", "q4_k_m",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     _one_line(proc, "quant", "fp32, int8, int4")
 

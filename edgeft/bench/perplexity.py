@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def read_eval_data(path: Path) -> list[int]:
-    """Token ids of a held-out split: JSONL, one object per line with `input_ids` (a list of ints)."""
+    """Token ids of a held-out split: JSONL, one object per line with `input_ids` (a list of ints).
+
+    Rows the data stage padded carry an `attention_mask`; padding is not text and is not scored."""
     if not path.is_file():
         raise EdgeftError("no such file", file=path)
     ids: list[int] = []
@@ -36,6 +38,9 @@ def read_eval_data(path: Path) -> list[int]:
             if not isinstance(row, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row):
                 raise EdgeftError("expected an object with `input_ids`, a list of non-negative integers",
                                   file=path, place=f"line {lineno}")
+            mask = record.get("attention_mask")
+            if isinstance(mask, list) and len(mask) == len(row):
+                row = [t for t, m in zip(row, mask) if m]
             ids.extend(row)
     if len(ids) < 2:
         raise EdgeftError(f"only {len(ids)} evaluation tokens; at least 2 are needed", file=path)

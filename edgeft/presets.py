@@ -1,0 +1,35 @@
+"""`edgeft build --preset`: the data and distillation settings a build uses, named.
+
+The demo preset is sized for a laptop: the teacher writes a capped number of short answers and
+the student trains for the distillation defaults' few dozen steps. `full` is a serious run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeft.data.prepare import DataConfig
+from edgeft.distill.config import PRESETS as DISTILL_PRESETS
+from edgeft.distill.config import DistillConfig
+from edgeft.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BuildPreset:
+    data: DataConfig
+    distill: DistillConfig
+
+
+PRESETS: dict[str, BuildPreset] = {
+    "demo": BuildPreset(
+        data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
+        distill=DISTILL_PRESETS["demo"],
+    ),
+    "full": BuildPreset(data=DataConfig(), distill=DISTILL_PRESETS["full"]),
+}
+DEFAULT_PRESET = "demo"
+
+
+def build_preset(name: str) -> BuildPreset:
+    if name not in PRESETS:
+        raise ConfigError([("preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")], file="--preset")
+    return PRESETS[name]
