@@ -5,7 +5,7 @@ the student trains for the distillation defaults' few dozen steps. `full` is a s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgeft.data.prepare import DataConfig
 from edgeft.distill.config import PRESETS as DISTILL_PRESETS
@@ -20,9 +20,12 @@ class BuildPreset:
 
 
 PRESETS: dict[str, BuildPreset] = {
+    # Measured here (2 shared cores): the teacher writes 96 answers in about 1.5 minutes; the
+    # distillation defaults' 60 steps x 8 examples took over 15 minutes, so the build demo trains
+    # 24 steps x 4 examples: a student visibly moved towards the teacher, not a finished model.
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
-        distill=DISTILL_PRESETS["demo"],
+        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8),
     ),
     "full": BuildPreset(data=DataConfig(), distill=DISTILL_PRESETS["full"]),
 }
