@@ -114,3 +114,24 @@ def test_quant_auto_needs_the_bench(tiny_llama_dir, tmp_path):
                                        "--quant", "auto", "--no-bench", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--no-bench" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_across_backends_in_one_table(tiny_llama_dir, tmp_path):
+    """GGUF and ONNX builds of one model in the same schema, the same table and the same plot."""
+    import json as _json
+
+    gguf = tmp_path / "g.toml"
+    gguf.write_text('backend = "gguf"\nquant = "q8_0"\nthreads = 1\n[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 2\ncontext = 256\n'
+                    "[budget]\npackage_mb = 350\n")
+    onnx = tmp_path / "o.toml"
+    onnx.write_text(gguf.read_text().replace('backend = "gguf"', 'backend = "onnx"').replace('quant = "q8_0"', 'quant = "int4"'))
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["--quiet", "compare", "--model", str(tiny_llama_dir), "--targets", f"{gguf},{onnx}", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = _json.loads((out / "compare.json").read_text())
+    rows = data["rows"]
+    backends = {r["backend"] for r in rows}
+    assert backends == {"gguf", "onnx"}
+    for r in rows:
+        assert r["metrics"]["ppl"] > 0 and r["metrics"]["ttft_ms_p90"] > 0
+    assert (out / "compare.png").stat().st_size > 0
