@@ -20,12 +20,14 @@ class BuildPreset:
 
 
 PRESETS: dict[str, BuildPreset] = {
-    # Measured here (2 shared cores): the teacher writes 96 answers in about 1.5 minutes; the
-    # distillation defaults' 60 steps x 8 examples took over 15 minutes, so the build demo trains
-    # 24 steps x 4 examples: a student visibly moved towards the teacher, not a finished model.
+    # Measured here (2 shared cores, no AVX512-BF16): the teacher writes 96 answers in about 1.5
+    # minutes; bitsandbytes' CPU NF4 path trains at about 9 tokens/s against 202 for a
+    # full-precision LoRA base, so the laptop demo trains plain LoRA (`edgeft distill` and
+    # `--preset full` keep the NF4 QLoRA base) for 24 steps x 4 examples: a student visibly
+    # moved towards the teacher, not a finished model.
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
-        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8),
+        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, quantize_base=False),
     ),
     "full": BuildPreset(data=DataConfig(), distill=DISTILL_PRESETS["full"]),
 }
