@@ -11,7 +11,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from edgeft.backends import onnx_options
 from edgeft.backends.onnx_options import OnnxOptions
@@ -182,6 +182,23 @@ def _table(raw: Mapping[str, Any], key: str, problems: list[tuple[str, str]]) ->
     return value
 
 
+def _number_table(raw: Mapping[str, Any], key: str, schema: type, problems: list[tuple[str, str]], *, integer: bool,
+                  invalid: Callable[[str, Any], str | None]) -> dict[str, Any]:
+    """A `[key]` table of numbers whose allowed names are `schema`'s fields; problems are collected, not raised."""
+    allowed = {f.name for f in fields(schema)}
+    values: dict[str, Any] = {}
+    for name, value in _table(raw, key, problems).items():
+        if name not in allowed:
+            problems.append((f"{key}.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})"))
+            continue
+        why = _check_number(value, integer=integer) or invalid(name, value)
+        if why:
+            problems.append((f"{key}.{name}", why))
+        else:
+            values[name] = value if integer else float(value)
+    return values
+
+
 def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
     # Imported here: the backend registry names its backends and quant levels without heavy imports.
     from edgeft.backends.registry import backend_names, quant_levels
@@ -212,51 +229,20 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
     elif threads < 0:
         problems.append(("threads", f"must be 0 (all cores) or more, got {threads}"))
 
-    bench_raw = _table(raw, "bench", problems)
-    bench_values: dict[str, Any] = {}
-    bench_fields = {f.name for f in fields(BenchSettings)}
-    for key, value in bench_raw.items():
-        if key not in bench_fields:
-            problems.append((f"bench.{key}", f"unknown key (allowed: {', '.join(sorted(bench_fields))})"))
-            continue
-        why = _check_number(value, integer=True)
-        if why:
-            problems.append((f"bench.{key}", why))
-        elif value < (0 if key == "warmup" else 1):
-            problems.append((f"bench.{key}", f"must be {'0 or more' if key == 'warmup' else 'at least 1'}, got {value}"))
-        else:
-            bench_values[key] = value
-
-    budget_raw = _table(raw, "budget", problems)
-    budget_values: dict[str, Any] = {}
-    budget_fields = {f.name for f in fields(Budget)}
-    for key, value in budget_raw.items():
-        if key not in budget_fields:
-            problems.append((f"budget.{key}", f"unknown key (allowed: {', '.join(sorted(budget_fields))})"))
-            continue
-        why = _check_number(value, integer=False)
-        if why:
-            problems.append((f"budget.{key}", why))
-        elif value < 0 or (value == 0 and key != "ppl_increase_pct"):
-            problems.append((f"budget.{key}", f"must be positive, got {value}"))
-        else:
-            budget_values[key] = float(value)
-
+    bench_values = _number_table(
+        raw, "bench", BenchSettings, problems, integer=True,
+        invalid=lambda k, v: (f"must be {'0 or more' if k == 'warmup' else 'at least 1'}, got {v}"
+                              if v < (0 if k == "warmup" else 1) else None),
+    )
+    budget_values = _number_table(
+        raw, "budget", Budget, problems, integer=False,
+        invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k != "ppl_increase_pct") else None,
+    )
     onnx = onnx_options.parse(_table(raw, "onnx", problems), problems)
-    regression_raw = _table(raw, "regression", problems)
-    regression_values: dict[str, Any] = {}
-    regression_fields = {f.name for f in fields(Regression)}
-    for key, value in regression_raw.items():
-        if key not in regression_fields:
-            problems.append((f"regression.{key}", f"unknown key (allowed: {', '.join(sorted(regression_fields))})"))
-            continue
-        why = _check_number(value, integer=False)
-        if why:
-            problems.append((f"regression.{key}", why))
-        elif value <= 0:
-            problems.append((f"regression.{key}", f"must be a positive percentage, got {value}"))
-        else:
-            regression_values[key] = float(value)
+    regression_values = _number_table(
+        raw, "regression", Regression, problems, integer=False,
+        invalid=lambda k, v: f"must be a positive percentage, got {v}" if v <= 0 else None,
+    )
 
     if problems:
         raise ConfigError(problems, file=source)
