@@ -103,7 +103,8 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
         click.echo(f"built {result.artifact}")
         return
     _print_bench(result.bench, as_json)
-    click.echo(f"\noutput folder: {result.out_dir}  (model: {result.artifact.name}, bench.json, manifest.json)")
+    # With --json, stdout is the JSON document alone, so a machine can parse it whole.
+    click.echo(f"\noutput folder: {result.out_dir}  (model: {result.artifact.name}, bench.json, manifest.json)", err=as_json)
     if not result.bench["pass"]:
         sys.exit(1)
 

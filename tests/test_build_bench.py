@@ -94,7 +94,7 @@ def test_json_output(tiny_llama_dir, tmp_path):
     result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
                                        "--out", str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output[: result.output.rindex("}") + 1])
+    data = json.loads(result.stdout)  # stdout is the JSON document alone
     assert data["target"]["quant"] == "f16"
 
 
