@@ -459,7 +459,10 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
               help="A prepared data folder (train.jsonl, eval.jsonl) or a raw data file for the data stage.")
 @click.option("--student", default=None, help="Student model source with the teacher's tokenizer.")
 @click.option("--student-layers", type=int, default=None, help="Make the student from the teacher by keeping N decoder layers [default: half].")
-@click.option("--keep-layers", default=None, help="Teacher layers to keep, e.g. 0,2,4 (instead of evenly spaced).")
+@click.option("--keep-layers", default=None, help="Teacher layers to keep, e.g. 0,2,4 (instead of --layer-pick).")
+@click.option("--layer-pick", type=click.Choice(["even", "ends"]), default=None,
+              help="Which layers --student-layers keeps: evenly spaced, or the first and last halves "
+                   "(a much better start on SmolLM2) [default: even; build presets: ends].")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True)
 @click.option("--preset", default="demo", show_default=True, help="Settings to start from: demo (minutes on a laptop) or full (a serious run).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps.")
@@ -482,7 +485,7 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher top-k cache folder [default: OUT/teacher-cache].")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
-def distill(teacher, data, student, student_layers, keep_layers, out, preset, steps, batch_size, grad_accum, lr, warmup_steps,
+def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out, preset, steps, batch_size, grad_accum, lr, warmup_steps,
             alpha, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules, no_quantize_base, grad_checkpointing,
             save_every, seed, quant, resume, cache_dir, as_json) -> None:
     """Teach a small student the teacher's distributions (KD + QLoRA); write a LoRA adapter.
@@ -494,7 +497,8 @@ def distill(teacher, data, student, student_layers, keep_layers, out, preset, st
     from edgeft.distill.config import preset as get_preset
 
     config = get_preset(preset).with_overrides(
-        student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers), steps=steps, batch_size=batch_size,
+        student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers), layer_pick=layer_pick, steps=steps,
+        batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, alpha=alpha, temperature=temperature, top_k=top_k,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,

@@ -33,6 +33,17 @@ def test_distill_then_merge_from_the_cli(tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
+def test_layer_pick_ends_keeps_the_first_and_last_layers(tmp_path):
+    t_dir = tiny_llama(tmp_path / "t", layers=4)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=4, n_eval=2)
+    out = tmp_path / "out"
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student-layers", "3", "--layer-pick", "ends",
+                "--out", str(out), "--steps", "1", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "2",
+                "--top-k", "4", "--no-quantize-base", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["student"]["kept_layers"] == [0, 1, 3]  # even spacing would keep [0, 2, 3]
+
+
 def test_student_with_another_vocabulary_is_one_line_exit_2(tmp_path):
     t_dir = tiny_llama(tmp_path / "t")
     s_dir = tiny_llama(tmp_path / "s", tokenizer_style="digits")  # another BPE: another vocabulary

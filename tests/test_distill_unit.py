@@ -48,6 +48,25 @@ def test_kd_loss_is_zero_when_student_equals_full_teacher():
     assert abs(parts.total.item()) < 1e-5
 
 
+def test_ends_keeps_the_first_and_last_halves():
+    from edgeft.distill.student import ends, pick_layers
+
+    assert ends(30, 15) == tuple(range(8)) + tuple(range(23, 30))
+    assert ends(4, 2) == (0, 3)
+    assert ends(5, 1) == (0,)
+    assert ends(6, 6) == tuple(range(6))
+    assert pick_layers(30, 15, "ends") == ends(30, 15)
+    assert pick_layers(30, 15, "even") != ends(30, 15)
+
+
+def test_layer_pick_is_validated():
+    from edgeft.distill.config import DistillConfig
+    from edgeft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layer_pick"):
+        DistillConfig(layer_pick="middle").validate()
+
+
 def test_evenly_spaced_keeps_first_and_last():
     from edgeft.distill.student import evenly_spaced
 

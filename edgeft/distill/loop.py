@@ -87,7 +87,7 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path) -> tu
         if config.keep_layers is not None:
             keep = student_mod.check_layers(config.keep_layers, n_teacher)
         else:
-            keep = student_mod.evenly_spaced(n_teacher, config.student_layers or max(1, n_teacher // 2))
+            keep = student_mod.pick_layers(n_teacher, config.student_layers or max(1, n_teacher // 2), config.layer_pick)
         smodel = student_mod.drop_layers(tmodel, keep)
         folder = out_dir / "student"
         with atomic_dir(folder) as tmp:
