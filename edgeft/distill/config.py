@@ -9,7 +9,7 @@ from typing import Any
 from edgeft.errors import ConfigError
 
 # Who quantizes the base to NF4 when `quantize_base` is on. "auto": bitsandbytes when it can be
-# imported, else torchao (the same QLoRA format; speeds on a CPU in the --nf4-engine help).
+# imported, else torchao (QLoRA's NF4 either way; measured speeds in the --nf4-engine help).
 NF4_ENGINES = ("auto", "bitsandbytes", "torchao")
 
 
