@@ -18,7 +18,7 @@ def environment() -> dict:
     return {
         "machine": describe(os.cpu_count() or 1),
         "load_average_at_start": os.getloadavg(),  # > cores: other work shared the CPU, timings are noisy
-        "versions": package_versions(("torch", "transformers", "peft", "bitsandbytes", "edgeft")),
+        "versions": package_versions(("torch", "transformers", "peft", "bitsandbytes", "torchao", "edgeft")),
         "git_revision": rev,
     }
 

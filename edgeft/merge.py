@@ -1,8 +1,8 @@
 """LoRA adapters + their base -> one dense Hugging Face folder (safetensors, config, tokenizer).
 
-A 4-bit base is dequantized exactly as training saw it (bitsandbytes' own NF4 dequantization of
-the same weights), the adapters are added to it in fp32, and the result is cast to the output
-dtype. Merging into the original fp32 weights instead would ship a model the adapters were
+A 4-bit base is dequantized exactly as training saw it (the same NF4 engine, bitsandbytes or
+torchao, quantizing the same weights and dequantizing them its own way), the adapters are added
+to it in fp32, and the result is cast to the output dtype. Merging into the original fp32 weights instead would ship a model the adapters were
 never trained against."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from edgeft.atomic_io import atomic_dir
+from edgeft.distill.config import NF4_ENGINES
 from edgeft.errors import ArtifactError, ConfigError
 
 DTYPES = ("float16", "float32", "bfloat16")
@@ -31,19 +32,32 @@ def read_adapter_meta(adapter_dir: Path) -> dict:
     base = Path(meta.get("student_dir", ""))
     if not (base / "config.json").is_file():
         raise ArtifactError(f"the adapter's base model folder {base} is missing", file=adapter_dir / ADAPTER_META, place="student_dir")
+    engines = [e for e in NF4_ENGINES if e != "auto"]  # training records the engine that ran, never "auto"
+    if meta.get("quantized_base") and nf4_engine(meta) not in engines:
+        raise ArtifactError(f"unknown NF4 engine {meta['nf4_engine']!r} (known: {', '.join(engines)})",
+                            file=adapter_dir / ADAPTER_META, place="nf4_engine")
     return meta
 
 
-def dense_base(student_dir: Path, quantized: bool):
-    """The base as a dense fp32 model: as stored, or with every 4-bit layer's NF4 weights dequantized."""
+def nf4_engine(meta: dict) -> str | None:
+    """The engine that quantized the adapter's base; None for an fp32 base. Adapters written before
+    the engine was recorded were all trained on bitsandbytes."""
+    if not meta.get("quantized_base"):
+        return None
+    return meta.get("nf4_engine") or "bitsandbytes"
+
+
+def dense_base(student_dir: Path, engine: str | None):
+    """The base as a dense fp32 model: as stored (engine None), or with every 4-bit layer's NF4
+    weights, quantized by `engine` as at training (see `nf4_engine`), dequantized."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from edgeft.distill import qlora
 
     dense = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    if quantized:
-        q = qlora.load_base(student_dir, quantize=True)
+    if engine is not None:
+        q = qlora.load_base(student_dir, quantize=True, engine=engine)
         weights = qlora.dequantized_state(q)
         modules = dict(dense.named_modules())
         with torch.no_grad():
@@ -58,7 +72,9 @@ def adapter_model(adapter_dir: Path):
     from edgeft.distill import qlora
 
     meta = read_adapter_meta(adapter_dir)
-    base = qlora.load_base(Path(meta["student_dir"]), meta["quantized_base"])
+    engine = nf4_engine(meta)
+    student_dir = Path(meta["student_dir"])
+    base = qlora.load_base(student_dir, quantize=False) if engine is None else qlora.load_base(student_dir, True, engine)
     return qlora.load_adapter(base, adapter_dir).eval()
 
 
@@ -74,7 +90,8 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: str = "float16") -> Path:
     adapter_dir = Path(adapter_dir)
     meta = read_adapter_meta(adapter_dir)
     student_dir = Path(meta["student_dir"])
-    dense = dense_base(student_dir, bool(meta["quantized_base"]))
+    engine = nf4_engine(meta)
+    dense = dense_base(student_dir, engine)
     merged = qlora.load_adapter(dense, adapter_dir).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
     merged.config.dtype = dtype
@@ -83,6 +100,6 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: str = "float16") -> Path:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "edgeft_merge.json").write_text(json.dumps({"adapter": str(adapter_dir.resolve()), "base": str(student_dir),
-                                                           "dequantized_nf4_base": bool(meta["quantized_base"]),
+                                                           "dequantized_nf4_base": engine is not None, "nf4_engine": engine,
                                                            "dtype": dtype}, indent=2) + "\n")
     return Path(out_dir)

@@ -20,16 +20,15 @@ class BuildPreset:
 
 
 PRESETS: dict[str, BuildPreset] = {
-    # Measured here (2 shared cores, no AVX512-BF16): the teacher writes 96 answers in about 1.5
-    # minutes; bitsandbytes' CPU NF4 path trains at about 9 tokens/s against 202 for a
-    # full-precision LoRA base, so the laptop demo trains plain LoRA (`edgeft distill` and
-    # `--preset full` keep the NF4 QLoRA base) for 24 steps x 4 examples: a student visibly
-    # moved towards the teacher, not a finished model. Both presets prune to the "ends" layers:
-    # on SmolLM2 they start ~100x closer to the teacher than even spacing (edgeft.distill.student.ends).
+    # The laptop demo: the teacher writes 96 short answers (about 1.5 minutes here), then the
+    # student trains QLoRA (NF4 base) for 24 steps x 4 examples: a student visibly moved towards
+    # the teacher, not a finished model. NF4 costs little speed on a CPU: bitsandbytes trained at
+    # 0.91x the tokens/s of an fp32 base in a paired run (benchmarks/distill_step_paired.py; an
+    # earlier 9-vs-202 tok/s figure was load noise). Both presets prune to the "ends" layers: on
+    # SmolLM2 they start ~100x closer to the teacher than even spacing (edgeft.distill.student.ends).
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
-        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, quantize_base=False,
-                        layer_pick="ends"),
+        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="ends"),
     ),
     "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="ends")),
 }

@@ -35,6 +35,20 @@ def status(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+# Loggers whose import-time warnings tell our users nothing: transformers and peft import torchao
+# whenever it is installed, and torchao then reports CUDA kernels a CPU-only torch cannot load,
+# while torch flags a deprecation inside torchao. Neither affects NF4 or anything else we run.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+def mute_import_noise() -> None:
+    """Raise the IMPORT_NOISE loggers to errors only; cheap (imports nothing), so call it early."""
+    import logging
+
+    for name in IMPORT_NOISE:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quiet_libraries() -> None:
     """Silence transformers' own bars and llama.cpp's per-tensor logs unless we show progress ourselves.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -13,17 +14,19 @@ from tiny_models import tiny_llama
 IDS = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 300, 2]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["nf4-base", "fp32-base"])
+@pytest.fixture(scope="module", params=["bitsandbytes", "torchao", None], ids=["nf4-bnb-base", "nf4-torchao-base", "fp32-base"])
 def adapter(request, tmp_path_factory):
     from edgeft.distill import DistillConfig, open_data, run
 
-    pytest.importorskip("bitsandbytes")
+    if request.param is not None:
+        pytest.importorskip(request.param)
     root = tmp_path_factory.mktemp("merge")
     t_dir = tiny_llama(root / "teacher", hidden=64, layers=4)
     data = open_data(write_prepared(root / "data", t_dir), str(t_dir), root)
     # a high learning rate so the adapters change the logits far beyond the parity tolerance
     cfg = DistillConfig(student_layers=2, steps=4, batch_size=4, grad_accum=1, lr=5e-2, warmup_steps=0, lora_rank=4, lora_alpha=8,
-                        top_k=16, save_every=0, quantize_base=request.param, max_eval_records=4)
+                        top_k=16, save_every=0, quantize_base=request.param is not None, nf4_engine=request.param or "auto",
+                        max_eval_records=4)
     return run(str(t_dir), data, root / "out", cfg)
 
 
@@ -37,11 +40,13 @@ def _logits(model):
 def test_merged_logits_match_adapter_model(adapter, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from edgeft.merge import adapter_model, dense_base, merge, read_adapter_meta
+    from edgeft.merge import adapter_model, dense_base, merge, nf4_engine, read_adapter_meta
 
     ref = _logits(adapter_model(adapter))
     meta = read_adapter_meta(adapter)
-    base_only = _logits(dense_base(meta["student_dir"], meta["quantized_base"]))
+    # the engine that ran is recorded, so merge rebuilds the same 4-bit base
+    assert meta["nf4_engine"] == (meta["config"]["nf4_engine"] if meta["quantized_base"] else None)
+    base_only = _logits(dense_base(meta["student_dir"], nf4_engine(meta)))
     scale = np.abs(ref).max()
     effect = np.abs(ref - base_only).max() / scale
     for dtype, tol in (("float32", 1e-4), ("float16", 1e-2)):
@@ -58,6 +63,42 @@ def test_merged_logits_match_adapter_model(adapter, tmp_path):
     files = {p.name for p in (tmp_path / "float16").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not any("lora" in k for k in json.dumps(json.loads((tmp_path / "float16" / "config.json").read_text())))
+
+
+def test_merge_needs_the_engine_training_used(adapter):
+    """Why the engine is recorded: the adapters on the other engine's dequantized base (or on the
+    fp32 weights) miss the adapter model by far more than merge parity allows (1e-4 relative)."""
+    from edgeft.distill import qlora
+    from edgeft.merge import adapter_model, dense_base, nf4_engine, read_adapter_meta
+
+    meta = read_adapter_meta(adapter)
+    engine = nf4_engine(meta)
+    if engine is None:
+        pytest.skip("an fp32 base has no engine")
+    ref = _logits(adapter_model(adapter))
+    for other in ("bitsandbytes", "torchao", None):
+        if other == engine or (other is not None and importlib.util.find_spec(other) is None):
+            continue
+        wrong = _logits(qlora.load_adapter(dense_base(meta["student_dir"], other), adapter).merge_and_unload())
+        rel = np.abs(wrong - ref).max() / np.abs(ref).max()
+        assert rel > 1e-3, f"a {other or 'fp32'} base gives {rel:.2e}: the merge parity test could not tell the engines apart"
+
+
+def test_merge_rejects_an_unknown_recorded_engine(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text("{}")
+    (tmp_path / "a" / "edgeft_adapter.json").write_text(json.dumps({"student_dir": str(tmp_path / "base"), "quantized_base": True,
+                                                                     "nf4_engine": "gptq"}))
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "a"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "edgeft_adapter.json: nf4_engine: unknown NF4 engine 'gptq' (known: bitsandbytes, torchao)" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_merged_folder_compiles_to_gguf_with_same_logits(adapter, tmp_path):

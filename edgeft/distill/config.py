@@ -8,6 +8,10 @@ from typing import Any
 
 from edgeft.errors import ConfigError
 
+# Who quantizes the base to NF4 when `quantize_base` is on. "auto": bitsandbytes when it can be
+# imported, else torchao (QLoRA's NF4 either way; measured speeds in the --nf4-engine help).
+NF4_ENGINES = ("auto", "bitsandbytes", "torchao")
+
 
 LAYER_PICKS = ("even", "ends")
 
@@ -26,7 +30,8 @@ class DistillConfig:
     layer_pick: str = "even"
     target_quant: str = "q4_k_m"  # only for the size estimate printed before training
     # QLoRA
-    quantize_base: bool = True  # NF4 base through bitsandbytes; False: plain LoRA on an fp32 base
+    quantize_base: bool = True  # NF4 (QLoRA) base; False: plain LoRA on an fp32 base
+    nf4_engine: str = "auto"  # one of NF4_ENGINES; only read when quantize_base is on
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -78,6 +83,11 @@ class DistillConfig:
                 problems.append((name, f"must not be negative, got {getattr(self, name)}"))
         if self.max_grad_norm <= 0:
             problems.append(("max_grad_norm", f"must be positive, got {self.max_grad_norm}"))
+        if self.nf4_engine not in NF4_ENGINES:
+            problems.append(("nf4_engine", f"must be one of {', '.join(NF4_ENGINES)}, got {self.nf4_engine!r}"))
+        elif self.nf4_engine != "auto" and not self.quantize_base:
+            problems.append(("nf4_engine", f"{self.nf4_engine} quantizes an NF4 base, but the base is not quantized "
+                                           "(drop --no-quantize-base or --nf4-engine)"))
         if self.keep_checkpoints < 1:
             problems.append(("keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}"))
         if self.layer_pick not in LAYER_PICKS:

@@ -24,6 +24,7 @@ from edgeft.distill.kd_loss import kd_loss
 from edgeft.distill.records import IGNORE, Record, collate, read_records
 from edgeft.errors import EdgeftError
 from edgeft.progress import enabled as progress_enabled
+from edgeft.progress import mute_import_noise
 from edgeft.progress import status
 
 if TYPE_CHECKING:
@@ -275,6 +276,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     from edgeft.distill import qlora
 
     config.validate()
+    mute_import_noise()
     if not progress_enabled():  # quiet runs: no loading/saving bars from transformers either
         from transformers.utils import logging as hf_logging
 
@@ -305,7 +307,10 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         tch.release()  # the teacher is not needed again: free its memory for training
 
     torch.manual_seed(config.seed)
-    base = qlora.load_base(student_dir, config.quantize_base)
+    engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
+    if engine is not None:
+        status(f"NF4 base through {engine}")
+    base = qlora.load_base(student_dir, quantize=True, engine=engine) if engine else qlora.load_base(student_dir, quantize=False)
     model = qlora.add_lora(base, config)
     before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
@@ -320,7 +325,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     with atomic_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp)
         write_json(tmp / ADAPTER_META, {"student_dir": str(Path(student_dir).resolve()), "quantized_base": config.quantize_base,
-                                        "teacher": tsrc.label, "config": config.to_dict()})
+                                        "nf4_engine": engine, "teacher": tsrc.label, "config": config.to_dict()})
     evals = {"teacher": t_eval.to_dict(), "student_before": before.to_dict(), "student_after": after.to_dict()}
     write_csv(out_dir / "train_log.csv", log)
     write_csv(out_dir / "eval.csv", [{"model": k, **v} for k, v in evals.items()])
@@ -328,7 +333,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     train_tokens = sum(r["tokens"] for r in log)
     write_json(out_dir / "distill.json", {
         "teacher": tsrc.label, "student": info.to_dict() | {"path": str(student_dir)}, "adapter": str(adapter_dir),
-        "config": config.to_dict(), "eval": evals, "train_records": len(train_recs), "eval_records": len(eval_recs),
+        "config": config.to_dict(), "nf4_engine": engine, "eval": evals, "train_records": len(train_recs), "eval_records": len(eval_recs),
         "teacher_cache_hit": hit, "timings": timings, "train_tokens": train_tokens,
         "train_tok_per_s": train_tokens / timings["train_s"] if log and timings["train_s"] > 0 else None,
         "final_loss": log[-1]["loss"] if log else None,

@@ -1,4 +1,7 @@
-"""The trainable student: a frozen base (NF4 through bitsandbytes, or fp32) with LoRA adapters (peft).
+"""The trainable student: a frozen base (NF4 through bitsandbytes or torchao, or fp32) with LoRA adapters (peft).
+
+The NF4 engine is chosen once (`resolve_engine`) and recorded with the adapter, so merge
+rebuilds the very base training saw; torchao's side lives in `nf4_torchao`.
 
 The repack trap: on a CPU with AVX512-BF16, a bitsandbytes `Linear4bit` that runs a forward in
 eval mode without grad repacks its weight into a CPU-only layout, in place; training steps after
@@ -12,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeft.errors import BackendUnavailable
+from edgeft.distill import nf4_torchao
+from edgeft.distill.config import NF4_ENGINES, DistillConfig
+from edgeft.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-    from edgeft.distill.config import DistillConfig
 
 
 def nf4_config():
@@ -28,17 +31,39 @@ def nf4_config():
                               bnb_4bit_use_double_quant=False)
 
 
-def load_base(student_dir: Path, quantize: bool) -> "PreTrainedModel":
-    """The student base from its HF folder: NF4-quantized (frozen) or plain fp32."""
+def _bitsandbytes_importable() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine: str) -> str:
+    """The NF4 engine that will run: "auto" is bitsandbytes when importable, else torchao."""
+    if engine not in NF4_ENGINES:
+        raise ConfigError([("nf4_engine", f"must be one of {', '.join(NF4_ENGINES)}, got {engine!r}")])
+    if engine in ("auto", "bitsandbytes") and _bitsandbytes_importable():
+        return "bitsandbytes"
+    if engine in ("auto", "torchao") and nf4_torchao.available():
+        return "torchao"
+    needs = {"auto": "bitsandbytes or torchao (pip install bitsandbytes, or pip install torchao)",
+             "bitsandbytes": "bitsandbytes (pip install bitsandbytes), or pass --nf4-engine torchao",
+             "torchao": "torchao (pip install torchao), or pass --nf4-engine bitsandbytes"}[engine]
+    raise BackendUnavailable(f"4-bit NF4 needs {needs}, or pass --no-quantize-base")
+
+
+def load_base(student_dir: Path, quantize: bool, engine: str = DistillConfig.nf4_engine) -> "PreTrainedModel":
+    """The student base from its HF folder: NF4-quantized (frozen) by `engine`, or plain fp32."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if not quantize:
         return AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise BackendUnavailable("4-bit NF4 needs bitsandbytes (pip install bitsandbytes), or pass --no-quantize-base") from None
+    if resolve_engine(engine) == "torchao":
+        model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+        nf4_torchao.quantize(model)
+        return model
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, quantization_config=nf4_config())
     disable_cpu_repack(model)
     return model
@@ -76,7 +101,7 @@ def unpack(model) -> None:
             m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
 
 
-def add_lora(base: "PreTrainedModel", config: "DistillConfig"):
+def add_lora(base: "PreTrainedModel", config: DistillConfig):
     """Wrap the base with fresh LoRA adapters; only the adapters train."""
     from peft import LoraConfig, get_peft_model
 
@@ -89,8 +114,6 @@ def add_lora(base: "PreTrainedModel", config: "DistillConfig"):
     try:
         model = get_peft_model(base, lora)
     except ValueError as exc:  # peft names the target modules it could not find
-        from edgeft.errors import ConfigError
-
         raise ConfigError([("target_modules", str(exc).split("\n")[0])]) from None
     return model
 
@@ -102,13 +125,14 @@ def load_adapter(base: "PreTrainedModel", adapter_dir: Path, trainable: bool = F
 
 
 def dequantized_state(model) -> dict[str, "object"]:
-    """{module name: fp32 weight} for every 4-bit layer, dequantized exactly as training saw it."""
-    import bitsandbytes.functional as bf
-
-    unpack(model)
-    out = {}
+    """{module name: fp32 weight} for every 4-bit layer (either engine), dequantized exactly as training saw it."""
+    out = nf4_torchao.dequantized_state(model)
     layers = set(id(m) for m in four_bit_layers(model))
-    for name, m in model.named_modules():
-        if id(m) in layers:
-            out[name] = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+    if layers:
+        import bitsandbytes.functional as bf
+
+        unpack(model)
+        for name, m in model.named_modules():
+            if id(m) in layers:
+                out[name] = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
     return out
