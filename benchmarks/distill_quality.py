@@ -10,6 +10,7 @@ set answered by the teacher in full (279 records, ~28 held out; the build's demo
     python benchmarks/distill_quality.py                      # default data via the data stage
     python benchmarks/distill_quality.py --data out/data      # a prepared folder
     python benchmarks/distill_quality.py --steps 10 --max-eval 16   # a short version
+    python benchmarks/distill_quality.py --steps 60 --grad-accum 2 --warmup-steps 6   # `edgeft distill`'s budget
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/distill_quality"))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the build preset whose distill settings are used")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps [default: the preset's]")
+    ap.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step [default: the preset's]")
+    ap.add_argument("--warmup-steps", type=int, default=None)
+    ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--alpha", type=float, default=None, help="KD weight of the distilled run (fine-tuning is alpha 0)")
     ap.add_argument("--max-eval", type=int, default=0, help="eval records used [default: 0 = all]")
     ap.add_argument("--student-layers", type=int, default=15)
     ap.add_argument("--layer-pick", choices=["even", "ends"], default=None, help="[default: the preset's]")
@@ -47,7 +52,9 @@ def main() -> None:
 
     env = environment()
     data = data_for(args.data, args.out)
-    base = PRESETS[args.preset].distill.with_overrides(steps=args.steps, max_eval_records=args.max_eval,
+    base = PRESETS[args.preset].distill.with_overrides(steps=args.steps, grad_accum=args.grad_accum,
+                                                       warmup_steps=args.warmup_steps, temperature=args.temperature,
+                                                       alpha=args.alpha, max_eval_records=args.max_eval,
                                                        student_layers=args.student_layers, layer_pick=args.layer_pick,
                                                        quantize_base=args.quantize_base)
     variants = {"distilled": base, "fine_tuned": dataclasses.replace(base, alpha=0.0)}
