@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--max-eval", type=int, default=0, help="eval records used [default: 0 = all]")
     ap.add_argument("--student-layers", type=int, default=15)
     ap.add_argument("--layer-pick", choices=["even", "ends"], default=None, help="[default: the preset's]")
-    ap.add_argument("--quantize-base", action="store_true", default=None, help="NF4 base (the demo preset trains fp32 LoRA)")
+    ap.add_argument("--no-quantize-base", dest="quantize_base", action="store_const", const=False, default=None,
+                    help="plain LoRA on an fp32 base instead of the presets' NF4 (QLoRA)")
     args = ap.parse_args()
     set_quiet(False)
 
