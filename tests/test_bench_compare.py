@@ -9,16 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
+from tiny_models import tiny_profile
 
 
 def _profile(tmp_path, budget: str):
-    path = tmp_path / "tiny.toml"
-    path.write_text(
-        'backend = "gguf"\nquant = "q4_0"\nthreads = 1\n'
-        "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 2\nwarmup = 1\ncontext = 128\neval_window = 64\neval_tokens = 512\n"
-        f"[budget]\n{budget}\n"
-    )
-    return path
+    return tiny_profile(tmp_path, quant="q4_0", runs=2, bench_extra="eval_window = 64\neval_tokens = 512\n", budget=budget)
 
 
 @pytest.fixture(scope="module")

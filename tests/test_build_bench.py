@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
+from tiny_models import tiny_profile
 
 METRICS = [
     "ttft_ms_p50", "ttft_ms_p90", "ttft_ms_cv", "ms_per_token_p50", "ms_per_token_p90", "ms_per_token_cv",
@@ -17,13 +18,7 @@ METRICS = [
 
 
 def _profile(tmp_path, budget: str, quant: str = "q8_0"):
-    path = tmp_path / "tiny.toml"
-    path.write_text(
-        f'backend = "gguf"\nquant = "{quant}"\nthreads = 1\n'
-        "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 3\nwarmup = 1\ncontext = 128\n"
-        f"[budget]\n{budget}\n"
-    )
-    return path
+    return tiny_profile(tmp_path, quant=quant, budget=budget)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 
 from edgeft.backends.onnx_export import ARCHITECTURES
 from edgeft.config import load_target
+from tiny_models import tiny_profile
 
 pytest.importorskip("onnxruntime")
 
@@ -21,13 +22,7 @@ PPL_BOUND_PCT = {"int8": 1.0, "int4": 10.0}
 
 
 def _profile(tmp_path, quant: str, extra: str = "", budget: str = "package_mb = 350"):
-    path = tmp_path / f"tiny-onnx-{quant}.toml"
-    path.write_text(
-        f'backend = "onnx"\nquant = "{quant}"\nthreads = 1\n'
-        "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 3\nwarmup = 1\ncontext = 128\n"
-        f"[budget]\n{budget}\n{extra}"
-    )
-    return path
+    return tiny_profile(tmp_path, backend="onnx", quant=quant, budget=budget, extra=extra, name=f"tiny-onnx-{quant}.toml")
 
 
 @pytest.fixture(scope="module")
