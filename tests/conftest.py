@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import tiny_llama, tiny_qwen2  # noqa: E402
+from tiny_models import make_tokenizer, tiny_llama, tiny_qwen2  # noqa: E402
 
 BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2}
 
@@ -28,6 +28,12 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
         assert name in BUILDERS, f"no tiny-model builder for registered architecture {name}"
         out[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
     return out
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    """A tiny trained byte-level BPE tokenizer with a chat template (the data-stage tests' tokenizer)."""
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="session")

@@ -6,21 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from edgeft.data.prepare import DataConfig, analyze
 from edgeft.data.readers import DataFileError
-from tiny_models import make_tokenizer
 
 GOOD = b'{"input": "What is the boiling point of water at sea level?", "target": "100 degrees Celsius."}\n'
 GOOD2 = b'{"input": "Name the largest planet in the solar system.", "target": "Jupiter."}\n'
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:

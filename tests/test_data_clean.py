@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import unicodedata
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +10,9 @@ from edgeft.data.clean import garbage_reason, normalize_text
 from edgeft.data.dedup import near_duplicates
 from edgeft.data.prepare import DataConfig, analyze
 from edgeft.data.split import is_eval
-from tiny_models import make_tokenizer
+from tiny_models import write_jsonl
 
 CFG = DataConfig()
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_normalize_nfc_controls_and_whitespace():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeft.data.prepare import DataConfig, analyze
-from tiny_models import make_tokenizer
+from tiny_models import write_jsonl
 
 RECORDS = [
     {"input": "What is the capital of France?", "target": "Paris is the capital.", "metadata": {"task_type": "qa", "domain": "geo"}},
@@ -18,11 +18,6 @@ RECORDS = [
     {"input": "把这句话翻译成英文：今天天气很好。", "target": "The weather is nice today.", "metadata": {"task_type": "translate", "domain": "general"}},
     {"input": "Write a haiku about a quiet lake at dawn.", "metadata": {"task_type": "instruct", "domain": "poetry"}},
 ]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _analyze(path: Path, tok, **cfg):
@@ -34,11 +29,6 @@ def _as_tuples(an):
 
 
 EXPECTED = [(r["input"], r.get("target"), r["metadata"]) for r in RECORDS]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_jsonl(tmp_path, tok):

@@ -12,23 +12,13 @@ import pytest
 from edgeft.data.prepare import DEFAULT_DATA, DataConfig, analyze, cap_augmented, prepare
 from edgeft.data.report import Step
 from edgeft.data.tokenize import IGNORE_INDEX
-from tiny_models import make_tokenizer
+from tiny_models import write_jsonl
 
 ORIGINALS = [{"input": f"Original question {i}: what is {i} plus {i * 3}?", "target": f"It is {i * 4}."} for i in range(6)]
 NO_TARGET = [{"input": f"Teacher, please describe the color number {i} of the rainbow ({c}).", "metadata": {"task_type": "qa"}}
              for i, c in enumerate(["red", "orange", "yellow", "green", "blue", "indigo"])]
 MARKED = [{"input": f"Paraphrased question {c}: how many legs does a spider have?", "target": "Eight.",
            "metadata": {"augmented": True}} for c in "ab"]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -7,16 +7,10 @@ import copy
 import pytest
 
 from edgeft.data.tokenize import IGNORE_INDEX, Encoded, Templater, pack_examples, pad_example, pad_token_id
-from tiny_models import make_tokenizer
 
 PAIRS = [("What is the capital of France?", "Paris.", None),
          ("天气很好，我们去公园散步吧？", "好的，我们走吧。", None),
          ("Summarize: small models run on phones.", "Phones run small models.", "Answer in one sentence.")]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _ids(enc) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CHATML = (
@@ -138,4 +139,10 @@ def tiny_profile(folder: Path, *, backend: str = "gguf", quant: str = "q8_0", ru
         f"[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = {runs}\nwarmup = 1\ncontext = 128\n{bench_extra}"
         f"[budget]\n{budget}\n{extra}"
     )
+    return path
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """Rows as a UTF-8 JSONL file (the data stage's input format); returns the path."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
