@@ -59,6 +59,16 @@ def test_ends_keeps_the_first_and_last_halves():
     assert pick_layers(30, 15, "even") != ends(30, 15)
 
 
+@pytest.mark.parametrize("how", ["even", "ends"])
+@pytest.mark.parametrize("n_keep", [0, 31])
+def test_pick_layers_rejects_impossible_counts(how, n_keep):
+    from edgeft.distill.student import pick_layers
+    from edgeft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="between 1 and the teacher's 30 layers"):
+        pick_layers(30, n_keep, how)
+
+
 def test_layer_pick_is_validated():
     from edgeft.distill.config import DistillConfig
     from edgeft.errors import ConfigError
