@@ -3,7 +3,9 @@
 (a) the 30-layer teacher, (b) the 15-layer student before training, (c) after distillation
 (KD + CE) with the step budget `edgeft build` uses (its demo preset, or --preset full), (d) after
 plain fine-tuning on the same data, steps and settings without the teacher (alpha = 0).
-Perplexity on the eval split's target tokens and top-1 agreement with the teacher. JSON first
+Perplexity on the eval split's target tokens and top-1 agreement with the teacher; then, on text
+none of them trained on (edgeft/assets/eval.txt, the bench's shipped text), the merged models'
+perplexity, KL(teacher || model) per token and top-1 agreement with the teacher. JSON first
 (benchmarks/results/distill_quality.json), then a table. The default data is the shipped prompt
 set answered by the teacher in full (279 records, ~28 held out; the build's demo caps it at 96).
 
@@ -23,6 +25,42 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+class _TorchRunner:
+    """An in-memory transformers model behind the Runner interface (`logits`), so the bench's own
+    scorer (edgeft.bench.perplexity.score) measures it exactly as it measures GGUF and ONNX files."""
+
+    def __init__(self, model) -> None:
+        self.model = model.eval()
+
+    def logits(self, token_ids: list[int]):
+        import torch
+
+        with torch.no_grad():
+            return self.model(input_ids=torch.tensor([token_ids])).logits[0].float().numpy()
+
+
+def general_text_scores(runs: dict[str, Path], window: int = 512) -> dict[str, dict]:
+    """Teacher, student before training (its base as trained: NF4-rounded when the base was 4-bit)
+    and each run's merged fp32 model on the shipped eval text, against the teacher."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeft import models
+    from edgeft.bench.perplexity import score
+    from edgeft.bench.prompt import eval_text
+    from edgeft.merge import dense_base, merge, nf4_engine, read_adapter_meta
+
+    src = models.resolve("default")
+    ids = models.load_tokenizer(src)(eval_text(), add_special_tokens=False)["input_ids"]
+    teacher = _TorchRunner(models.load_model(src))
+    scores = {"teacher": score(teacher, ids, window)}
+    first = read_adapter_meta(next(iter(runs.values())) / "adapter")
+    scores["student_before"] = score(_TorchRunner(dense_base(Path(first["student_dir"]), nf4_engine(first))), ids, window, teacher)
+    for name, run_dir in runs.items():
+        merged = merge(run_dir / "adapter", run_dir / "merged", dtype="float32")
+        scores[name] = score(_TorchRunner(AutoModelForCausalLM.from_pretrained(merged)), ids, window, teacher)
+    return scores
 
 
 def main() -> None:
@@ -72,10 +110,14 @@ def main() -> None:
               "kept_layers": results["distilled"]["student"]["kept_layers"], "eval_tokens": ev["teacher"]["tokens"],
               "train_records": results["distilled"]["train_records"], "eval_records": results["distilled"]["eval_records"],
               "results": rows, "wall_s": walls, "train_tok_per_s": {k: v["train_tok_per_s"] for k, v in results.items()}}
+    report["general_text"] = general = general_text_scores({k: args.out / k for k in variants})
     write_json(args.out.parent / "distill_quality.json", report)
-    print(json.dumps(report["results"], indent=2))
-    print(table([[k, f"{v['perplexity']:.3f}", "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.1%}"]
-                 for k, v in rows.items()], ["model", "eval perplexity", "top-1 agreement"]))
+    print(json.dumps({"eval_split": report["results"], "general_text": general}, indent=2))
+    print(table([[k, f"{v['perplexity']:.3f}", "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.1%}",
+                  f"{general[k]['ppl']:.2f}", "-" if k == "teacher" else f"{general[k]['kl_mean']:.3f}",
+                  "-" if k == "teacher" else f"{general[k]['top1_agree_pct']:.1f}%"]
+                 for k, v in rows.items()],
+                ["model", "eval-split ppl", "top-1 agreement", "eval.txt ppl", "KL to teacher", "top-1 agreement"]))
     print(f"steps {base.steps}, wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items())
           + f"; load average at start {env['load_average_at_start'][0]:.1f} on {env['machine']['cores']} cores")
 

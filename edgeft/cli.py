@@ -462,9 +462,10 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--student", default=None, help="Student model source with the teacher's tokenizer.")
 @click.option("--student-layers", type=int, default=None, help="Make the student from the teacher by keeping N decoder layers [default: half].")
 @click.option("--keep-layers", default=None, help="Teacher layers to keep, e.g. 0,2,4 (instead of --layer-pick).")
-@click.option("--layer-pick", type=click.Choice(["even", "ends"]), default=None,
-              help="Which layers --student-layers keeps: evenly spaced, or the first and last halves "
-                   "(a much better start on SmolLM2) [default: even; build presets: ends].")
+@click.option("--layer-pick", type=click.Choice(["even", "ends", "block"]), default=None,
+              help="Which layers --student-layers keeps: evenly spaced; the first and last halves (ends); or "
+                   "block: drop the contiguous block that costs least on a few training records (seconds per "
+                   "candidate; on SmolLM2 a student 8x closer to the teacher than ends) [default: even; build presets: block].")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True)
 @click.option("--preset", default="demo", show_default=True, help="Settings to start from: demo (minutes on a laptop) or full (a serious run).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps.")

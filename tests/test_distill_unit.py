@@ -59,6 +59,18 @@ def test_ends_keeps_the_first_and_last_halves():
     assert pick_layers(30, 15, "even") != ends(30, 15)
 
 
+def test_best_block_keeps_the_cheapest_contiguous_removal():
+    from edgeft.distill.student import best_block, block_candidates
+
+    assert block_candidates(6, 3) == [(3, 4, 5), (0, 4, 5), (0, 1, 5), (0, 1, 2)]
+    costs = {(3, 4, 5): 9.0, (0, 4, 5): 2.0, (0, 1, 5): 1.5, (0, 1, 2): 7.0}
+    seen = []
+    keep, scores = best_block(6, 3, lambda k: seen.append(k) or costs[k])
+    assert keep == (0, 1, 5) and seen == block_candidates(6, 3)
+    assert scores == {"0-2": 9.0, "1-3": 2.0, "2-4": 1.5, "3-5": 7.0}
+    assert best_block(4, 4, lambda k: 0.0)[0] == (0, 1, 2, 3)  # nothing to drop: the teacher's layers
+
+
 @pytest.mark.parametrize("how", ["even", "ends"])
 @pytest.mark.parametrize("n_keep", [0, 31])
 def test_pick_layers_rejects_impossible_counts(how, n_keep):

@@ -13,7 +13,7 @@ from edgeft.errors import ConfigError
 NF4_ENGINES = ("auto", "bitsandbytes", "torchao")
 
 
-LAYER_PICKS = ("even", "ends")
+LAYER_PICKS = ("even", "ends", "block")
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,10 @@ class DistillConfig:
     student: str | None = None  # a model source with the teacher's tokenizer; None: prune the teacher
     student_layers: int | None = None  # None with no `student`: half the teacher's layers
     keep_layers: tuple[int, ...] | None = None  # explicit teacher layer indices (overrides layer_pick)
-    # which teacher layers a pruned student keeps: "even" spacing (first and last included), or the
-    # "ends": the first ceil(N/2) and the last floor(N/2) layers. On SmolLM2-135M, 15 of 30 layers:
-    # "even" starts at held-out perplexity ~338,000, "ends" at ~3,500 (benchmarks/distill_quality.py)
+    # which teacher layers a pruned student keeps: "even" spacing (first and last included); the
+    # "ends": the first ceil(N/2) and the last floor(N/2) layers; or "block": the contiguous block
+    # whose removal costs least on a few training records (student.best_block). On SmolLM2-135M,
+    # 15 of 30 layers, held-out perplexity before training: even ~338,000, ends ~3,500, block ~440
     layer_pick: str = "even"
     target_quant: str = "q4_k_m"  # only for the size estimate printed before training
     # QLoRA

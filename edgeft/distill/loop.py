@@ -72,9 +72,44 @@ def _pad_id(tok) -> int:
 
 # ---- the student ---------------------------------------------------------------------------
 
-def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path) -> tuple[Path, "student_mod.StudentInfo"]:
+CALIBRATION_RECORDS = 16  # training records the "block" layer pick scores each candidate on
+
+
+def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, config: DistillConfig) -> tuple[tuple[int, ...], dict]:
+    """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
+    spread of training records (never the eval split), the best kept."""
+    n_teacher = tmodel.config.num_hidden_layers
+    student_mod.pick_layers(n_teacher, n_keep, "even")  # the same one-line check for an impossible count
+    step = max(1, len(records) // CALIBRATION_RECORDS)
+    calib = list(records[::step][:CALIBRATION_RECORDS])
+    candidates = len(student_mod.block_candidates(n_teacher, n_keep))
+    bar = None
+    if progress_enabled():
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=candidates, desc="scoring layer blocks", leave=False, file=sys.stderr)
+
+    def loss(keep: tuple[int, ...]) -> float:
+        nll = evaluate(student_mod.drop_layers(tmodel, keep), calib, pad_id, config.eval_batch_size).nll
+        if bar is not None:
+            bar.update(1)
+        return nll
+
+    try:
+        keep, scores = student_mod.best_block(n_teacher, n_keep, loss)
+    finally:
+        if bar is not None:
+            bar.close()
+    return keep, {"calibration_records": len(calib), "nll_by_dropped_block": scores}
+
+
+def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train_recs: Sequence[Record] = (),
+                  pad_id: int = 0) -> tuple[Path, "student_mod.StudentInfo"]:
     """The student's HF folder (written under out_dir/student unless a HF student was given) and its description."""
     tmodel = teacher.model()
+    pick: dict = {}
     n_teacher = tmodel.config.num_hidden_layers
     if config.student is not None:
         src = models.resolve(config.student)
@@ -85,17 +120,21 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path) -> tu
         smodel = models.load_model(models.resolve(folder))
         info = student_mod.info(smodel, None, n_teacher, config.target_quant)
     else:
+        n_keep = config.student_layers or max(1, n_teacher // 2)
         if config.keep_layers is not None:
             keep = student_mod.check_layers(config.keep_layers, n_teacher)
+        elif config.layer_pick == "block":
+            keep, pick = _block_pick(tmodel, n_keep, train_recs, pad_id, config)
         else:
-            keep = student_mod.pick_layers(n_teacher, config.student_layers or max(1, n_teacher // 2), config.layer_pick)
+            keep = student_mod.pick_layers(n_teacher, n_keep, config.layer_pick)
         smodel = student_mod.drop_layers(tmodel, keep)
         folder = out_dir / "student"
         with atomic_dir(folder) as tmp:
             smodel.save_pretrained(tmp)
             teacher.tokenizer.save_pretrained(tmp)
         info = student_mod.info(smodel, keep, n_teacher, config.target_quant)
-    write_json(out_dir / "student.json", {"path": str(folder), "teacher": teacher.source.label, **info.to_dict()})
+    write_json(out_dir / "student.json", {"path": str(folder), "teacher": teacher.source.label, **info.to_dict(),
+                                          **({"layer_pick": pick} if pick else {})})
     status(f"student: {info.layers} of the teacher's {info.teacher_layers} layers"
            + (f" {list(info.kept_layers)}" if info.kept_layers else "")
            + f", {info.parameters / 1e6:.1f} M parameters, about {info.est_bytes / 1e6:.0f} MB at {info.quant}")
@@ -292,7 +331,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     if config.max_eval_records:
         eval_recs = eval_recs[: config.max_eval_records]
 
-    student_dir, info = build_student(tch, config, out_dir)
+    student_dir, info = build_student(tch, config, out_dir, train_recs, pad_id)
 
     timings: dict[str, float] = {}
     cache, hit = None, None

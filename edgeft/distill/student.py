@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgeft.errors import ConfigError, ModelSourceError
 
@@ -50,8 +50,35 @@ def ends(n_teacher: int, n_keep: int) -> tuple[int, ...]:
     return tuple(range(head)) + tuple(range(n_teacher - (n_keep - head), n_teacher))
 
 
+def block_candidates(n_teacher: int, n_keep: int) -> list[tuple[int, ...]]:
+    """Every way to keep `n_keep` layers by dropping one contiguous block of the others."""
+    drop = n_teacher - n_keep
+    return [tuple(i for i in range(n_teacher) if not s <= i < s + drop) for s in range(n_teacher - drop + 1)]
+
+
+def best_block(n_teacher: int, n_keep: int, loss: Callable[[tuple[int, ...]], float]) -> tuple[tuple[int, ...], dict[str, float]]:
+    """The contiguous-block removal with the lowest `loss` (the pruned model's NLL on calibration
+    records), and every candidate's loss keyed "first-last" of the dropped block.
+
+    Why measure instead of a similarity heuristic: deep-layer pruning work drops the block whose
+    input and output hidden states are most alike (smallest angular distance), but on SmolLM2
+    (15 of 30) that angle is smallest for dropping [2, 17), a student at held-out perplexity
+    ~32,000, while dropping [5, 20) starts at ~440 and the "ends" pick at ~3,500. Sixteen
+    forward passes of a few records cost seconds and rank the blocks as held-out data does."""
+    scores: dict[str, float] = {}
+    best, best_loss = None, float("inf")
+    for keep in block_candidates(n_teacher, n_keep):
+        dropped = sorted(set(range(n_teacher)) - set(keep))
+        value = float(loss(keep))
+        scores[f"{dropped[0]}-{dropped[-1]}" if dropped else "none"] = value
+        if value < best_loss or best is None:
+            best, best_loss = keep, value
+    return best, scores
+
+
 def pick_layers(n_teacher: int, n_keep: int, how: str) -> tuple[int, ...]:
-    """`n_keep` of the teacher's layers by `how` ("ends" or "even"); one line if n_keep does not fit."""
+    """`n_keep` of the teacher's layers by `how` ("ends" or "even"; "block" needs a loss, see
+    best_block); one line if n_keep does not fit."""
     if not 1 <= n_keep <= n_teacher:
         raise ConfigError([("student_layers", f"must be between 1 and the teacher's {n_teacher} layers, got {n_keep}")])
     return ends(n_teacher, n_keep) if how == "ends" else evenly_spaced(n_teacher, n_keep)
