@@ -108,3 +108,34 @@ def test_gnu_time_output_is_parsed():
     w = _load("build_wall_time")
     text = "\tUser time (seconds): 12.50\n\tSystem time (seconds): 1.25\n\tMaximum resident set size (kbytes): 204800\n"
     assert w.parse_gnu_time(text) == {"user_s": 12.5, "system_s": 1.25, "max_single_process_rss_mb": 200.0}
+
+
+def test_gradient_alignment_is_one_for_a_one_hot_teacher_and_less_for_a_soft_one(tmp_path):
+    import torch
+
+    from distill_data import write_prepared
+    from edgeft.distill import qlora
+    from edgeft.distill.config import DistillConfig
+    from edgeft.distill.records import IGNORE, read_records
+    from edgeft.distill.teacher_cache import TeacherCache
+    from tiny_models import tiny_llama
+
+    cosines = _load("distill_gradient_alignment").cosines
+    t_dir = tiny_llama(tmp_path / "t", layers=2)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=4, n_eval=1)
+    recs = read_records(data / "train.jsonl", vocab_size=10_000, max_length=64)
+    targets = torch.tensor([t for r in recs for t in r.labels[1:] if t != IGNORE])
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([sum(t != IGNORE for t in r.labels[1:]) for r in recs]), 0).tolist()])
+    torch.manual_seed(0)
+    model = qlora.add_lora(qlora.load_base(t_dir, quantize=False), DistillConfig(lora_rank=2, lora_dropout=0.0))
+    for p in model.parameters():  # non-zero LoRA B, so every adapter weight has a gradient
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    # k = 1 and log-prob 0 on the target: the KD term is exactly cross-entropy, the gradients coincide
+    one_hot = TeacherCache(targets[:, None].to(torch.int32), torch.zeros(len(targets), 1, dtype=torch.float16), offsets)
+    assert cosines(model, recs, one_hot, 2, 2, 0, 1.0) == pytest.approx([1.0, 1.0], abs=1e-5)
+    # a teacher that puts most of its mass elsewhere pulls another way
+    other = (targets + 1) % 100
+    soft = TeacherCache(torch.stack([other, targets], 1).to(torch.int32),
+                        torch.log(torch.tensor([[0.9, 0.1]] * len(targets))).to(torch.float16), offsets)
+    assert max(cosines(model, recs, soft, 2, 2, 0, 1.0)) < 0.9
