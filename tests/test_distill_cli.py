@@ -33,33 +33,31 @@ def test_distill_then_merge_from_the_cli(tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
-def test_layer_pick_ends_keeps_the_first_and_last_layers(tmp_path):
-    t_dir = tiny_llama(tmp_path / "t", layers=4)
-    data = write_prepared(tmp_path / "d", t_dir, n_train=4, n_eval=2)
+def _prune_and_distill(tmp_path, pick: str, layers: int, n_train: int):
+    """One step of distilling a tiny teacher into a 3-layer student picked by `pick`: (teacher, data, out, report)."""
+    t_dir = tiny_llama(tmp_path / "t", layers=layers)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=n_train, n_eval=2)
     out = tmp_path / "out"
-    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student-layers", "3", "--layer-pick", "ends",
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student-layers", "3", "--layer-pick", pick,
                 "--out", str(out), "--steps", "1", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "2",
                 "--top-k", "4", "--no-quantize-base", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["student"]["kept_layers"] == [0, 1, 3]  # even spacing would keep [0, 2, 3]
+    return t_dir, data, out, json.loads(r.stdout)
+
+
+def test_layer_pick_ends_keeps_the_first_and_last_layers(tmp_path):
+    report = _prune_and_distill(tmp_path, "ends", layers=4, n_train=4)[3]
+    assert report["student"]["kept_layers"] == [0, 1, 3]  # even spacing would keep [0, 2, 3]
 
 
 def test_layer_pick_block_keeps_the_measured_best_block(tmp_path):
-    import torch
-
     from edgeft.distill.evaluate import evaluate
     from edgeft.distill.records import read_records
     from edgeft.distill.student import drop_layers
     from edgeft.models import load_model, resolve
 
-    t_dir = tiny_llama(tmp_path / "t", layers=5)
-    data = write_prepared(tmp_path / "d", t_dir, n_train=6, n_eval=2)
-    out = tmp_path / "out"
-    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student-layers", "3", "--layer-pick", "block",
-                "--out", str(out), "--steps", "1", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "2",
-                "--top-k", "4", "--no-quantize-base", "--json")
-    assert r.exit_code == 0, r.output
-    kept = json.loads(r.stdout)["student"]["kept_layers"]
+    t_dir, data, out, report = _prune_and_distill(tmp_path, "block", layers=5, n_train=6)
+    kept = report["student"]["kept_layers"]
     pick = json.loads((out / "student.json").read_text())["layer_pick"]
     scores = pick["nll_by_dropped_block"]
     assert set(scores) == {"0-1", "1-2", "2-3", "3-4"} and pick["calibration_records"] == 6
@@ -68,7 +66,6 @@ def test_layer_pick_block_keeps_the_measured_best_block(tmp_path):
     # the scores are the pruned teacher's real NLL on the training records, not the eval split
     teacher = load_model(resolve(t_dir))
     recs = read_records(data / "train.jsonl", vocab_size=teacher.config.vocab_size, max_length=256)
-    torch.manual_seed(0)
     assert evaluate(drop_layers(teacher, [0, 1, 4]), recs, 0, 8).nll == pytest.approx(scores["2-3"], rel=1e-5)
 
 
