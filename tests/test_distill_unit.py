@@ -74,11 +74,13 @@ def test_best_block_keeps_the_cheapest_contiguous_removal():
 @pytest.mark.parametrize("how", ["even", "ends"])
 @pytest.mark.parametrize("n_keep", [0, 31])
 def test_pick_layers_rejects_impossible_counts(how, n_keep):
-    from edgeft.distill.student import pick_layers
+    from edgeft.distill.student import block_candidates, pick_layers
     from edgeft.errors import ConfigError
 
     with pytest.raises(ConfigError, match="between 1 and the teacher's 30 layers"):
         pick_layers(30, n_keep, how)
+    with pytest.raises(ConfigError, match="between 1 and the teacher's 30 layers"):
+        block_candidates(30, n_keep)
 
 
 def test_layer_pick_is_validated():

@@ -79,10 +79,9 @@ def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, con
     """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
     spread of training records (never the eval split), the best kept."""
     n_teacher = tmodel.config.num_hidden_layers
-    student_mod.pick_layers(n_teacher, n_keep, "even")  # the same one-line check for an impossible count
+    candidates = len(student_mod.block_candidates(n_teacher, n_keep))  # also the one-line check of n_keep
     step = max(1, len(records) // CALIBRATION_RECORDS)
     calib = list(records[::step][:CALIBRATION_RECORDS])
-    candidates = len(student_mod.block_candidates(n_teacher, n_keep))
     bar = None
     if progress_enabled():
         import sys

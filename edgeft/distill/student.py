@@ -50,8 +50,15 @@ def ends(n_teacher: int, n_keep: int) -> tuple[int, ...]:
     return tuple(range(head)) + tuple(range(n_teacher - (n_keep - head), n_teacher))
 
 
+def check_count(n_teacher: int, n_keep: int) -> None:
+    """One line when a student cannot have `n_keep` of the teacher's layers."""
+    if not 1 <= n_keep <= n_teacher:
+        raise ConfigError([("student_layers", f"must be between 1 and the teacher's {n_teacher} layers, got {n_keep}")])
+
+
 def block_candidates(n_teacher: int, n_keep: int) -> list[tuple[int, ...]]:
     """Every way to keep `n_keep` layers by dropping one contiguous block of the others."""
+    check_count(n_teacher, n_keep)
     drop = n_teacher - n_keep
     return [tuple(i for i in range(n_teacher) if not s <= i < s + drop) for s in range(n_teacher - drop + 1)]
 
