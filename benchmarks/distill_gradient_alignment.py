@@ -14,6 +14,7 @@ remainder. JSON to --out, then one line per state.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def main() -> None:
     cfg = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
     src = models.resolve(meta["teacher"])
     tok = models.load_tokenizer(src)
-    vocab = int(__import__("json").loads((args.run / "student" / "config.json").read_text())["vocab_size"])
+    vocab = int(json.loads((args.run / "student" / "config.json").read_text())["vocab_size"])
     records = read_records(args.data / "train.jsonl", vocab_size=vocab, max_length=cfg.max_length)
     need = args.batches * cfg.batch_size
     if len(records) < need:
