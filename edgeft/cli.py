@@ -324,7 +324,7 @@ def data_inspect(file: Path | None, model: str, field: tuple[str, ...], max_leng
 @_data_options
 @click.option("--layout", type=click.Choice(["pad", "pack", "none"]), default=None, help="Pad each example, pack several per row, or neither [default: pad].")
 @click.option("--max-new-tokens", "synth_max_new_tokens", type=int, default=None, help="Teacher: most tokens per target [default: 128].")
-@click.option("--temperature", "synth_temperature", type=float, default=None, help="Teacher: sampling temperature, 0 = greedy [default: 0].")
+@click.option("--temperature", "synth_temperature", type=float, default=None, help="Teacher: sampling temperature (seeded, reproducible), 0 = greedy [default: 1.0].")
 @click.option("--synth-max-records", type=int, default=None, help="Teacher: most targets generated per run [default: all].")
 @click.option("--synth-threads", type=int, default=None, help="Teacher: llama.cpp threads, 0 = half the logical cores [default: 0].")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher-target cache [default: ~/.cache/edgeft].")

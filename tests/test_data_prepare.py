@@ -79,6 +79,31 @@ def test_prepare_synthesizes_and_caches(tmp_path, tiny_llama_dir):
     assert synth3["generated"] == 6  # other generation settings: another cache entry
 
 
+def _teacher_targets(prepared) -> dict[str, str]:
+    return {r["input"]: r["target"] for r in _read_jsonl(prepared.train_records) + _read_jsonl(prepared.eval_records)
+            if r.get("metadata", {}).get("target_source") == "teacher"}
+
+
+def test_sampled_targets_are_seeded_per_prompt(tmp_path, tiny_llama_dir):
+    """Sampling (the default) writes the same targets on a fresh cache, whatever else is in the run
+    and in whatever order; another seed or greedy decoding writes others."""
+    data = write_jsonl(tmp_path / "d.jsonl", NO_TARGET)
+
+    def targets(name: str, records: list[dict] = NO_TARGET, **kw) -> dict[str, str]:
+        cfg = DataConfig(max_length=96, synth_max_new_tokens=6, eval_fraction=0.0, cache_dir=tmp_path / name / "cache", **kw)
+        src = data if records is NO_TARGET else write_jsonl(tmp_path / f"{name}.jsonl", records)
+        return _teacher_targets(prepare(src, str(tiny_llama_dir), tmp_path / name / "out", cfg))
+
+    assert DataConfig().synth_temperature == 1.0
+    sampled = targets("a")
+    assert len(sampled) == len(NO_TARGET)
+    assert targets("b") == sampled
+    some = targets("c", records=NO_TARGET[::-2])  # a subset, reversed: each prompt keeps its target
+    assert some and all(sampled[k] == v for k, v in some.items())
+    assert targets("d", seed=1) != sampled
+    assert targets("e", synth_temperature=0.0) != sampled
+
+
 def test_prepare_layouts(tmp_path, tiny_llama_dir):
     data = write_jsonl(tmp_path / "d.jsonl", ORIGINALS)
     packed = prepare(data, str(tiny_llama_dir), tmp_path / "p", DataConfig(max_length=128, layout="pack", eval_fraction=0))

@@ -43,7 +43,10 @@ class DataConfig:
     eval_fraction: float = 0.1
     augment_ratio: float = 1 / 3  # at most 1 augmented : 3 original in the training split
     synth_max_new_tokens: int = 128
-    synth_temperature: float = 0.0  # 0 = greedy
+    # Sampled, not greedy (0): the 135M default teacher's greedy answers fall into loops (83 of 279
+    # repeat a 6-word run, 30 three times or more; 22 sampled at 1.0), and a sampled target is one
+    # draw from the distribution the KD loss teaches whole, which greedy targets nearly are already.
+    synth_temperature: float = 1.0
     synth_max_records: int | None = None  # cap on teacher generations per run (None = all)
     synth_threads: int = 0  # llama.cpp threads for the teacher (0 = half the logical cores)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles

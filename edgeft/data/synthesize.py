@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from edgeft.models import ModelSource
 
 CACHE_FLUSH_EVERY = 16  # generations between cache writes, so an interrupted run keeps most of its work
+# Sampling (temperature > 0) keeps the tokens llama.cpp's usual filters keep: the 40 likeliest, within
+# 95 % of the mass, at least 5 % of the top token's probability. Pinned here, not left to
+# llama-cpp-python's defaults, because the cache key assumes they never change.
+SAMPLE_TOP_K, SAMPLE_TOP_P, SAMPLE_MIN_P = 40, 0.95, 0.05
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,15 @@ class GenerationSettings:
     seed: int
 
     def key(self) -> str:
-        return f"max_new_tokens={self.max_new_tokens};temperature={self.temperature:g};seed={self.seed if self.temperature > 0 else 0}"
+        if self.temperature <= 0:
+            return f"max_new_tokens={self.max_new_tokens};temperature=0;seed=0"
+        return (f"max_new_tokens={self.max_new_tokens};temperature={self.temperature:g};seed={self.seed};"
+                f"top_k={SAMPLE_TOP_K};top_p={SAMPLE_TOP_P:g};min_p={SAMPLE_MIN_P:g};per_prompt_seed")
+
+    def prompt_seed(self, prompt_text: str) -> int:
+        """Fixed per prompt, so reruns and half-filled caches agree; different across prompts, so
+        they do not all draw the same random numbers."""
+        return int.from_bytes(hashlib.sha256(f"{self.seed}\x00{prompt_text}".encode("utf-8")).digest()[:4], "little")
 
 
 def teacher_hash(source: "ModelSource") -> str:
@@ -144,9 +156,11 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
         try:
             for i in progress(todo, desc="teacher", total=len(todo)):
                 llm.reset()
+                llm.set_seed(settings.prompt_seed(prompts[i]))
                 new: list[int] = []
                 budget = min(settings.max_new_tokens, context - len(prompt_ids[i]))
-                for tok in llm.generate(list(prompt_ids[i]), temp=settings.temperature, repeat_penalty=1.0, reset=False):
+                for tok in llm.generate(list(prompt_ids[i]), temp=settings.temperature, top_k=SAMPLE_TOP_K, top_p=SAMPLE_TOP_P,
+                                        min_p=SAMPLE_MIN_P, repeat_penalty=1.0, reset=False):
                     if int(tok) in stop or len(new) >= budget:
                         break
                     new.append(int(tok))
