@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=None, help="KD weight of the distilled run (fine-tuning is alpha 0)")
     ap.add_argument("--max-eval", type=int, default=0, help="eval records used [default: 0 = all]")
     ap.add_argument("--student-layers", type=int, default=15)
-    ap.add_argument("--layer-pick", choices=["even", "ends"], default=None, help="[default: the preset's]")
+    ap.add_argument("--layer-pick", choices=["even", "ends", "block"], default=None, help="[default: the preset's]")
     ap.add_argument("--no-quantize-base", dest="quantize_base", action="store_const", const=False, default=None,
                     help="plain LoRA on an fp32 base instead of the presets' NF4 (QLoRA)")
     args = ap.parse_args()
@@ -110,6 +110,10 @@ def main() -> None:
               "kept_layers": results["distilled"]["student"]["kept_layers"], "eval_tokens": ev["teacher"]["tokens"],
               "train_records": results["distilled"]["train_records"], "eval_records": results["distilled"]["eval_records"],
               "results": rows, "wall_s": walls, "train_tok_per_s": {k: v["train_tok_per_s"] for k, v in results.items()}}
+    data_report = Path(data.out_dir) / "data_report.json"
+    if data_report.is_file():  # how the targets were written (greedy or sampled) changes every figure
+        steps = json.loads(data_report.read_text())["steps"]
+        report["data_synthesis"] = next((s.get("settings") for s in steps if s["step"] == "synthesis"), None)
     report["general_text"] = general = general_text_scores({k: args.out / k for k in variants})
     write_json(args.out.parent / "distill_quality.json", report)
     print(json.dumps({"eval_split": report["results"], "general_text": general}, indent=2))

@@ -63,3 +63,18 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     if not enabled():
         hf_logging.disable_progress_bar()
+        _silence_gguf_loader_bar()
+
+
+def _silence_gguf_loader_bar() -> None:
+    """transformers' GGUF loader draws its own tqdm bar, deaf to disable_progress_bar(); without
+    this, --quiet runs and logs get a bar per model load."""
+    import functools
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not isinstance(bar, functools.partial):
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
