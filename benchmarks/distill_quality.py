@@ -115,7 +115,7 @@ def main() -> None:
         steps = json.loads(data_report.read_text())["steps"]
         report["data_synthesis"] = next((s.get("settings") for s in steps if s["step"] == "synthesis"), None)
     report["general_text"] = general = general_text_scores({k: args.out / k for k in variants})
-    write_json(args.out.parent / "distill_quality.json", report)
+    write_json(args.out.with_suffix(".json"), report)
     print(json.dumps({"eval_split": report["results"], "general_text": general}, indent=2))
     print(table([[k, f"{v['perplexity']:.3f}", "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.1%}",
                   f"{general[k]['ppl']:.2f}", "-" if k == "teacher" else f"{general[k]['kl_mean']:.3f}",
