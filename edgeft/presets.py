@@ -25,8 +25,10 @@ PRESETS: dict[str, BuildPreset] = {
     # the teacher, not a finished model. NF4 costs little speed on a CPU: bitsandbytes trained at
     # 0.91x the tokens/s of an fp32 base in a paired run (benchmarks/distill_step_paired.py; an
     # earlier 9-vs-202 tok/s figure was load noise). Both presets prune by the measured "block" pick:
-    # on SmolLM2 (15 of 30 layers, the full default data, 24 steps) held-out perplexity 566 -> 51,
-    # against 3,541 -> 195 for "ends" and ~340,000 before training for even spacing.
+    # on SmolLM2 (15 of 30 layers, the full default data with greedy targets, 24 steps) held-out
+    # perplexity 566 -> 51, against 3,541 -> 195 for "ends" and ~340,000 before training for even
+    # spacing. 24 steps is a demo: there distillation only ties plain fine-tuning (67.6 vs 68.7 on
+    # sampled targets); `edgeft distill`'s 150 steps is where it pulls ahead.
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
         distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block"),
