@@ -112,8 +112,8 @@ def main() -> None:
               "results": rows, "wall_s": walls, "train_tok_per_s": {k: v["train_tok_per_s"] for k, v in results.items()}}
     data_report = Path(data.out_dir) / "data_report.json"
     if data_report.is_file():  # how the targets were written (greedy or sampled) changes every figure
-        steps = json.loads(data_report.read_text())["steps"]
-        report["data_synthesis"] = next((s.get("settings") for s in steps if s["step"] == "synthesis"), None)
+        data_steps = json.loads(data_report.read_text())["steps"]
+        report["data_synthesis"] = next((s.get("settings") for s in data_steps if s["step"] == "synthesis"), None)
     report["general_text"] = general = general_text_scores({k: args.out / k for k in variants})
     write_json(args.out.with_suffix(".json"), report)
     print(json.dumps({"eval_split": report["results"], "general_text": general}, indent=2))
