@@ -12,7 +12,8 @@ set answered by the teacher in full (279 records, ~28 held out; the build's demo
     python benchmarks/distill_quality.py                      # default data via the data stage
     python benchmarks/distill_quality.py --data out/data      # a prepared folder
     python benchmarks/distill_quality.py --steps 10 --max-eval 16   # a short version
-    python benchmarks/distill_quality.py --steps 60 --grad-accum 2 --warmup-steps 6   # `edgeft distill`'s budget
+    python benchmarks/distill_quality.py --steps 150 --grad-accum 2 --warmup-steps 15   # `edgeft distill`'s budget
+    python benchmarks/distill_quality.py --data benchmarks/results/distill_quality/data --seed 1 --out ...  # a replicate
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--max-eval", type=int, default=0, help="eval records used [default: 0 = all]")
     ap.add_argument("--student-layers", type=int, default=15)
     ap.add_argument("--layer-pick", choices=["even", "ends", "block"], default=None, help="[default: the preset's]")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="data order and LoRA initialisation of both runs [default: the preset's]; a second seed is a replicate")
     ap.add_argument("--no-quantize-base", dest="quantize_base", action="store_const", const=False, default=None,
                     help="plain LoRA on an fp32 base instead of the presets' NF4 (QLoRA)")
     args = ap.parse_args()
@@ -95,7 +98,7 @@ def main() -> None:
                                                        warmup_steps=args.warmup_steps, temperature=args.temperature,
                                                        alpha=args.alpha, max_eval_records=args.max_eval,
                                                        student_layers=args.student_layers, layer_pick=args.layer_pick,
-                                                       quantize_base=args.quantize_base)
+                                                       quantize_base=args.quantize_base, seed=args.seed)
     variants = {"distilled": base, "fine_tuned": dataclasses.replace(base, alpha=0.0)}
     results, walls = {}, {}
     for name, cfg in variants.items():

@@ -127,6 +127,18 @@ def test_builder_failure_is_one_line(tiny_llama_dir, tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")] if out.exists() else True
 
 
+def test_builder_reason_is_its_last_exception_line():
+    """The builder logs warnings after its traceback; the reason shown is the exception, else the last line."""
+    from edgeft.backends.onnx_export import _failure_line
+
+    log = ["Traceback (most recent call last):", '  File "builder.py", line 9', "NotImplementedError: rope scaling 'yarn'",
+           "WARNING: cleaning up", ""]
+    assert _failure_line(log) == "NotImplementedError: rope scaling 'yarn'"
+    assert _failure_line(["ValueError: first", "  OSError: second  "]) == "OSError: second"
+    assert _failure_line(["loading", "writing model.onnx", ""]) == "writing model.onnx"
+    assert _failure_line([]) == "no output"
+
+
 def test_bad_onnx_options_reported_together(tmp_path):
     path = _profile(tmp_path, "int4", extra='[onnx]\nblock_size = 48\naccuracy_level = 7\nsymmetric = "yes"\nwidth = 1\n')
     with pytest.raises(ConfigError) as err:

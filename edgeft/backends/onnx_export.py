@@ -68,7 +68,7 @@ def _failure_line(output: list[str]) -> str:
     for line in reversed(output):
         text = line.strip()
         head = text.split(":", 1)[0]
-        if text and (head.endswith("Error") or head.endswith("Exception") or head == "NotImplementedError"):
+        if text and head.endswith(("Error", "Exception")):
             return text
     tail = [line.strip() for line in output if line.strip()]
     return tail[-1] if tail else "no output"
