@@ -27,8 +27,8 @@ PRESETS: dict[str, BuildPreset] = {
     # earlier 9-vs-202 tok/s figure was load noise). Both presets prune by the measured "block" pick:
     # on SmolLM2 (15 of 30 layers, the full default data with greedy targets, 24 steps) held-out
     # perplexity 566 -> 51, against 3,541 -> 195 for "ends" and ~340,000 before training for even
-    # spacing. 24 steps is a demo: there distillation only ties plain fine-tuning (67.6 vs 68.7 on
-    # sampled targets); `edgeft distill`'s 150 steps is where it pulls ahead.
+    # spacing. 24 steps is a demo: there distillation nearly ties plain fine-tuning (56.0 vs 57.5 on
+    # the default data); `edgeft distill`'s 150 steps is where it pulls ahead (15.7 vs 17.2).
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
         distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block"),
