@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import DEFAULT_RESULTS, REPO, BenchError, cache_dir, load_average, loaded, run_header, table  # noqa: E402
+from run_info import DEFAULT_RESULTS, REPO, BenchError, busy_line, cache_dir, environment_at_end, run_header, table  # noqa: E402
 
 GNU_TIME = Path("/usr/bin/time")
 OK_EXIT_CODES = (0, 1)  # 1: the build finished but a budget line failed; still a complete build
@@ -142,7 +142,6 @@ def main(argv: list[str]) -> int:
     except BenchError as exc:
         print(f"build_wall_time: error: {exc}", file=sys.stderr)
         return 2
-    end_load = load_average()
     summary = {}
     for kind, rs in runs.items():
         summary[kind] = {
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> int:
         }
     result = {
         "benchmark": "build_wall_time",
-        "environment": {**header, "load_average_end": end_load, "loaded": loaded(header, end_load)},
+        "environment": environment_at_end(header),
         "command": cmd,
         "settings": {"repeats": args.repeats, "interval_s": args.interval, "gnu_time": GNU_TIME.is_file()},
         "runs": runs,
@@ -170,8 +169,7 @@ def main(argv: list[str]) -> int:
         rows.append([kind, s["wall_s"], s["tree_peak_rss_mb"], s.get("max_single_process_rss_mb"), s.get("user_s"), stage_text])
     print(table(rows, ["build", "wall s", "tree peak RSS MB", "max 1-proc RSS MB", "user CPU s", "stages (last run)"]))
     env = result["environment"]
-    print(f"\n{' '.join(cmd[1:])}; repeats {args.repeats}; load average {env['load_average_start']} -> {env['load_average_end']}"
-          f"{' (LOADED machine: timings are noisy)' if env['loaded'] else ''}")
+    print(f"\n{' '.join(cmd[1:])}; repeats {args.repeats}; {busy_line(env)}")
     print(f"JSON: {out}")
     return 0
 

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_info import DEFAULT_RESULTS, BenchError, cache_dir, load_average, loaded, run_header, table  # noqa: E402
+from run_info import DEFAULT_RESULTS, BenchError, busy_line, cache_dir, environment_at_end, run_header, table  # noqa: E402
 
 QUANT = "q4_k_m"
 GOALS = {"size_pct": 1.0, "decode_speed_pct": 3.0, "perplexity_pct": 0.5}  # from issue 2
@@ -429,9 +429,7 @@ def print_report(result: dict) -> None:
     print(f"metadata keys only in ref:  {', '.join(md['only_ref']) or '-'}")
     print(f"metadata keys differing:    {', '.join(md['different']) or '-'}")
     env = result["environment"]
-    print(f"threads {result['settings']['threads']}, runs {result['settings']['runs']} (+{result['settings']['warmup']} warm-up), "
-          f"load average {env['load_average_start']} -> {env['load_average_end']}"
-          f"{' (LOADED machine: timings are noisy)' if env['loaded'] else ''}")
+    print(f"threads {result['settings']['threads']}, runs {result['settings']['runs']} (+{result['settings']['warmup']} warm-up), {busy_line(env)}")
 
 
 def _status(message: str) -> None:
@@ -488,10 +486,9 @@ def main(argv: list[str]) -> int:
     except BenchError as exc:
         print(f"gguf_vs_reference: error: {exc}", file=sys.stderr)
         return 2
-    end_load = load_average()
     result = {
         "benchmark": "gguf_vs_reference",
-        "environment": {**header, "load_average_end": end_load, "loaded": loaded(header, end_load)},
+        "environment": environment_at_end(header),
         "settings": {k: getattr(args, k) for k in ("threads", "runs", "warmup", "prompt_tokens", "new_tokens", "ppl_window")} | {"quant": QUANT},
         "source_model": source,
         "reference_tool": built["reference_tool"],

@@ -36,6 +36,23 @@ def load_average() -> list[float]:
         return []
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds every process on the machine has been busy, CPU seconds this process and its
+    waited-for children used): their deltas over a run separate other people's work from ours."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    own = sum(os.times()[:4])  # user, system, children's user, children's system
+    return busy, own
+
+
+def other_cpu_share(start: tuple[float, float], end: tuple[float, float], wall_s: float, cores: int) -> float:
+    """The fraction of the machine's CPU capacity that other processes used during the run."""
+    other = (end[0] - start[0]) - (end[1] - start[1])
+    return max(0.0, other) / max(wall_s * cores, 1e-9)
+
+
 def run_header(threads: int | None = None) -> dict[str, object]:
     """Machine, versions and git revision, taken at the start of a run."""
     from edgeft.bench.machine import describe, package_versions
@@ -48,6 +65,7 @@ def run_header(threads: int | None = None) -> dict[str, object]:
     except ImportError:
         pass
     return {
+        "start": {"monotonic": time.monotonic(), "cpu_seconds": cpu_seconds()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine,
         "load_average_start": load_average(),
@@ -57,13 +75,29 @@ def run_header(threads: int | None = None) -> dict[str, object]:
     }
 
 
-def loaded(header: dict[str, object], end_load: list[float]) -> bool:
-    """True when the 1-minute load average exceeded a quarter of the cores at the start or the end."""
-    cores = (header.get("machine") or {}).get("cores") or 1  # type: ignore[union-attr]
-    loads = [header["load_average_start"][0] if header.get("load_average_start") else 0.0]  # type: ignore[index]
-    if end_load:
-        loads.append(end_load[0])
-    return max(loads) > 0.25 * cores
+def environment_at_end(header: dict[str, object]) -> dict[str, object]:
+    """The header plus how busy the machine was: the end load average (which counts the run's
+    own work, so a CPU-bound benchmark always ends near its thread count) and the share of CPU
+    that other processes took meanwhile, which does not. `loaded`: that share above a quarter of
+    the machine; without it, the start load above a quarter of the cores (a start load also
+    remembers the minute before the run, such as the previous benchmark)."""
+    cores = int((header.get("machine") or {}).get("cores") or 1)  # type: ignore[union-attr]
+    start = header.get("start")
+    share = None
+    if isinstance(start, dict):
+        share = round(other_cpu_share(tuple(start["cpu_seconds"]), cpu_seconds(), time.monotonic() - start["monotonic"], cores), 3)
+    start_load = header["load_average_start"][0] if header.get("load_average_start") else 0.0  # type: ignore[index]
+    is_loaded = share > 0.25 if share is not None else start_load > 0.25 * cores
+    kept = {k: v for k, v in header.items() if k != "start"}
+    return {**kept, "load_average_end": load_average(), "other_cpu_share": share, "loaded": is_loaded}
+
+
+def busy_line(env: dict[str, object]) -> str:
+    """The end of a benchmark's printout: how busy the machine was, and whether that spoils the timings."""
+    share = env.get("other_cpu_share")
+    other = "" if share is None else f", other processes {share:.0%} of the CPU"
+    return (f"load average {env['load_average_start']} -> {env['load_average_end']}{other}"
+            f"{' (LOADED machine: timings are noisy)' if env['loaded'] else ''}")
 
 
 def cache_dir(explicit: str | None) -> Path:

@@ -20,7 +20,7 @@ class BuildPreset:
 
 
 PRESETS: dict[str, BuildPreset] = {
-    # The laptop demo: the teacher writes 96 short answers (about 1.5 minutes here), then the
+    # The laptop demo: the teacher writes 96 short answers (about 2 minutes here, sampled), then the
     # student trains QLoRA (NF4 base) for 24 steps x 4 examples: a student visibly moved towards
     # the teacher, not a finished model. NF4 costs little speed on a CPU: bitsandbytes trained at
     # 0.91x the tokens/s of an fp32 base in a paired run (benchmarks/distill_step_paired.py; an

@@ -139,3 +139,31 @@ def test_gradient_alignment_is_one_for_a_one_hot_teacher_and_less_for_a_soft_one
     soft = TeacherCache(torch.stack([other, targets], 1).to(torch.int32),
                         torch.log(torch.tensor([[0.9, 0.1]] * len(targets))).to(torch.float16), offsets)
     assert max(cosines(model, recs, soft, 2, 2, 0, 1.0)) < 0.9
+
+
+def test_other_cpu_share_excludes_the_runs_own_work():
+    """A CPU-bound benchmark ends with a load average near its thread count; only other
+    processes' CPU time may mark it as loaded."""
+    run_info = _load("run_info")
+    # 2 cores for 100 s = 200 CPU-s; the machine was busy 190 s, 180 of them ours
+    assert run_info.other_cpu_share((1000.0, 50.0), (1190.0, 230.0), 100.0, 2) == pytest.approx(0.05)
+    # ours counted more than the machine saw (children's times land when waited for): not negative
+    assert run_info.other_cpu_share((0.0, 0.0), (10.0, 12.0), 10.0, 2) == 0.0
+
+
+def test_environment_at_end_judges_others_not_the_run():
+    run_info = _load("run_info")
+    header = run_info.run_header()
+    assert set(header["start"]) == {"monotonic", "cpu_seconds"}
+    env = run_info.environment_at_end(header)
+    assert "start" not in env and "start" in header  # the JSON gets no clock readings; the header is untouched
+    assert 0.0 <= env["other_cpu_share"] and isinstance(env["loaded"], bool)
+    # the start load remembers the minute before the run: with the CPU share measured it does not count
+    busy_before = {**header, "load_average_start": [99.0, 0.0, 0.0],
+                   "start": {"monotonic": header["start"]["monotonic"] - 1000.0, "cpu_seconds": run_info.cpu_seconds()}}
+    assert run_info.environment_at_end(busy_before)["loaded"] is False
+    no_share = {k: v for k, v in busy_before.items() if k != "start"}
+    assert run_info.environment_at_end(no_share)["loaded"] is True
+    assert run_info.environment_at_end({**no_share, "load_average_start": [0.1, 0.0, 0.0]})["loaded"] is False
+    line = run_info.busy_line({**env, "loaded": True})
+    assert "other processes" in line and line.endswith("(LOADED machine: timings are noisy)")
