@@ -69,6 +69,7 @@ def main() -> None:
 
     from edgeft.atomic_io import write_json
     from edgeft.bench.report import table
+    from edgeft.data.prepare import REPORT_NAME
     from edgeft.distill import run
     from edgeft.presets import PRESETS
     from edgeft.progress import set_quiet
@@ -113,7 +114,7 @@ def main() -> None:
               "kept_layers": results["distilled"]["student"]["kept_layers"], "eval_tokens": ev["teacher"]["tokens"],
               "train_records": results["distilled"]["train_records"], "eval_records": results["distilled"]["eval_records"],
               "results": rows, "wall_s": walls, "train_tok_per_s": {k: v["train_tok_per_s"] for k, v in results.items()}}
-    data_report = Path(data.out_dir) / "data_report.json"
+    data_report = Path(data.out_dir) / REPORT_NAME
     if data_report.is_file():  # how the targets were written (greedy or sampled) changes every figure
         data_steps = json.loads(data_report.read_text())["steps"]
         report["data_synthesis"] = next((s.get("settings") for s in data_steps if s["step"] == "synthesis"), None)
