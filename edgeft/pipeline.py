@@ -77,7 +77,7 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
     from dataclasses import asdict
 
     from edgeft import distill
-    from edgeft.data.prepare import prepare
+    from edgeft.data.prepare import REPORT_NAME, prepare
     from edgeft.merge import merge
 
     t = time.perf_counter()
@@ -92,7 +92,7 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
 
     prepared = open_prepared(data_dir)
     stages["data"] = {"reused": reused, "key": data_key, "seconds": round(time.perf_counter() - t, 2),
-                      "report": str((data_dir / "data_report.json").relative_to(work.parent))}
+                      "report": str((data_dir / REPORT_NAME).relative_to(work.parent))}
 
     t = time.perf_counter()
     distill_dir = work / "distill"
