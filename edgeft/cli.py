@@ -22,6 +22,9 @@ class EdgeftGroup(click.Group):
     """Maps our errors to one line on stderr and an exit code, for every subcommand."""
 
     def invoke(self, ctx: click.Context):
+        import os
+
+        from edgeft.child import ChildFailed, NativeCrash
         from edgeft.errors import BudgetExceeded, ParityError
 
         try:
@@ -32,9 +35,20 @@ class EdgeftGroup(click.Group):
         except (ParityError, BudgetExceeded) as exc:
             click.echo(f"edgeft: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except (NativeCrash, ChildFailed) as exc:
+            click.echo(f"edgeft: internal error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("edgeft: interrupted; finished stages are kept, no partial file was left under a final name", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: one line and exit 1; the traceback on request
+            if os.environ.get("EDGEFT_TRACEBACK"):
+                raise
+            click.echo(f"edgeft: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                       "(set EDGEFT_TRACEBACK=1 to see where)", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=EdgeftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -206,9 +220,12 @@ def verify(out_dir: Path) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
-    """Which backends work on this machine, and why the others do not."""
+    """Which backends work on this machine, and why the others do not.
+
+    For GGUF it also shows llama.cpp's instruction sets, the flags `make setup` built it with, and
+    runs the smoke probe (a 64-token prompt at q4_0, q8_0 and q4_k_m, each in a child process).
+    Exit code 1 when an installed runtime fails its probe."""
     from edgeft.backends.registry import backend_names, entry, get_backend
-    from edgeft.bench.report import table
 
     report = []
     for name in backend_names():
@@ -218,17 +235,38 @@ def doctor(as_json: bool) -> None:
             report.append({"backend": name, "available": True, "reason": entry(name).summary})
             if hasattr(backend, "details"):  # a backend may report runtime versions, devices, providers
                 report[-1]["details"] = backend.details()
+                smoke = report[-1]["details"].get("smoke")
+                if smoke is not None and not smoke["ok"]:  # installed, but its build faults on this host
+                    from edgeft.backends.gguf_smoke import advice
+
+                    report[-1].update(available=False, reason=advice(smoke))
         except EdgeftError as exc:
             report.append({"backend": name, "available": False, "reason": exc.reason})
         except ImportError as exc:
             report.append({"backend": name, "available": False, "reason": f"{exc.name} is not installed"})
+    broken = any(not (r.get("details") or {}).get("smoke", {"ok": True})["ok"] for r in report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
+    else:
+        _print_doctor(report)
+    if broken:  # a runtime that is installed but faults here is a broken install, not a missing option
+        sys.exit(1)
+
+
+def _print_doctor(report: list[dict]) -> None:
+    from edgeft.bench.report import table
+
     click.echo(table([[r["backend"], "yes" if r["available"] else "no", r["reason"]] for r in report], ["backend", "available", "details"]))
     for r in report:
         for key, value in (r.get("details") or {}).items():
-            shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else ", ".join(map(str, value)) or "-"
+            if key == "smoke":  # the full probe result is for --json; smoke_probe is its line
+                continue
+            if isinstance(value, dict):
+                shown = ", ".join(f"{k} {v}" for k, v in value.items())
+            elif isinstance(value, str):
+                shown = value
+            else:
+                shown = ", ".join(map(str, value)) or "-"
             click.echo(f"{r['backend']} {key.replace('_', ' ')}: {shown}")
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeft.errors import ParityError
+
+if TYPE_CHECKING:
+    from edgeft.backends.base import Artifact
+    from edgeft.config import Target
 
 CHECK_TEXTS = [
     "What is the capital of France?",
@@ -79,3 +84,24 @@ def check_outputs(hf_dir: Path, runner, quant: str) -> dict:
         if worst > limit:
             raise ParityError(f"exported {quant} model's logits differ from the source: max relative error {worst:.2e} > {limit:.0e}")
     return report
+
+
+def check_export(hf_dir: Path, artifact: "Artifact", target: "Target") -> dict:
+    """Tokenizer parity, then outputs against the source, with the artifact loaded in this process."""
+    from edgeft.backends.registry import get_backend
+
+    runner = get_backend(target.backend).load(artifact, target)
+    try:
+        report = check_tokenizer_parity(hf_dir, runner)
+        report["outputs"] = check_outputs(hf_dir, runner, target.quant)
+    finally:
+        runner.close()
+    return report
+
+
+def run_check(hf_dir: Path, artifact: "Artifact", target: "Target") -> dict:
+    """`check_export` in a child process, like the bench: the runtime's native code (a build that
+    faults on this CPU, a corrupt file) can end the child, never the CLI; the crash becomes one line."""
+    from edgeft.child import call
+
+    return call(check_export, hf_dir, artifact, target, what=f"the export check of {artifact.path.name}")

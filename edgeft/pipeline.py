@@ -156,14 +156,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name}
 
     t = time.perf_counter()
-    runner = backend.load(artifact, target)
-    try:
-        from edgeft.export_check import check_outputs, check_tokenizer_parity
+    from edgeft.export_check import run_check
 
-        stages["export_check"] = check_tokenizer_parity(hf_dir, runner)
-        stages["export_check"]["outputs"] = check_outputs(hf_dir, runner, target.quant)
-    finally:
-        runner.close()
+    stages["export_check"] = run_check(hf_dir, artifact, target)
     stages["export_check"]["seconds"] = round(time.perf_counter() - t, 2)
 
     write_text(out_dir / "target.toml", target.to_toml())

@@ -78,3 +78,21 @@ def _silence_gguf_loader_bar() -> None:
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is not None and not isinstance(bar, functools.partial):
         gguf_utils.tqdm = functools.partial(bar, disable=True)
+
+
+class muted_native_stderr:
+    """Point file descriptor 2 at /dev/null while native code runs: llama.cpp's quantizer logs every
+    tensor it falls back on straight to stderr, whatever the Python log level says. Use it only in a
+    child process of ours (`edgeft.child`), where nothing else is writing to stderr meanwhile."""
+
+    def __enter__(self) -> "muted_native_stderr":
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -36,10 +37,35 @@ def test_targets_lists_every_shipped_profile():
         assert name in result.output
 
 
-def test_doctor_reports_gguf():
+def test_doctor_shows_the_instruction_sets_and_runs_the_smoke_probe():
+    """doctor reports llama.cpp's own system info, the flags make setup built it with, and a real probe:
+    a 64-token prompt at q4_0, q8_0 and q4_k_m on the default model."""
     result = CliRunner().invoke(main, ["doctor", "--json"])
-    assert result.exit_code == 0
-    assert '"backend": "gguf"' in result.output
+    assert result.exit_code == 0, result.output
+    gguf = next(r for r in json.loads(result.output) if r["backend"] == "gguf")
+    assert gguf["available"] is True
+    details = gguf["details"]
+    assert "AVX2 = 1" in details["system_info"]
+    assert "AMX" not in details["build_flags"]
+    smoke = details["smoke"]
+    assert smoke["ok"] and smoke["prompt_tokens"] >= 64
+    assert [lv["quant"] for lv in smoke["levels"]] == ["q4_0", "q8_0", "q4_k_m"]
+    assert all(lv["ok"] and lv["prompt_tokens"] >= 64 and lv["new_tokens"] > 0 for lv in smoke["levels"])
+
+    text = CliRunner().invoke(main, ["doctor"]).output
+    assert "gguf system info: CPU : " in text and "gguf smoke probe: PASS (64-token prompt)" in text
+
+
+def test_doctor_fails_when_the_installed_build_faults(monkeypatch):
+    from edgeft.backends import gguf_smoke
+
+    crashed = {"ok": False, "model": "m", "prompt_tokens": 64, "levels": [
+        {"quant": "q4_0", "ok": False, "error": "llama.cpp at q4_0 on a 64-token prompt died by SIGILL: an instruction ..."}]}
+    monkeypatch.setattr(gguf_smoke, "probe", lambda *a, **k: crashed)
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert "SIGILL" in result.output and "make setup LLAMA_ISA=avx2" in result.output
+    assert gguf_smoke.main([]) == 1  # the setup step fails on the same result
 
 
 def _run_cli(args: list[str], cwd=None) -> subprocess.CompletedProcess:

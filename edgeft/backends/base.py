@@ -56,6 +56,10 @@ class Runner(Protocol):
     def library_versions(self) -> dict[str, str]:
         ...
 
+    def fingerprint(self) -> dict[str, object]:
+        """What identifies the runtime build (versions, instruction sets, providers), so a baseline
+        measured on another build can be recognised."""
+
     def close(self) -> None:
         ...
 

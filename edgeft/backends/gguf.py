@@ -29,20 +29,29 @@ GGUF_MAGIC = b"GGUF"
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
-    """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged."""
+    """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged.
+
+    The quantizer runs in a child process (`edgeft.child`): its kernels are native code."""
+    from edgeft.child import call
+
+    with atomic_path(dst) as tmp:
+        rc = call(_quantize_native, src, tmp, quant, threads, what=f"llama.cpp quantizing {src.name} to {quant}")
+        if rc != 0:
+            raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
+    return dst
+
+
+def _quantize_native(src: Path, dst: Path, quant: str, threads: int) -> int:
     import llama_cpp
 
-    from edgeft.progress import quiet_libraries
+    from edgeft.progress import muted_native_stderr, quiet_libraries
 
     quiet_libraries()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads
-    with atomic_path(dst) as tmp:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
-    return dst
+    with muted_native_stderr():
+        return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
 
 
 def check_gguf_file(path: Path) -> None:
@@ -145,6 +154,12 @@ class LlamaCppRunner:
 
         return {"llama-cpp-python": llama_cpp.__version__}
 
+    def fingerprint(self) -> dict[str, object]:
+        """The runtime build as bench.json records it: llama.cpp's instruction sets and our build flags."""
+        from edgeft.backends.gguf_smoke import fingerprint
+
+        return fingerprint()
+
     def close(self) -> None:
         for llm in (self._gen, self._scorer):
             if llm is not None:
@@ -162,6 +177,23 @@ class GGUFBackend:
             import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailable(f"{exc.name} is not installed (run `make setup`)") from None
+
+    def details(self) -> dict[str, object]:
+        """For `edgeft doctor`: the build's instruction sets as llama.cpp reports them, the flags we
+        built it with, and the smoke probe (a 64-token prompt at three levels, each in a child)."""
+        from edgeft.backends.gguf_smoke import fingerprint, probe
+        from edgeft.child import call
+
+        info = call(fingerprint, what="llama.cpp reporting its build")
+        smoke = probe()
+        return {
+            "versions": {"llama-cpp-python": info["llama-cpp-python"]},
+            "system_info": info["system_info"],
+            "build_flags": ", ".join(f.removeprefix("GGML_") for f in info["build_flags"] or []) or "unknown (not built by make setup)",
+            "smoke_probe": ("PASS" if smoke["ok"] else "FAIL") + f" ({smoke['prompt_tokens']}-token prompt): " + ", ".join(
+                f"{lv['quant']} ok" if lv["ok"] else f"{lv['quant']} {lv['error']}" for lv in smoke["levels"]),
+            "smoke": smoke,
+        }
 
     def intermediate_dtype(self, quant: str) -> str:
         """An unquantized level is written directly; others quantize from f16, as llama.cpp users do."""

@@ -244,6 +244,10 @@ class OnnxRunner:
 
         return package_versions(("onnxruntime", "onnxruntime-genai", "onnx"))
 
+    def fingerprint(self) -> dict[str, object]:
+        """The runtime as bench.json records it: versions and the execution providers the session runs on."""
+        return {**self.library_versions(), "providers": list(self.session.get_providers()) if self.session else []}
+
     def close(self) -> None:
         self.session = None
         self._tokenizer = None

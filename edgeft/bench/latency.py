@@ -11,7 +11,8 @@ from pathlib import Path
 from edgeft.backends.base import Artifact
 from edgeft.bench.stats import summarize
 from edgeft.config import Target
-from edgeft.errors import ArtifactError, EdgeftError
+from edgeft.child import exit_failure
+from edgeft.errors import EdgeftError
 
 
 def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
@@ -29,8 +30,10 @@ def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
             text=True,
         )
         if proc.returncode != 0 or not result.exists():
+            # A signal is named with its likely cause (SIGILL: a runtime built for another CPU); any other
+            # failure is internal (exit 1), never bad input: the worker reports bad input in its result.
             tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            raise ArtifactError(f"the benchmark process failed (exit {proc.returncode}): {tail[0]}", file=artifact.path)
+            raise exit_failure(proc.returncode, f"the benchmark process for {artifact.path}", tail[0])
         data = json.loads(result.read_text())
     if "error" in data:
         raise EdgeftError(data["error"])

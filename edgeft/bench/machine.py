@@ -28,9 +28,23 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+# The instruction sets that decide which kernels a runtime can run, as /proc/cpuinfo names them.
+SIMD_FLAGS = ("sse4_2", "avx", "f16c", "fma", "bmi2", "avx2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+              "avx512dq", "avx512cd", "avx512vbmi", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_simd_flags() -> list[str]:
+    from edgeft.backends.llama_build import cpu_flags
+
+    flags = cpu_flags()
+    return [f for f in SIMD_FLAGS if f in flags]
+
+
 def describe(threads: int) -> dict[str, object]:
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_simd_flags(),
         "cores": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),

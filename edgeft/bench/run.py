@@ -42,7 +42,7 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
             "files": [str(p) for p in artifact.package_files()],
         },
         "target": {"name": target.name, **to_dict(target), "threads_used": target.resolved_threads()},
-        "machine": machine.describe(target.resolved_threads()),
+        "machine": {**machine.describe(target.resolved_threads()), "runtime": raw.get("runtime")},
         "versions": {"edgeft": __version__, **raw.get("versions", {})},
         "metrics": metrics,
         "runtime_counters": latency.runtime_counters(raw),

@@ -52,6 +52,7 @@ def run(request: dict) -> dict:
             if hasattr(runner, "perf_counters"):
                 perf.append(runner.perf_counters())
         versions = runner.library_versions()
+        runtime = runner.fingerprint()
     finally:
         runner.close()
     return {
@@ -61,6 +62,7 @@ def run(request: dict) -> dict:
         "rss_before_load_mb": rss_before_load,
         "peak_rss_mb": _rss_mb(),
         "versions": versions,
+        "runtime": runtime,
     }
 
 

@@ -343,8 +343,12 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         prompts = [templater.prompt_text(r.input, r.metadata.get("system")) for r in need]
         ids = [r.prompt_ids if r.prompt_ids is not None else templater.encode_texts([p])[0] for r, p in zip(need, prompts)]
         settings = GenerationSettings(config.synth_max_new_tokens, config.synth_temperature, config.seed)
-        result = synthesize(source, tokenizer, prompts, ids, settings, config.cache_dir or default_cache_dir(),
-                            context=config.max_length + config.synth_max_new_tokens, threads=config.synth_threads)
+        # In a child: llama.cpp's native code runs the teacher, and a crash there must not take the CLI down.
+        from edgeft.child import call
+
+        result = call(synthesize, source, tokenizer, prompts, ids, settings, config.cache_dir or default_cache_dir(),
+                      context=config.max_length + config.synth_max_new_tokens, threads=config.synth_threads,
+                      what="the teacher writing targets")
         for r, text in zip(need, result.targets):
             r.target = text or None
             r.target_source = "teacher"
