@@ -126,7 +126,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
 
 
 def _print_bench(result: dict, as_json: bool) -> None:
-    from edgeft.bench.report import budget_table, metrics_table
+    from edgeft.bench.report import answers_block, budget_table, metrics_table, source_quality
 
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -134,6 +134,10 @@ def _print_bench(result: dict, as_json: bool) -> None:
     t = result["target"]
     click.echo(f"{Path(result['artifact']['path']).name}  ({t['backend']} {t['quant']}, {t['threads_used']} threads, "
                f"{t['bench']['prompt_tokens']}-token prompt, {t['bench']['new_tokens']} new tokens, {t['bench']['runs']} runs)")
+    click.echo(source_quality(result))
+    if result.get("answers"):
+        click.echo(answers_block(result))
+    click.echo("")
     click.echo(metrics_table(result))
     click.echo("")
     click.echo(budget_table(result))
@@ -409,14 +413,18 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 @click.option("--baseline", type=click.Path(path_type=Path), default=None, help="An earlier bench.json to gate against (exit 1 on regression).")
 @click.option("--tolerance", default=None, help="Allowed worsening per gated metric, e.g. 10% [default: the profile's regression.tolerance_pct].")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
-              help="The unquantized model (f16/f32) for perplexity increase, KL and top-1 agreement.")
+              help="The unquantized export (f16/f32): perplexity increase, KL and top-1 from quantization alone.")
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="The HF folder of the model it was built from (the teacher when distilled): quality against it, "
+                   "and both models' answers to a few chat prompts side by side.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out JSONL with `input_ids` to score instead of the shipped evaluation text.")
 @click.option("--summary", type=click.Path(path_type=Path), default=None, help="Append a Markdown report (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write a JUnit XML report: one test case per budget and gated metric.")
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
 def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: Path | None, tolerance: str | None,
-                  reference: Path | None, eval_data: Path | None, summary: Path | None, junit: Path | None, threads: int | None) -> None:
+                  reference: Path | None, source: Path | None, eval_data: Path | None, summary: Path | None,
+                  junit: Path | None, threads: int | None) -> None:
     """Benchmark a built artifact: latency, memory, size, quality; budgets and the CI gate.
 
     Exit code 0 when every budget and gated metric passes, 1 when one fails, 2 on bad input
@@ -430,7 +438,8 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
 
     resolved = _load_target(target, None, threads)
     tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
-    result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline, tolerance_pct=tolerance_pct)
+    result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline,
+                        tolerance_pct=tolerance_pct, source=source)
     gate = result.get("regression")
     if json_out is not None:
         write_json(json_out, result)

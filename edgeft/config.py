@@ -74,7 +74,9 @@ class Budget:
     package_mb: float | None = None
     ms_per_token_p90: float | None = None
     peak_rss_mb: float | None = None
-    ppl_increase_pct: float | None = None
+    ppl_increase_pct: float | None = None  # against the artifact's own unquantized export: quantization loss alone
+    # Against the source model the user gave (the teacher when distilling): everything the build did to it.
+    ppl_vs_source_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
     )
     budget_values = _number_table(
         raw, "budget", Budget, problems, integer=False,
-        invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k != "ppl_increase_pct") else None,
+        invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k not in ("ppl_increase_pct", "ppl_vs_source_pct")) else None,
     )
     onnx = onnx_options.parse(_table(raw, "onnx", problems), problems)
     regression_values = _number_table(

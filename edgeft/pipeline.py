@@ -138,6 +138,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     src_key = source_hash(source)
     hf_dir, stages["source"] = prepare_source(source, src_key, work)
     stages["source"]["seconds"] = round(time.perf_counter() - t, 2)
+    source_hf = hf_dir  # the model the user gave, as an HF folder: what quality is judged against
     if distill:
         from edgeft.presets import build_preset
 
@@ -147,7 +148,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
         artifact, reference, result, stages["auto_quant"] = _quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key,
-                                                                             source.name, eval_data)
+                                                                             source.name, eval_data, source_hf)
         target = target.with_overrides(quant=artifact.path.stem.removeprefix("model-"))
     else:
         status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
@@ -169,7 +170,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         t = time.perf_counter()
         if result is None:  # quant=auto benchmarked the kept level already
             status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
-            result = bench(artifact, target, reference=reference, eval_data=eval_data)
+            result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf)
         write_json(out_dir / "bench.json", result)
         outputs.append(out_dir / "bench.json")
         stages["bench"] = {"seconds": round(time.perf_counter() - t, 2)}
@@ -210,7 +211,7 @@ def compile_level(backend, hf_dir: Path, target: Target, out_dir: Path, work: Pa
 
 
 def _quantize_to_fit(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str, name: str,
-                     eval_data: Path | None) -> tuple[Artifact, Artifact | None, dict, dict]:
+                     eval_data: Path | None, source_hf: Path) -> tuple[Artifact, Artifact | None, dict, dict]:
     """`--quant auto`: make every candidate level from the one conversion, then benchmark them from
     the smallest file upward and keep the first that meets every budget (latency and quality included).
     Returns the kept artifact, its reference, its bench result and what was tried and why each was rejected."""
@@ -229,7 +230,7 @@ def _quantize_to_fit(backend, hf_dir: Path, target: Target, out_dir: Path, work:
     for i, (artifact, reference) in enumerate(candidates):
         level = artifact.path.stem.removeprefix("model-")
         status(f"quant auto: benchmarking {level} ({artifact.package_bytes() / 1e6:.1f} MB) ...")
-        result = bench(artifact, target.with_overrides(quant=level), reference=reference, eval_data=eval_data)
+        result = bench(artifact, target.with_overrides(quant=level), reference=reference, eval_data=eval_data, source=source_hf)
         failed = [b for b in result["budget"] if b["status"] == "FAIL"]
         tried.append({"quant": level, "package_bytes": artifact.package_bytes(), "pass": result["pass"],
                       "rejected_because": [f"{b['budget']} = {b['value']:.4g} > {b['limit']:g}" for b in failed]})

@@ -106,11 +106,11 @@ def test_f16_export_answers_the_capital_of_france_and_stops(built):
 
 
 # Bounds on the shipped q4_k_m file against the build's own f16 export, over the bench's evaluation tokens.
-# Measured on two builds of llama.cpp (benchmarks/README.md, "Portable llama.cpp build"): KL_MEAN_MEASURED
-# and TOP1_MEASURED; the bounds leave room for another kernel set's rounding, and a broken export (wrong
-# weights, a wrong tensor type) is far outside them.
-Q4_K_M_KL_MEAN_MAX = KL_BOUND
-Q4_K_M_TOP1_MIN_PCT = TOP1_BOUND
+# Measured with the portable and the native build here (benchmarks/README.md, "Portable llama.cpp build"):
+# KL mean 0.060, top-1 85.8 % on both; the bounds leave 2.5x room for another kernel set's rounding, and a
+# broken export (wrong weights, a wrong tensor type or order) is far outside them.
+Q4_K_M_KL_MEAN_MAX = 0.15
+Q4_K_M_TOP1_MIN_PCT = 75.0
 
 
 def test_q4_k_m_stays_close_to_its_f16_export(built):

@@ -40,7 +40,9 @@ def fingerprint() -> dict[str, object]:
 
     from edgeft.backends.llama_build import read_stamp
 
-    stamp = read_stamp(Path(sys.prefix)) or {}
+    # The venv's stamp describes the venv's own llama_cpp, not one put first on PYTHONPATH.
+    ours = Path(llama_cpp.__file__).resolve().is_relative_to(Path(sys.prefix).resolve())
+    stamp = (read_stamp(Path(sys.prefix)) if ours else None) or {}
     return {"llama-cpp-python": llama_cpp.__version__, "system_info": system_info(),
             "build_flags": stamp.get("enabled"), "build_key": stamp.get("key")}
 

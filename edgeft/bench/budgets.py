@@ -13,6 +13,7 @@ BUDGET_METRICS = {
     "ms_per_token_p90": "ms_per_token_p90",
     "peak_rss_mb": "peak_rss_mb",
     "ppl_increase_pct": "ppl_increase_pct",
+    "ppl_vs_source_pct": "ppl_vs_source_pct",
 }
 
 

@@ -108,7 +108,7 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
             status(f"compare: benchmarking {target.backend} {level} ...")
             reference = reference or shared_reference
             shared_reference = shared_reference or reference
-            result = bench(artifact, level_target, reference=reference, eval_data=eval_data)
+            result = bench(artifact, level_target, reference=reference, eval_data=eval_data, source=hf_dir)
             write_json(level_dir / "bench.json", result)
             if reference is not None:
                 reference_path = str(reference.path)

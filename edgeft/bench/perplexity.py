@@ -1,5 +1,6 @@
 """Quality of an artifact: perplexity on an evaluation text and, against the unquantized
-reference, the perplexity increase, per-token KL divergence and top-1 agreement.
+reference (quantization loss alone) and against the source model the user gave (everything the
+build did), the perplexity increase, per-token KL divergence and top-1 agreement.
 
 Everything goes through the Runner interface (`logits`, `tokenize`), so every backend is
 measured the same way. Runs inside a worker process (see worker.py), never in the harness.
@@ -72,41 +73,61 @@ def log_softmax(logits: "np.ndarray") -> "np.ndarray":
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def score(runner, ids: list[int], window: int, reference=None) -> dict:
-    """Perplexity of `runner` on `ids`; with a `reference` runner also KL(ref || runner) per token,
-    top-1 agreement and the reference's own perplexity. Each window's first token is context only."""
+class _Against:
+    """Running sums of one comparison: the artifact against a reference or against the source."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.nll: list[float] = []
+        self.kl: list[float] = []
+        self.agree = 0
+
+    def add(self, chunk: list[int], targets: "np.ndarray", lp: "np.ndarray") -> None:
+        import numpy as np
+
+        other = log_softmax(self.runner.logits(chunk)[:-1])
+        if other.shape != lp.shape:
+            raise EdgeftError(f"the model compared with has {other.shape[1]} vocabulary entries, the artifact {lp.shape[1]}; "
+                              "they are not the same model")
+        self.nll.extend((-other[np.arange(len(targets)), targets]).tolist())
+        self.kl.extend((np.exp(other) * (other - lp)).sum(axis=-1).clip(min=0.0).tolist())  # [len-1]
+        self.agree += int((other.argmax(axis=-1) == lp.argmax(axis=-1)).sum())
+
+    def summary(self, ppl: float) -> tuple[float, float, float, float, float]:
+        import numpy as np
+
+        other_ppl = math.exp(float(np.mean(self.nll)))
+        return (other_ppl, (ppl / other_ppl - 1.0) * 100.0, float(np.mean(self.kl)), float(np.percentile(self.kl, 99)),
+                100.0 * self.agree / len(self.kl))
+
+
+def score(runner, ids: list[int], window: int, reference=None, source=None) -> dict:
+    """Perplexity of `runner` on `ids`. Against `reference` (its own unquantized export: quantization loss
+    alone) and against `source` (the model the user gave: everything the build did to it), each also
+    KL(other || runner) per token, top-1 agreement and the other's own perplexity. Each window's first
+    token is context only; the artifact's logits are computed once per window for both comparisons."""
     import numpy as np
 
     nll: list[float] = []
-    ref_nll: list[float] = []
-    kl: list[float] = []
-    agree = 0
     chunks = windows(ids, window)
     if not chunks:
         raise EdgeftError(f"{len(ids)} evaluation tokens are too few to score")
+    against = {name: _Against(r) for name, r in (("reference", reference), ("source", source)) if r is not None}
     for chunk in chunks:
         targets = np.asarray(chunk[1:])
         lp = log_softmax(runner.logits(chunk)[:-1])  # [len-1, vocab]: position i predicts chunk[i+1]
         nll.extend((-lp[np.arange(len(targets)), targets]).tolist())
-        if reference is None:
-            continue
-        ref_lp = log_softmax(reference.logits(chunk)[:-1])
-        if ref_lp.shape != lp.shape:
-            raise EdgeftError(f"the reference has {ref_lp.shape[1]} vocabulary entries, the artifact {lp.shape[1]}; "
-                              "they are not the same model")
-        ref_nll.extend((-ref_lp[np.arange(len(targets)), targets]).tolist())
-        kl.extend((np.exp(ref_lp) * (ref_lp - lp)).sum(axis=-1).clip(min=0.0).tolist())  # [len-1]
-        agree += int((ref_lp.argmax(axis=-1) == lp.argmax(axis=-1)).sum())
-    result: dict = {"ppl": math.exp(float(np.mean(nll))), "tokens_scored": len(nll), "windows": len(chunks)}
-    if reference is not None:
-        ref_ppl = math.exp(float(np.mean(ref_nll)))
-        result.update(
-            ref_ppl=ref_ppl,
-            ppl_increase_pct=(result["ppl"] / ref_ppl - 1.0) * 100.0,
-            kl_mean=float(np.mean(kl)),
-            kl_p99=float(np.percentile(kl, 99)),
-            top1_agree_pct=100.0 * agree / len(kl),
-        )
+        for comparison in against.values():
+            comparison.add(chunk, targets, lp)
+    ppl = math.exp(float(np.mean(nll)))
+    result: dict = {"ppl": ppl, "tokens_scored": len(nll), "windows": len(chunks)}
+    if "reference" in against:
+        ref_ppl, increase, kl_mean, kl_p99, top1 = against["reference"].summary(ppl)
+        result.update(ref_ppl=ref_ppl, ppl_increase_pct=increase, kl_mean=kl_mean, kl_p99=kl_p99, top1_agree_pct=top1)
+    if "source" in against:
+        src_ppl, increase, kl_mean, kl_p99, top1 = against["source"].summary(ppl)
+        result.update(source_ppl=src_ppl, ppl_vs_source_pct=increase, kl_vs_source_mean=kl_mean,
+                      kl_vs_source_p99=kl_p99, top1_vs_source_pct=top1)
     return result
 
 

@@ -38,9 +38,42 @@ def metrics_table(result: dict) -> str:
         note = f"{result['eval']['tokens_scored']} tokens of {result['eval']['source']}" if result.get("eval") else ""
         rows.append(["perplexity", _fmt(m["ppl"]), "", note])
     if m.get("ppl_increase_pct") is not None:
-        rows.append(["vs reference", f"{m['ppl_increase_pct']:+.2f} % ppl", "",
-                     f"KL mean {m['kl_mean']:.4f} p99 {m['kl_p99']:.4f}, top-1 agree {m['top1_agree_pct']:.1f} %"])
+        rows.append(["vs unquantized export", f"{m['ppl_increase_pct']:+.2f} % ppl", "",
+                     f"quantization loss alone: KL mean {m['kl_mean']:.4f} p99 {m['kl_p99']:.4f}, "
+                     f"top-1 agree {m['top1_agree_pct']:.1f} %"])
     return table(rows, ["metric", "median", "p90", ""])
+
+
+def source_quality(result: dict) -> str:
+    """The first lines of every report: the artifact against the model the user gave."""
+    m = result["metrics"]
+    if m.get("ppl_vs_source_pct") is None:
+        return ("quality against the source: not measured (give the model it was built from: `--source HF_FOLDER`); "
+                "the numbers below compare the artifact with its own unquantized export only")
+    ev = result.get("eval") or {}
+    return (f"quality against the source ({ev.get('source_model', 'the model you gave')}), {ev.get('tokens_scored', '?')} "
+            f"tokens of {ev.get('source', '?')}:\n"
+            f"  perplexity {_fmt(m['source_ppl'])} -> {_fmt(m['ppl'])} ({m['ppl_vs_source_pct']:+.1f} %), "
+            f"KL mean {m['kl_vs_source_mean']:.4f} p99 {m['kl_vs_source_p99']:.4f}, "
+            f"top-1 agreement {m['top1_vs_source_pct']:.1f} %")
+
+
+def answers_block(result: dict, width: int = 100) -> str:
+    """Greedy answers of the source and of the shipped file to the fixed chat prompts, one under the other."""
+    rows = result.get("answers")
+    if not rows:
+        return ""
+
+    def cut(text: str) -> str:
+        text = " ".join(text.split()) or "(nothing)"
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    lines = ["answers (greedy, chat template): the source model, then the shipped file"]
+    for row in rows:
+        lines.append(f"  > {row['prompt']}")
+        lines.append(f"    source:   {cut(row['source'])}")
+        lines.append(f"    artifact: {cut(row['artifact'])}" + ("  (same)" if row["same"] else ""))
+    return "\n".join(lines)
 
 
 def gate_table(lines: list[dict]) -> str:

@@ -15,20 +15,25 @@ MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
 
 
 def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = None, eval_data: Path | None = None,
-          quality: bool = True) -> dict:
-    """Latency and memory in one child process, then quality (perplexity; KL, top-1 and the
-    perplexity increase against `reference`, the unquantized model) in another."""
+          quality: bool = True, source: Path | None = None) -> dict:
+    """Latency and memory in one child process, then quality in another: perplexity; KL, top-1 and the
+    perplexity increase against `reference` (the unquantized export: quantization loss alone) and
+    against `source` (the HF folder of the model the user gave), with both models' greedy answers to
+    a few chat prompts side by side."""
     raw = latency.run_worker(artifact, target)
     metrics, per_run = latency.latency_metrics(raw)
     evaluation = None
+    answers = None
     if quality:
         q = latency.run_worker(
             artifact, target, mode="quality",
             reference={"path": str(reference.path), "kind": reference.kind} if reference else None,
+            source=str(source) if source else None,
             eval_data=str(eval_data) if eval_data else None,
         )
         evaluation = {**q["eval"], "tokens_scored": q["quality"].pop("tokens_scored"), "windows": q["quality"].pop("windows")}
         metrics.update(q["quality"])
+        answers = q.get("answers")
     metrics["package_mb"] = artifact.package_bytes() / MB
     metrics["model_mb"] = artifact.path.stat().st_size / MB if artifact.path.is_file() else metrics["package_mb"]
     lines = budgets.check(metrics, target.budget)
@@ -47,6 +52,7 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
         "metrics": metrics,
         "runtime_counters": latency.runtime_counters(raw),
         "eval": evaluation,  # what quality was measured on; None when it was not
+        "answers": answers,  # greedy answers of the source and the artifact to CHAT_PROMPTS; None without a source
         "runs": per_run,
         "budget": [line.to_json() for line in lines],
         "pass": budgets.all_pass(lines),
@@ -54,22 +60,23 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
 
 
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
-               baseline: Path | None = None, tolerance_pct: float | None = None) -> dict:
-    """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it.
+               baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None) -> dict:
+    """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it; with `source`
+    (the HF folder it was built from), its quality against that model.
 
     The baseline is read first, so a malformed one fails before minutes of benchmarking."""
     from edgeft.bench import baseline as gate
     from edgeft.errors import ArtifactError
 
     old = gate.load_bench(baseline) if baseline is not None else None
-    for path, what in ((artifact_path, "artifact"), (reference, "reference")):
+    for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
     artifact = Artifact(path=Path(artifact_path), kind=target.backend)
     ref = None
     if reference is not None:  # a GGUF reference serves every backend (scored through the Runner interface)
         ref = Artifact(path=Path(reference), kind="gguf" if Path(reference).suffix == ".gguf" else target.backend)
-    result = bench(artifact, target, reference=ref, eval_data=eval_data)
+    result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source)
     if old is not None:
         lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)
         result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines)}

@@ -22,10 +22,20 @@ def markdown(result: dict, gate: list[dict] | None = None) -> str:
     verdict = "PASS" if result["pass"] and (gate is None or all(g["status"] == "PASS" for g in gate)) else "FAIL"
     t = result["target"]
     lines = [f"### edgeft bench: `{Path(result['artifact']['path']).name}` ({t['backend']} {t['quant']}) — {verdict}", ""]
+    if m.get("ppl_vs_source_pct") is not None:
+        lines += [f"Against the source model: perplexity {_cell(m['source_ppl'])} → {_cell(m['ppl'])} "
+                  f"({m['ppl_vs_source_pct']:+.1f}%), KL mean {_cell(m['kl_vs_source_mean'])}, "
+                  f"top-1 agreement {_cell(m['top1_vs_source_pct'])}%", ""]
+    else:
+        lines += ["Against the source model: not measured; quality below is against the unquantized export only.", ""]
+    for row in result.get("answers") or []:
+        lines += [f"> **{row['prompt']}**  ", f"> source: {' '.join(row['source'].split())}  ",
+                  f"> artifact: {' '.join(row['artifact'].split())}", ""]
     lines += ["| metric | median | p90 | spread |", "| --- | ---: | ---: | ---: |"]
     for key in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"):
         lines.append(f"| {key} | {_cell(m.get(f'{key}_p50'))} | {_cell(m.get(f'{key}_p90'))} | {m.get(f'{key}_cv', 0):.0%} |")
-    for key in ("peak_rss_mb", "package_mb", "model_mb", "ppl", "ppl_increase_pct", "kl_mean", "kl_p99", "top1_agree_pct"):
+    for key in ("peak_rss_mb", "package_mb", "model_mb", "ppl", "ppl_increase_pct", "kl_mean", "kl_p99", "top1_agree_pct",
+                "source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct"):
         if m.get(key) is not None:
             lines.append(f"| {key} | {_cell(m[key])} | | |")
     if result["budget"]:

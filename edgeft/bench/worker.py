@@ -78,26 +78,38 @@ def run_quality(request: dict) -> dict:
     target = load_target(request["target"])
     artifact = Artifact(path=Path(request["artifact"]), kind=request["kind"])
     runner = get_backend(target.backend).load(artifact, target)
-    reference = None
+    reference = source_model = None
+    answers = None
     try:
         ref = request.get("reference")
         if ref and Path(ref["path"]).resolve() != artifact.path.resolve():
             reference = get_backend(ref["kind"]).load(Artifact(path=Path(ref["path"]), kind=ref["kind"]), target)
-        tokenizer = reference or runner  # the reference tokenizes, so every level compared scores the same tokens
+        if request.get("source"):
+            from edgeft.bench.source_model import SourceRunner
+
+            source_model = SourceRunner(Path(request["source"]))
+        # The reference tokenizes (else the source), so every level compared scores the same tokens.
+        tokenizer = reference or source_model or runner
         eval_data = Path(request["eval_data"]) if request.get("eval_data") else None
-        ids, source = perplexity.eval_ids(tokenizer.tokenize, eval_data, target.bench.eval_tokens)
+        ids, text_source = perplexity.eval_ids(tokenizer.tokenize, eval_data, target.bench.eval_tokens)
         window = min(target.bench.eval_window, target.bench.context)
-        scores = perplexity.score(runner, ids, window, reference)
+        scores = perplexity.score(runner, ids, window, reference, source_model)
         if ref and reference is None:  # the artifact is its own reference
             scores.update(ref_ppl=scores["ppl"], ppl_increase_pct=0.0, kl_mean=0.0, kl_p99=0.0, top1_agree_pct=100.0)
+        if source_model is not None:
+            from edgeft.bench.source_model import side_by_side
+
+            answers = side_by_side(source_model, runner)
     finally:
         runner.close()
-        if reference is not None:
-            reference.close()
+        for other in (reference, source_model):
+            if other is not None:
+                other.close()
     return {
         "quality": scores,
-        "eval": {"source": source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
-                 "reference": ref["path"] if ref else None},
+        "answers": answers,
+        "eval": {"source": text_source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
+                 "reference": ref["path"] if ref else None, "source_model": request.get("source")},
     }
 
 

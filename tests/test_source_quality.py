@@ -1,0 +1,77 @@
+"""Quality against the source model the user gave: measured on every build, shown first, budgeted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.bench import budgets, perplexity
+from edgeft.cli import main
+from edgeft.config import Budget
+from tiny_models import tiny_profile
+
+
+@pytest.fixture(scope="module")
+def tiny_q4(tiny_llama_dir, tmp_path_factory):
+    """The tiny Llama built at q4_0 with its source: a quantized artifact that really differs from it."""
+    tmp = tmp_path_factory.mktemp("src-quality")
+    out = tmp / "out"
+    profile = tiny_profile(tmp, quant="q4_0", budget="package_mb = 350\nppl_vs_source_pct = 1000")
+    result = CliRunner().invoke(main, ["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--out", str(out)])
+    return out, result
+
+
+def test_the_source_against_itself_scores_zero_and_a_quantized_artifact_does_not(tiny_llama_dir, tiny_q4):
+    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.bench.source_model import SourceRunner
+
+    source = SourceRunner(tiny_llama_dir)
+    ids = source.tokenize("The quick brown fox jumps over the lazy dog. " * 6)
+    same = perplexity.score(source, ids, 32, source=source)
+    assert same["kl_vs_source_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert same["ppl_vs_source_pct"] == pytest.approx(0.0, abs=1e-9) and same["top1_vs_source_pct"] == 100.0
+
+    out, result = tiny_q4
+    assert result.exit_code == 0, result.output
+    artifact = LlamaCppRunner(out / "model-q4_0.gguf", threads=1, context=128)
+    try:
+        quantized = perplexity.score(artifact, ids, 32, source=source)
+    finally:
+        artifact.close()
+    assert quantized["kl_vs_source_mean"] > 1e-4
+    assert quantized["source_ppl"] == pytest.approx(same["ppl"], rel=1e-6)
+
+
+def test_every_build_reports_quality_against_the_source_first_with_answers(tiny_q4, tiny_llama_dir):
+    out, result = tiny_q4
+    bench = json.loads((out / "bench.json").read_text())
+    m = bench["metrics"]
+    for key in ("source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct"):
+        assert key in m, key
+    assert m["kl_vs_source_mean"] > 0 and m["ppl_increase_pct"] is not None  # both comparisons, each named
+    assert bench["eval"]["source_model"] == str(tiny_llama_dir)
+    from edgeft.bench.source_model import CHAT_PROMPTS
+
+    assert [a["prompt"] for a in bench["answers"]] == list(CHAT_PROMPTS)
+    assert all(isinstance(a["source"], str) and isinstance(a["artifact"], str) for a in bench["answers"])
+    assert [b["budget"] for b in bench["budget"]][-1] == "ppl_vs_source_pct"
+    text = result.output
+    assert text.index("quality against the source") < text.index("time to first token")
+    assert "source:   " in text and "artifact: " in text and "quantization loss alone" in text
+
+
+def test_the_source_budget_line_fails_past_its_limit():
+    lines = budgets.check({"ppl_vs_source_pct": 74.0}, Budget(ppl_vs_source_pct=50))
+    assert [(b.key, b.status) for b in lines] == [("ppl_vs_source_pct", "FAIL")]
+    assert not budgets.all_pass(lines)
+    assert budgets.check({"ppl_vs_source_pct": 12.0}, Budget(ppl_vs_source_pct=50))[0].status == "PASS"
+
+
+def test_every_shipped_profile_budgets_quality_against_the_source():
+    from edgeft.config import load_target, shipped_targets
+
+    for name in shipped_targets():
+        assert load_target(name).budget.ppl_vs_source_pct is not None, name
