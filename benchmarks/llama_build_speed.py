@@ -6,7 +6,8 @@ A build is `venv` (what the venv holds) or a folder with another llama_cpp packa
 `pip install --no-deps --target DIR WHEEL`), put first on the bench worker's PYTHONPATH. Each round
 benches every (build, quant, threads) once, in a random order within the round, so load that comes
 and goes hits both builds alike; each bench is its own child process (`edgeft.bench.run.bench`).
-The figure is the ratio of median decode tok/s, llama.cpp's own counters and ours side by side.
+The figure is the median over rounds of the paired ratio of decode tok/s (llama.cpp's own counters;
+ours beside them), with its interquartile range.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def main() -> None:
     base_path = os.environ.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="edgeft-build-speed-") as tmp:
         files = {q: quantize(args.f16, Path(tmp) / f"model-{q}.gguf", q) for q in quants}
-        cells = [(b, q, t) for b in builds for q in quants for t in threads]
+        groups = [(q, t) for q in quants for t in threads]
         for r in range(args.rounds):
-            rng.shuffle(cells)
+            rng.shuffle(groups)
+            # Both builds of one (quant, threads) run back to back, in a random order: a pair shares its moment.
+            cells = [(b, q, t) for q, t in groups for b in rng.sample(list(builds), len(builds))]
             for build, quant, n in cells:
                 site = builds[build]
                 os.environ["PYTHONPATH"] = base_path if site == "venv" else os.pathsep.join(p for p in (site, base_path) if p)
@@ -75,14 +78,21 @@ def main() -> None:
                 for key in ("llama_cpp_decode_tok_s", "harness_decode_tok_s", "prefill_tok_s_p50"):
                     row[f"{build}_{key}"] = statistics.median(s[key] for s in runs)
             for build in builds:
-                if build != judged:
-                    row[f"{judged}_vs_{build}_decode"] = row[f"{judged}_llama_cpp_decode_tok_s"] / row[f"{build}_llama_cpp_decode_tok_s"]
-                    row[f"{judged}_vs_{build}_prefill"] = row[f"{judged}_prefill_tok_s_p50"] / row[f"{build}_prefill_tok_s_p50"]
+                if build == judged:
+                    continue
+                # Paired per round (the two ran back to back), then the median: drift between rounds cancels.
+                pairs = list(zip(samples[(judged, quant, n)], samples[(build, quant, n)]))
+                for key, label in (("llama_cpp_decode_tok_s", "decode"), ("prefill_tok_s_p50", "prefill")):
+                    ratios = sorted(a[key] / b[key] for a, b in pairs)
+                    row[f"{judged}_vs_{build}_{label}"] = statistics.median(ratios)
+                    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+                    row[f"{judged}_vs_{build}_{label}_iqr"] = [q[0], q[2]]
             rows.append(row)
     print()
     for row in rows:
         shown = "  ".join(f"{b} {row[f'{b}_llama_cpp_decode_tok_s']:.1f} (ours {row[f'{b}_harness_decode_tok_s']:.1f})" for b in builds)
-        ratios = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith(("_decode", "_prefill")))
+        ratios = "  ".join(f"{k} {v:.3f} (IQR {row[k + '_iqr'][0]:.3f}-{row[k + '_iqr'][1]:.3f})"
+                           for k, v in row.items() if k.endswith(("_decode", "_prefill")))
         print(f"{row['quant']:>7} {row['threads']} thr  decode tok/s: {shown}  {ratios}")
     write(args.result, {"context_before": before, "context_after": context(), "f16": str(args.f16), "builds": builds,
                         "system_info": system_info, "rounds": args.rounds, "bench": vars(load_target("gguf").bench),

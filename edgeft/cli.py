@@ -85,6 +85,10 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
 @click.option("--no-bench", is_flag=True, help="Compile only; skip the benchmark and the budget check.")
 @click.option("--no-distill", is_flag=True, help="Compile the model as it is, without data, distillation and merge.")
+@click.option("--student", default="auto", show_default=True,
+              help="'auto': the largest pruning of the model (the model itself included) that meets the size, latency "
+                   "and memory budget, measured before any training; or a model source to distill into.")
+@click.option("--student-layers", type=int, default=None, help="Force a student of N of the model's layers (the measured 'block' pick).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Task data (JSONL/JSON/CSV/Parquet) for distillation [default: the shipped prompts; the teacher writes answers].")
 @click.option("--preset", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
@@ -93,13 +97,17 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="Text or prepared JSONL scored for perplexity [default: the data's held-out split, else a shipped text].")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
-          no_distill: bool, data: Path | None, preset: str, eval_data: Path | None, as_json: bool) -> None:
+          no_distill: bool, student: str, student_layers: int | None, data: Path | None, preset: str, eval_data: Path | None,
+          as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
-    With distillation (the default), MODEL is the teacher:
+    MODEL is the source (the teacher when a student is distilled):
+      student  --student auto: the source and prunings of it by layer count are compiled and benched
+               for size, latency and memory (no training); the largest that fits is the student
       data     clean and split --data (or the shipped prompts); the teacher writes missing answers
-      distill  a student with half the teacher's layers learns the teacher's logits (QLoRA)
+      distill  a pruned student learns the teacher's logits (QLoRA); when the source fits, your
+               data's own targets fine-tune it (QLoRA), and data without targets means no training
       merge    the adapters are folded into a dense model
     Then, for every build:
       compile  our HF -> GGUF converter + llama.cpp's quantizer (or the target's backend)
@@ -114,15 +122,38 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
-                       data=data, preset=preset)
+                       data=data, preset=preset, student=student, student_layers=student_layers)
+    if result.student is not None and not as_json:
+        _print_student(result.student)
     if result.bench is None:
         click.echo(f"built {result.artifact}")
         return
     _print_bench(result.bench, as_json)
+    if not as_json:
+        _print_levers(result)
     # With --json, stdout is the JSON document alone, so a machine can parse it whole.
     click.echo(f"\noutput folder: {result.out_dir}  (model: {result.artifact.name}, bench.json, manifest.json)", err=as_json)
     if not result.bench["pass"]:
         sys.exit(1)
+
+
+def _print_student(student: dict) -> None:
+    from edgeft.bench.report import student_table
+
+    click.echo(student_table(student))
+    click.echo("")
+
+
+def _print_levers(result) -> None:
+    """When quality against the source fails after training, say which lever would move it."""
+    failed = [b for b in result.bench["budget"] if b["budget"] == "ppl_vs_source_pct" and b["status"] == "FAIL"]
+    mode = (result.student or {}).get("mode")
+    if failed and mode in ("distill", "fine-tune"):
+        click.echo("quality against the teacher: FAIL. Levers: more training (`--preset full`, or more steps with "
+                   "`edgeft distill --steps`), or a looser size/latency budget so that a larger student fits.")
+    elif failed:
+        click.echo("quality against the source: FAIL. Levers: a higher quantization level (`--quant q8_0`, or "
+                   "`--quant auto`), or a looser `ppl_vs_source_pct`.")
 
 
 def _print_bench(result: dict, as_json: bool) -> None:

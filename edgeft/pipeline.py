@@ -31,6 +31,7 @@ class BuildResult:
     artifact: Path
     bench: dict | None
     manifest: Path
+    student: dict | None = None  # how the student was chosen: the candidates, the choice and why
 
 
 def _key(*parts: object) -> str:
@@ -119,10 +120,17 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
     return merged_dir, merge_key, prepared.eval
 
 
+AUTO_STUDENT = "auto"
+
+
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
-          distill: bool = False, data: Path | None = None, preset: str = "demo") -> BuildResult:
+          distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
+          student_layers: int | None = None) -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
-    distill -> merge produce the student that is compiled; without, the model is compiled as it is."""
+    distill -> merge produce the student that is compiled; without, the model is compiled as it is.
+
+    `student` "auto" (with no `student_layers`) distills only as much as the budget needs: see
+    `plan_student`. `student_layers` or a student model source force the choice."""
     started = time.perf_counter()
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
@@ -142,8 +150,11 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if distill:
         from edgeft.presets import build_preset
 
-        hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, build_preset(preset), work, stages)
-        eval_data = eval_data or held_out
+        chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset), data,
+                              student, student_layers, stages)
+        if chosen is not None:
+            hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
+            eval_data = eval_data or held_out
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
@@ -184,7 +195,113 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         outputs=outputs,
         stages=stages,
     )
-    return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest)
+    return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
+
+
+def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str, preset: "BuildPreset",
+                 data: Path | None, student: str, student_layers: int | None, stages: dict) -> "BuildPreset | None":
+    """The preset the data -> distill -> merge stages run with, or None when there is nothing to train.
+
+    Forced (`--student-layers N`, `--student SRC`): that student. Auto: the largest candidate that
+    meets the size/latency/memory budget (`student_auto`); a pruned one is distilled; when the source
+    fits, the user's own targets (if the data has any) fine-tune it with QLoRA, else nothing is learned
+    and the source is compiled as it is."""
+    from dataclasses import replace
+
+    from edgeft.data.prepare import human_target_count
+
+    if student_layers is not None or student != AUTO_STUDENT:
+        forced = {"student": None if student == AUTO_STUDENT else student, "student_layers": student_layers}
+        stages["student"] = {"mode": "distill", "forced": {k: v for k, v in forced.items() if v is not None},
+                             "reason": "forced by " + ("--student-layers" if student_layers is not None else "--student")}
+        return replace(preset, distill=replace(preset.distill, **forced))
+    search = search_student(backend, hf_dir, target, work, src_key, name)
+    if search["pruned"]:
+        stages["student"] = {"mode": "distill", **search}
+        status(f"student auto: {search['reason']}; distilling it")
+        return replace(preset, distill=replace(preset.distill, student_layers=search["layers"]))
+    humans = human_target_count(data)
+    if humans:
+        stages["student"] = {"mode": "fine-tune", **search, "human_targets": humans,
+                             "reason": search["reason"] + f"; the data has {humans} human targets: QLoRA fine-tuning on them"}
+        status(f"student auto: {stages['student']['reason']}")
+        # The whole source as the student, plain cross-entropy on the user's targets (alpha 0: no teacher term).
+        return replace(preset, distill=replace(preset.distill, keep_layers=tuple(range(search["teacher_layers"])), alpha=0.0))
+    stages["student"] = {"mode": "compile", **search,
+                         "reason": search["reason"] + "; the data has no human targets, so there is nothing to learn: "
+                                                      "compiling the source as it is"}
+    status(f"student auto: {stages['student']['reason']}")
+    return None
+
+
+def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str) -> dict:
+    """`--student auto`'s measurements: each candidate pruned, compiled at the target's level and
+    benchmarked for size, latency and memory only (no training, no quality), largest first.
+    Reused while the source and the target are unchanged."""
+    from edgeft.bench.run import bench
+    from edgeft.student_auto import choose
+
+    stage = work / "student-auto"
+    key = _key("student-auto", src_key, to_dict(target))
+    if _reusable(stage, key) and (stage / "search.json").is_file():
+        return {**json.loads((stage / "search.json").read_text()), "reused": True}
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    n_layers = int(config["num_hidden_layers"])
+    loaded: dict = {}
+
+    def measure(layers: int) -> dict:
+        root = stage / f"layers-{layers}"
+        if layers == n_layers:  # the source itself; its conversion is the one the final compile reuses
+            cand_hf, cand_key, cand_work = hf_dir, src_key, work
+            params = _parameters(hf_dir)
+        else:
+            cand_hf, cand_key, cand_work = root / "hf", _key("pruned", src_key, layers), root / "work"
+            params = _write_pruned(hf_dir, n_layers, layers, cand_hf, loaded)
+        status(f"student auto: measuring {layers} of {n_layers} layers ({params / 1e6:.1f} M parameters) ...")
+        artifact, _ = compile_level(backend, cand_hf, target, root, cand_work, cand_key, name)
+        result = bench(artifact, target, quality=False)
+        m = result["metrics"]
+        shutil.rmtree(root, ignore_errors=True)
+        return {"parameters": params, "package_mb": m["package_mb"], "ttft_ms_p90": m["ttft_ms_p90"],
+                "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"]}
+
+    search = choose(n_layers, measure)
+    stage.mkdir(parents=True, exist_ok=True)
+    write_json(stage / "search.json", search)
+    _stamp(stage, key)
+    return search
+
+
+def _parameters(hf_dir: Path) -> int:
+    """Parameters in an HF folder's safetensors, read from the headers (a tied head is stored once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as st:
+            for name in st.keys():
+                shape = st.get_slice(name).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total
+
+
+def _write_pruned(hf_dir: Path, n_layers: int, layers: int, out: Path, loaded: dict) -> int:
+    """The source with `layers` of its layers (the `ends` pick: size and speed do not depend on which)."""
+    from transformers import AutoTokenizer
+
+    from edgeft.atomic_io import atomic_dir
+    from edgeft.distill import student as student_mod
+
+    if "model" not in loaded:
+        loaded["model"] = models.load_model(models.resolve(hf_dir))
+    pruned = student_mod.drop_layers(loaded["model"], student_mod.ends(n_layers, layers))
+    with atomic_dir(out) as tmp:
+        pruned.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(hf_dir).save_pretrained(tmp)
+    return student_mod.parameter_count(pruned)
 
 
 def compile_level(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str,

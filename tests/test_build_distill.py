@@ -41,7 +41,9 @@ def distilled_build(tiny_llama_dir, tmp_path_factory):
                        "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 2\nwarmup = 1\ncontext = 256\n"
                        "[budget]\npackage_mb = 350\n")
     out = tmp / "out"
-    args = ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--data", str(data), "--out", str(out)]
+    # Forced to a 1-layer student: the source fits this budget, so `--student auto` would not prune it.
+    args = ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--data", str(data), "--out", str(out),
+            "--student-layers", "1"]
     first = CliRunner().invoke(main, args)
     second = CliRunner().invoke(main, args)
     return out, first, second
@@ -59,6 +61,7 @@ def test_distilling_build_runs_every_stage(distilled_build, tiny_llama_dir):
     merged = json.loads((out / "work" / "merged" / "config.json").read_text())
     teacher = json.loads((tiny_llama_dir / "config.json").read_text())
     assert merged["num_hidden_layers"] == teacher["num_hidden_layers"] // 2  # the student, not the teacher, was compiled
+    assert stages["student"]["mode"] == "distill" and stages["student"]["forced"] == {"student_layers": 1}
     bench = json.loads((out / "bench.json").read_text())
     assert bench["metrics"]["ppl"] > 0
     assert "eval.jsonl" in json.dumps(bench["eval"])  # scored on the data's held-out split

@@ -15,6 +15,8 @@ BUDGET_METRICS = {
     "ppl_increase_pct": "ppl_increase_pct",
     "ppl_vs_source_pct": "ppl_vs_source_pct",
 }
+# Budgets on quality: judged on the finished artifact, never on an untrained candidate (`student_auto`).
+QUALITY_BUDGETS = ("ppl_increase_pct", "ppl_vs_source_pct")
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,21 @@ def budget_table(result: dict) -> str:
     if not rows:
         return "no budget set in the target profile"
     return table(rows, ["budget", "value", "limit", "result"])
+
+
+def student_table(student: dict) -> str:
+    """`--student auto`'s candidates: what each measured, which budget line stopped it, the choice and why."""
+    if "candidates" not in student:
+        return f"student: {student.get('reason', '')}"
+    rows = []
+    for c in student["candidates"]:
+        if c.get("measured") is False:
+            rows.append([str(c["layers"]), "", "", "", "", "", "not measured: a larger one fits"])
+            continue
+        verdict = "fits" if c["fits"] else "fails " + ", ".join(c["fails"])
+        mark = " <- chosen" if c["layers"] == student["layers"] else ""
+        rows.append([str(c["layers"]), _fmt(c["parameters"] / 1e6, "M"), _fmt(c["package_mb"], "MB"),
+                     _fmt(c["ttft_ms_p90"], "ms"), _fmt(c["ms_per_token_p90"], "ms"), _fmt(c["peak_rss_mb"], "MB"),
+                     verdict + mark])
+    head = f"student ({student['mode']}): {student['reason']}"
+    return head + "\n" + table(rows, ["layers", "params", "package", "ttft p90", "ms/token p90", "peak RSS", "budget"])

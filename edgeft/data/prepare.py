@@ -156,6 +156,25 @@ def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fi
     return records, n
 
 
+def human_target_count(data_file: Path | None, config: "DataConfig | None" = None) -> int:
+    """How many records of a data file come with their own target (not marked augmented): what a build
+    can fine-tune on when the source needs no pruning. The shipped default prompts have none."""
+    if data_file is None:
+        return 0
+    field_map = dict((config or DataConfig()).field_map)
+    count = 0
+    for raw in read_raw(Path(data_file)):
+        if raw.problem is not None:
+            continue
+        try:
+            rec = to_record(raw.value, field_map)
+        except RecordProblem:
+            continue
+        if rec.target and not rec.metadata.get("augmented"):
+            count += 1
+    return count
+
+
 def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizerBase]", config: DataConfig = DataConfig()) -> Analysis:
     """Read, validate, clean, deduplicate, split and length-filter; no model is run.
 

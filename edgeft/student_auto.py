@@ -1,0 +1,71 @@
+"""`--student auto`: distill only as much as the budget needs.
+
+The candidates are the source and prunings of it by layer count. Size, latency and memory do not
+depend on training, nor on *which* layers of a uniform stack are kept, so each candidate is pruned
+(by the cheap `ends` pick), compiled at the target's level and benchmarked for those alone, with no
+training and no quality run: seconds per candidate. The largest candidate that meets every
+size/latency/memory line is the one that gets distilled (with the measured `block` pick); when the
+source meets them, nothing is pruned. Largest first, stopping at the first that fits, since a smaller
+student is never chosen over a larger one that fits.
+
+The search itself is pure (`choose`), given a `measure(layers)` callable; the pipeline supplies the
+measuring (prune, compile, bench) so this module touches no stage's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from edgeft.bench.budgets import QUALITY_BUDGETS
+
+
+@dataclass(frozen=True)
+class StudentSearch:
+    """Which layer counts `--student auto` tries: these fractions of the source's layers, rounded, largest first."""
+
+    fractions: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def layer_counts(n_layers: int, search: StudentSearch = StudentSearch()) -> list[int]:
+    counts = {max(1, min(n_layers, round(n_layers * f))) for f in search.fractions}
+    counts.add(n_layers)
+    return sorted(counts, reverse=True)
+
+
+def failed_lines(budget_lines: list[dict]) -> list[str]:
+    """The size/latency/memory lines a candidate fails; quality lines are judged after training, not here."""
+    return [f"{b['budget']} {b['value']:.4g} > {b['limit']:g}" for b in budget_lines
+            if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+
+
+def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch()) -> dict:
+    """Measure candidates largest first; keep the first that fits (else the smallest, which fits nothing).
+
+    `measure(layers)` returns a dict with at least `budget` (BudgetLine.to_json() dicts); the result
+    lists every candidate, measured or not, the one chosen and why."""
+    counts = layer_counts(n_layers, search)
+    tried: list[dict] = []
+    chosen = None
+    for layers in counts:
+        row = {"layers": layers, **measure(layers)}
+        row["fails"] = failed_lines(row["budget"])
+        row["fits"] = not row["fails"]
+        tried.append(row)
+        if row["fits"]:
+            chosen = row
+            break
+    fits = chosen is not None
+    chosen = chosen or tried[-1]
+    skipped = [{"layers": n, "measured": False} for n in counts[len(tried):]]
+    if chosen["layers"] == n_layers:
+        reason = f"the source ({n_layers} layers) meets every size, latency and memory budget: nothing is pruned"
+    elif fits:
+        larger = tried[-2]
+        reason = (f"{chosen['layers']} of {n_layers} layers is the largest student that meets every size, latency and "
+                  f"memory budget ({larger['layers']} layers fails {larger['fails'][0]})")
+    else:
+        reason = (f"no candidate meets the size, latency and memory budgets, down to {chosen['layers']} of {n_layers} "
+                  f"layers ({chosen['fails'][0]}); the smallest is distilled and the budget will fail")
+    return {"teacher_layers": n_layers, "layers": chosen["layers"], "pruned": chosen["layers"] < n_layers, "fits": fits,
+            "reason": reason, "candidates": tried + skipped}

@@ -1,0 +1,120 @@
+"""`--student auto`: candidates measured for size/latency without training, the largest that fits distilled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from edgeft.student_auto import StudentSearch, choose, layer_counts
+from tiny_models import tiny_llama, tiny_profile, write_jsonl
+
+
+def _fake_measure(sizes: dict[int, float], limit: float, calls: list[int]):
+    def measure(layers: int) -> dict:
+        calls.append(layers)
+        status = "PASS" if sizes[layers] <= limit else "FAIL"
+        return {"package_mb": sizes[layers], "budget": [
+            {"budget": "package_mb", "value": sizes[layers], "limit": limit, "status": status},
+            {"budget": "ppl_vs_source_pct", "value": None, "limit": 1.0, "status": "NOT MEASURED"}]}
+    return measure
+
+
+def test_layer_counts_are_the_source_then_smaller_prunings():
+    assert layer_counts(30) == [30, 27, 24, 21, 18, 15, 12, 9, 6]
+    assert layer_counts(4) == [4, 3, 2, 1]
+    assert layer_counts(2, StudentSearch(fractions=(0.5,))) == [2, 1]
+
+
+def test_the_largest_candidate_that_fits_is_chosen_and_smaller_ones_are_not_measured():
+    sizes = {4: 40.0, 3: 30.0, 2: 20.0, 1: 10.0}
+    calls: list[int] = []
+    got = choose(4, _fake_measure(sizes, 25.0, calls))
+    assert got["layers"] == 2 and got["pruned"] and got["fits"]
+    assert calls == [4, 3, 2]
+    assert got["candidates"][-1] == {"layers": 1, "measured": False}
+    assert "package_mb 30 > 25" in got["reason"]
+
+
+def test_a_source_that_fits_is_not_pruned():
+    calls: list[int] = []
+    got = choose(4, _fake_measure({4: 40.0}, 100.0, calls))
+    assert calls == [4] and not got["pruned"] and got["layers"] == 4
+    assert "nothing is pruned" in got["reason"]
+
+
+def test_when_nothing_fits_the_smallest_is_kept_and_said_to_fail():
+    got = choose(4, _fake_measure({4: 40.0, 3: 30.0, 2: 20.0, 1: 10.0}, 5.0, []))
+    assert got["layers"] == 1 and not got["fits"]
+    assert "no candidate meets" in got["reason"]
+
+
+@pytest.fixture(scope="module")
+def tiny4(tmp_path_factory):
+    """A 4-layer tiny Llama: candidates 4, 3, 2 and 1 layers."""
+    return tiny_llama(tmp_path_factory.mktemp("tiny4"), layers=4)
+
+
+def _build(model, profile, out, *extra):
+    return CliRunner().invoke(main, ["build", "--model", str(model), "--target", str(profile), "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def candidate_sizes(tiny4, tmp_path_factory):
+    """Every candidate's package size, from a search that nothing passes (so every one is measured)."""
+    tmp = tmp_path_factory.mktemp("sizes")
+    profile = tiny_profile(tmp, runs=1, budget="package_mb = 0.000001")
+    result = _build(tiny4, profile, tmp / "out", "--no-bench")
+    search = json.loads((tmp / "out" / "work" / "student-auto" / "search.json").read_text())
+    assert not search["fits"] and result.exit_code == 0, result.output
+    return {c["layers"]: c["package_mb"] for c in search["candidates"]}
+
+
+def test_auto_distills_the_largest_candidate_under_a_size_budget(tiny4, candidate_sizes, tmp_path):
+    assert list(candidate_sizes) == [4, 3, 2, 1] and candidate_sizes[3] > candidate_sizes[2]
+    limit = (candidate_sizes[3] + candidate_sizes[2]) / 2
+    profile = tiny_profile(tmp_path, runs=1, budget=f"package_mb = {limit}")
+    out = tmp_path / "out"
+    result = _build(tiny4, profile, out)
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["student"]["mode"] == "distill" and stages["student"]["layers"] == 2
+    assert [c["layers"] for c in stages["student"]["candidates"] if c.get("measured", True)] == [4, 3, 2]
+    assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert "distill" in stages and "data" in stages
+    assert "<- chosen" in result.output and "largest student" in result.output
+    assert not (out / "work" / "student-auto" / "layers-3").exists()  # candidates' files are not kept
+
+
+def test_a_source_that_fits_with_targetless_data_is_compiled_without_training(tiny4, tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"input": f"Question number {i}?"} for i in range(20)])
+    profile = tiny_profile(tmp_path, runs=1, budget="package_mb = 350")
+    out = tmp_path / "out"
+    result = _build(tiny4, profile, out, "--data", str(data))
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["student"]["mode"] == "compile" and not stages["student"]["pruned"]
+    assert "data" not in stages and "distill" not in stages  # nothing to learn: not even the teacher ran
+    assert "nothing to learn" in result.output
+
+
+def test_a_source_that_fits_with_human_targets_is_fine_tuned(tiny4, tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = "river mountain copper violin lantern orbit meadow glacier harbor saffron tunnel quartz falcon ember".split()
+    rows = []
+    for _ in range(40):
+        a, b, c = rng.sample(words, 3)
+        rows.append({"input": f"Describe the {a} near the {b}.", "target": f"The {a} rests beside a {c}."})
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    profile = tiny_profile(tmp_path, runs=1, budget="package_mb = 350")
+    out = tmp_path / "out"
+    result = _build(tiny4, profile, out, "--data", str(data))
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["student"]["mode"] == "fine-tune" and stages["student"]["human_targets"] == 40
+    assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == 4
+    assert stages["distill"]["config"]["alpha"] == 0.0
