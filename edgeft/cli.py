@@ -481,6 +481,9 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     _print_bench(result, False)
     if gate:
         click.echo("")
+        for difference in gate.get("fingerprint_differences") or []:
+            click.echo(f"edgeft: warning: the baseline was measured on another machine or runtime build ({difference}); "
+                       "its timings are not comparable with these", err=True)
         click.echo(gate_table(gate["lines"]))
         click.echo("regression gate: PASS" if gate["pass"] else "regression gate: FAIL")
     if not result["pass"] or (gate and not gate["pass"]):

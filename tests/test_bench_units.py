@@ -141,3 +141,16 @@ def test_eval_data_padding_is_not_scored(tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text('{"input_ids": [5, 6, 7, 0, 0], "attention_mask": [1, 1, 1, 0, 0]}\n{"input_ids": [8, 9]}\n')
     assert read_eval_data(path) == [5, 6, 7, 8, 9]
+
+
+def test_a_baseline_from_another_cpu_or_runtime_build_is_recognised():
+    """bench.json records the runtime's fingerprint, so a baseline from another build is named, not silently compared."""
+    runtime = {"system_info": "CPU : AVX2 = 1 | AVX512 = 1 |", "build_key": "0.3.36-aaaa"}
+    old = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "threads": 2, "cpu_flags": ["avx2", "amx_int8"],
+                       "runtime": runtime}}
+    same = baseline.fingerprint_differences(old, old)
+    assert same == []
+    new = {"machine": {**old["machine"], "cpu": "AMD EPYC", "runtime": {**runtime, "system_info": "CPU : AVX2 = 1 |"}}}
+    diffs = baseline.fingerprint_differences(old, new)
+    assert any(d.startswith("cpu: Intel") for d in diffs) and any(d.startswith("runtime system info") for d in diffs)
+    assert baseline.fingerprint_differences({"machine": {"cpu": "x"}}, {}) == []  # an old bench.json without them: nothing to say

@@ -140,3 +140,17 @@ def parse_tolerance(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise EdgeftError(f"must be a positive percentage, got {text!r}", place="--tolerance")
     return value
+
+
+def fingerprint_differences(old: dict, new: dict) -> list[str]:
+    """What differs between the machines and runtime builds two bench results were measured on: timings
+    from another CPU or another llama.cpp build are not comparable, however the gate judges them."""
+    def facts(result: dict) -> dict:
+        machine = result.get("machine") or {}
+        runtime = machine.get("runtime") or {}
+        return {"cpu": machine.get("cpu"), "cores": machine.get("cores"), "cpu flags": machine.get("cpu_flags"),
+                "runtime system info": runtime.get("system_info"), "runtime build": runtime.get("build_key"),
+                "threads": machine.get("threads")}
+
+    a, b = facts(old), facts(new)
+    return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] is not None and b[k] is not None and a[k] != b[k]]

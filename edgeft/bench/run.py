@@ -79,5 +79,6 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source)
     if old is not None:
         lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)
-        result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines)}
+        result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines),
+                                "fingerprint_differences": gate.fingerprint_differences(old, result)}
     return result
