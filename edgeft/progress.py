@@ -38,15 +38,22 @@ def status(message: str) -> None:
 # Loggers whose import-time warnings tell our users nothing: transformers and peft import torchao
 # whenever it is installed, and torchao then reports CUDA kernels a CPU-only torch cannot load,
 # while torch flags a deprecation inside torchao. Neither affects NF4 or anything else we run.
-IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+# bitsandbytes, on a CPU with AVX512-BF16, tries the optional `kernels` package (which would fetch a
+# kernel from a model hub at run time: we never install it) and warns on every run that it is absent;
+# its own CPU path runs instead.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
+# transformers 5 renamed the gradient-checkpointing methods that peft still calls; nothing to act on.
+DEPRECATION_NOISE = r".*(gradient_checkpointing\w*|is_gradient_checkpointing)` is deprecated"
 
 
 def mute_import_noise() -> None:
-    """Raise the IMPORT_NOISE loggers to errors only; cheap (imports nothing), so call it early."""
+    """Raise the IMPORT_NOISE loggers to errors only and drop DEPRECATION_NOISE; cheap (imports nothing)."""
     import logging
+    import warnings
 
     for name in IMPORT_NOISE:
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=DEPRECATION_NOISE, category=FutureWarning)
 
 
 def quiet_libraries() -> None:
