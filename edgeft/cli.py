@@ -555,6 +555,9 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--lr", type=float, default=None)
 @click.option("--warmup-steps", type=int, default=None)
 @click.option("--alpha", type=float, default=None, help="Weight of the KD term (1 - alpha weighs cross-entropy).")
+@click.option("--hidden-weight", type=float, default=None,
+              help="Weight of a hidden-state term: 1 - cosine between each student layer's output and the teacher's at "
+                   "the layer it was copied from (runs the teacher live; a pruned student only) [default: 0, off].")
 @click.option("--temperature", type=float, default=None)
 @click.option("--top-k", type=int, default=None, help="Teacher log-probs cached per target token.")
 @click.option("--lora-rank", type=int, default=None)
@@ -576,8 +579,8 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher top-k cache folder [default: OUT/teacher-cache].")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
 def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out, preset, steps, batch_size, grad_accum, lr,
-            warmup_steps, alpha, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules, no_quantize_base,
-            nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, as_json) -> None:
+            warmup_steps, alpha, hidden_weight, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules,
+            no_quantize_base, nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, as_json) -> None:
     """Teach a small student the teacher's distributions (KD + QLoRA); write a LoRA adapter.
 
     Writes OUT/adapter (PEFT), OUT/student (the base), distill.json, train_log.csv, eval.csv
@@ -589,8 +592,8 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
     config = get_preset(preset).with_overrides(
         student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers), layer_pick=layer_pick, steps=steps,
         batch_size=batch_size,
-        grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, alpha=alpha, temperature=temperature, top_k=top_k,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight,
+        temperature=temperature, top_k=top_k, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
         quantize_base=False if no_quantize_base else None, nf4_engine=nf4_engine, grad_checkpointing=grad_checkpointing,
         save_every=save_every, seed=seed, target_quant=quant)

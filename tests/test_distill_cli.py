@@ -104,3 +104,21 @@ def test_missing_prepared_split_is_exit_2(tmp_path):
     (tmp_path / "d" / "train.jsonl").write_text("")
     r = _invoke("distill", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "eval.jsonl" in r.output
+
+
+def test_hidden_state_term_trains_and_is_logged(tmp_path):
+    """--hidden-weight runs the teacher live and logs the term; it needs a student pruned from the teacher."""
+    import csv
+
+    t_dir = tiny_llama(tmp_path / "t", layers=4)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=8, n_eval=4)
+    out = tmp_path / "out"
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", "0,3", "--out", str(out),
+                "--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "4", "--top-k", "8",
+                "--no-quantize-base", "--hidden-weight", "0.5", "--json")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert len(rows) == 2 and all(0.0 < float(row["hidden"]) <= 2.0 for row in rows)
+    bad = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student", str(t_dir), "--out",
+                  str(tmp_path / "o2"), "--hidden-weight", "0.5")
+    assert bad.exit_code == 2 and "hidden_weight" in bad.output

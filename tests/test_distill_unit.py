@@ -199,3 +199,20 @@ def test_config_reports_every_problem_and_presets_are_valid():
     with pytest.raises(ConfigError) as exc:
         DistillConfig().with_overrides(alpha=1.5, steps=0, temperature=-1.0)
     assert {k for k, _ in exc.value.problems} == {"alpha", "steps", "temperature"}
+
+
+def test_hidden_state_loss_compares_each_student_layer_with_the_teacher_layer_it_came_from():
+    import torch
+
+    from edgeft.distill.loop import hidden_state_loss
+
+    b, s, d = 1, 3, 4
+    teacher = [torch.randn(b, s, d, generator=torch.Generator().manual_seed(i)) for i in range(5)]  # embeddings + 4 layers
+    mask = torch.tensor([[True, True, False]])  # the padding position is not compared
+    student = [teacher[0], teacher[1 + 0], teacher[1 + 3]]  # layers copied from teacher layers 0 and 3, outputs equal
+    assert float(hidden_state_loss(student, teacher, (0, 3), mask)) == pytest.approx(0.0, abs=1e-6)
+    flipped = [teacher[0], -teacher[1], teacher[4]]  # layer 0 points the opposite way: 1 - cos = 2 there
+    assert float(hidden_state_loss(flipped, teacher, (0, 3), mask)) == pytest.approx(1.0, abs=1e-6)
+    noise_at_pad = [teacher[0], teacher[1].clone(), teacher[4]]
+    noise_at_pad[1][0, 2] = -100.0  # only the masked-out position differs
+    assert float(hidden_state_loss(noise_at_pad, teacher, (0, 3), mask)) == pytest.approx(0.0, abs=1e-6)

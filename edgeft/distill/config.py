@@ -43,6 +43,10 @@ class DistillConfig:
     # T = 1 195; a softened teacher teaches a flatter student than the eval wants in few steps
     temperature: float = 1.0
     top_k: int = 64  # teacher log-probs kept per target token in the cache
+    # Weight of a hidden-state term beside the logit loss (Minitron-style): 1 - cosine between each
+    # student layer's output and the teacher's at the layer it was copied from, on every non-padding
+    # token. 0 turns it off; > 0 runs the teacher live every step (a pruned student only).
+    hidden_weight: float = 0.0
     use_teacher_cache: bool = True  # False: run the teacher every step (for the speed benchmark)
     # the loop
     # 150 x 4 x 2 = 4.6 passes over the default data (259 records), about 20 minutes on 2 CPU cores.
@@ -84,6 +88,10 @@ class DistillConfig:
             problems.append(("temperature", f"must be positive, got {self.temperature}"))
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(("lora_dropout", f"must be within [0, 1), got {self.lora_dropout}"))
+        if self.hidden_weight < 0:
+            problems.append(("hidden_weight", f"must be 0 or more, got {self.hidden_weight}"))
+        if self.hidden_weight > 0 and self.student is not None:
+            problems.append(("hidden_weight", "needs a student pruned from the teacher (its layer map), not --student"))
         if self.lr <= 0:
             problems.append(("lr", f"must be positive, got {self.lr}"))
         for name in ("warmup_steps", "save_every", "max_eval_records", "weight_decay"):

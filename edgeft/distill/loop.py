@@ -221,9 +221,26 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, config: DistillCon
     return int(state["step"]), list(state["log"])
 
 
+def hidden_state_loss(s_hidden, t_hidden, layer_map: Sequence[int], mask) -> "torch.Tensor":
+    """Mean over student layers of 1 - cos(student output, teacher output at the layer it was copied
+    from), over the tokens in `mask` [b, s]. Hidden states as transformers returns them: index 0 is
+    the embedding output, index j + 1 the output of layer j (the last one after the final norm)."""
+    import torch
+
+    terms = []
+    for i, t_layer in enumerate(layer_map):
+        s_h = s_hidden[i + 1][mask]  # [n, d]
+        t_h = t_hidden[t_layer + 1][mask].detach()  # [n, d]
+        terms.append((1.0 - torch.nn.functional.cosine_similarity(s_h.float(), t_h.float(), dim=-1)).mean())
+    return torch.stack(terms).mean()
+
+
 def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad_id: int, config: DistillConfig,
-          ckpt_root: Path, resume: bool) -> list[dict]:
-    """Optimize the adapters for `config.steps` optimizer steps; returns the per-step log."""
+          ckpt_root: Path, resume: bool, layer_map: Sequence[int] | None = None) -> list[dict]:
+    """Optimize the adapters for `config.steps` optimizer steps; returns the per-step log.
+
+    With `config.hidden_weight` > 0, `teacher` runs live for its hidden states and `layer_map[i]` is
+    the teacher layer the student's layer i was copied from."""
     import torch
 
     from edgeft.distill.qlora import packed_layers
@@ -252,12 +269,13 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
     try:
         for step in range(start, config.steps):
             t_step = time.perf_counter()
-            tokens, sums = 0, {"loss": 0.0, "kd": 0.0, "ce": 0.0}
+            tokens, sums = 0, {"loss": 0.0, "kd": 0.0, "ce": 0.0, "hidden": 0.0}
             for a in range(config.grad_accum):
                 idx = _micro_batch(records, step * config.grad_accum + a, config)
                 batch = collate([records[i] for i in idx], pad_id)
                 sel = batch["targets"] != IGNORE  # [b, s]
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                hidden = config.hidden_weight > 0
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden)
                 s_logits = out.logits[sel]  # [n, vocab], rows in (record, position) order like the cache
                 if cache is not None:
                     rows = [cache.rows(i) for i in idx]
@@ -271,12 +289,20 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
                     t_ids = batch["targets"][sel].unsqueeze(-1)
                     t_lp = torch.zeros_like(t_ids, dtype=torch.float32)
                 parts = kd_loss(s_logits, t_ids, t_lp, batch["targets"][sel], alpha=config.alpha, temperature=config.temperature)
-                if not torch.isfinite(parts.total.detach()):
-                    raise TrainingError(f"the loss became {parts.total.item()} at step {step + 1} (micro-batch {a + 1}); "
+                total = parts.total
+                if hidden:
+                    with torch.no_grad():
+                        t_out = teacher.model()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                output_hidden_states=True)
+                    h_loss = hidden_state_loss(out.hidden_states, t_out.hidden_states, layer_map, batch["attention_mask"].bool())
+                    total = total + config.hidden_weight * h_loss
+                    sums["hidden"] += float(h_loss) / config.grad_accum
+                if not torch.isfinite(total.detach()):
+                    raise TrainingError(f"the loss became {total.item()} at step {step + 1} (micro-batch {a + 1}); "
                                         "lower --lr or check the data; the last checkpoint is still usable")
-                (parts.total / config.grad_accum).backward()
+                (total / config.grad_accum).backward()
                 tokens += int(batch["attention_mask"].sum())
-                sums["loss"] += parts.total.item() / config.grad_accum
+                sums["loss"] += total.item() / config.grad_accum
                 sums["kd"] += float(parts.kd) / config.grad_accum
                 sums["ce"] += float(parts.ce) / config.grad_accum
             norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -288,7 +314,7 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
             lr = optimizer.param_groups[0]["lr"]
             _optimizer_step(optimizer, scheduler)
             dt = time.perf_counter() - t_step
-            log.append({"step": step + 1, "loss": sums["loss"], "kd": sums["kd"], "ce": sums["ce"], "lr": lr,
+            log.append({"step": step + 1, "loss": sums["loss"], "kd": sums["kd"], "ce": sums["ce"], "hidden": sums["hidden"], "lr": lr,
                         "grad_norm": norm, "tokens": tokens, "tok_per_s": tokens / dt if dt > 0 else 0.0,
                         "elapsed_s": time.perf_counter() - t0})
             if bar is not None:
@@ -341,7 +367,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         timings["teacher_cache_s"] = time.perf_counter() - t
         status(f"teacher cache: {'reused' if hit else 'built'} ({cache.ids.shape[0]} target tokens, top {cache.k})")
     t_eval = evaluate(tch.model(), eval_recs, pad_id, config.eval_batch_size)
-    if config.use_teacher_cache or config.alpha == 0:
+    if (config.use_teacher_cache or config.alpha == 0) and config.hidden_weight == 0:
         tch.release()  # the teacher is not needed again: free its memory for training
 
     torch.manual_seed(config.seed)
@@ -354,7 +380,11 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
 
     t = time.perf_counter()
-    log = train(model, train_recs, cache, None if config.use_teacher_cache else tch, pad_id, config, out_dir / "checkpoints", resume)
+    live = not config.use_teacher_cache or config.hidden_weight > 0
+    if config.hidden_weight > 0 and info.kept_layers is None:
+        raise TrainingError("--hidden-weight needs a student pruned from the teacher (its layer map), not --student")
+    log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
+                layer_map=info.kept_layers)
     timings["train_s"] = time.perf_counter() - t
     after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")
