@@ -296,7 +296,7 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
                                                 output_hidden_states=True)
                     h_loss = hidden_state_loss(out.hidden_states, t_out.hidden_states, layer_map, batch["attention_mask"].bool())
                     total = total + config.hidden_weight * h_loss
-                    sums["hidden"] += float(h_loss) / config.grad_accum
+                    sums["hidden"] += float(h_loss.detach()) / config.grad_accum
                 if not torch.isfinite(total.detach()):
                     raise TrainingError(f"the loss became {total.item()} at step {step + 1} (micro-batch {a + 1}); "
                                         "lower --lr or check the data; the last checkpoint is still usable")
