@@ -27,7 +27,8 @@ PRESETS: dict[str, BuildPreset] = {
     # tight demo") has what this budget reaches on the default model and which levers move it.
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
-        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block"),
+        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block",
+                        lr=2e-3),
     ),
     "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="block")),
 }

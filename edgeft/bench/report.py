@@ -95,14 +95,16 @@ def student_table(student: dict) -> str:
     if "candidates" not in student:
         return f"student: {student.get('reason', '')}"
     rows = []
+    skipped = [str(c["layers"]) for c in student["candidates"] if c.get("measured") is False]
     for c in student["candidates"]:
         if c.get("measured") is False:
-            rows.append([str(c["layers"]), "", "", "", "", "", "not measured: a larger one fits"])
             continue
         verdict = "fits" if c["fits"] else "fails " + ", ".join(c["fails"])
         mark = " <- chosen" if c["layers"] == student["layers"] else ""
         rows.append([str(c["layers"]), _fmt(c["parameters"] / 1e6, "M"), _fmt(c["package_mb"], "MB"),
                      _fmt(c["ttft_ms_p90"], "ms"), _fmt(c["ms_per_token_p90"], "ms"), _fmt(c["peak_rss_mb"], "MB"),
                      verdict + mark])
+    if skipped:
+        rows.append([", ".join(skipped), "", "", "", "", "", "not measured: a larger one fits"])
     head = f"student ({student['mode']}): {student['reason']}"
     return head + "\n" + table(rows, ["layers", "params", "package", "ttft p90", "ms/token p90", "peak RSS", "budget"])
