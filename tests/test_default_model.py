@@ -44,7 +44,8 @@ def test_build_outputs_and_bench_fields(built):
     for key in METRICS:
         assert key in bench["metrics"], key
     assert bench["metrics"]["package_mb"] < 350
-    assert {b["budget"] for b in bench["budget"]} == {"ttft_ms_p90", "package_mb"}
+    assert {b["budget"] for b in bench["budget"]} == {"ttft_ms_p90", "package_mb", "ppl_vs_source_pct"}
+    assert all(b["value"] is not None for b in bench["budget"])  # quality against the source is measured, too
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["source_model"]["label"] == "default"
     assert manifest["stages"]["export_check"]["token_mismatches"] == 0
