@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -279,12 +280,7 @@ def _parameters(hf_dir: Path) -> int:
     total = 0
     for f in sorted(hf_dir.glob("*.safetensors")):
         with safe_open(str(f), framework="numpy") as st:
-            for name in st.keys():
-                shape = st.get_slice(name).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                total += n
+            total += sum(math.prod(st.get_slice(name).get_shape()) for name in st.keys())
     return total
 
 

@@ -17,13 +17,19 @@ def _invoke(*args):
     return CliRunner().invoke(main, ["--quiet", *args])
 
 
-def test_distill_then_merge_from_the_cli(tmp_path):
+def _distill_kept(tmp_path, keep: str, *extra: str):
+    """Two steps of distilling a 4-layer tiny teacher into the layers `keep`: (teacher, data, out, result)."""
     t_dir = tiny_llama(tmp_path / "t", layers=4)
     data = write_prepared(tmp_path / "d", t_dir, n_train=8, n_eval=4)
     out = tmp_path / "out"
-    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", "0,2,3", "--out", str(out),
+    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", keep, "--out", str(out),
                 "--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "4", "--top-k", "8",
-                "--no-quantize-base", "--json")
+                "--no-quantize-base", *extra, "--json")
+    return t_dir, data, out, r
+
+
+def test_distill_then_merge_from_the_cli(tmp_path):
+    _, _, out, r = _distill_kept(tmp_path, "0,2,3")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["student"]["kept_layers"] == [0, 2, 3] and report["config"]["quantize_base"] is False
@@ -110,12 +116,7 @@ def test_hidden_state_term_trains_and_is_logged(tmp_path):
     """--hidden-weight runs the teacher live and logs the term; it needs a student pruned from the teacher."""
     import csv
 
-    t_dir = tiny_llama(tmp_path / "t", layers=4)
-    data = write_prepared(tmp_path / "d", t_dir, n_train=8, n_eval=4)
-    out = tmp_path / "out"
-    r = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", "0,3", "--out", str(out),
-                "--steps", "2", "--batch-size", "2", "--grad-accum", "1", "--lora-rank", "4", "--top-k", "8",
-                "--no-quantize-base", "--hidden-weight", "0.5", "--json")
+    t_dir, data, out, r = _distill_kept(tmp_path, "0,3", "--hidden-weight", "0.5")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert len(rows) == 2 and all(0.0 < float(row["hidden"]) <= 2.0 for row in rows)

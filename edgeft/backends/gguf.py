@@ -41,7 +41,8 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
     return dst
 
 
-def _quantize_native(src: Path, dst: Path, quant: str, threads: int) -> int:
+def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_requantize: bool = False) -> int:
+    """llama.cpp's quantizer in this process (a child of ours); its return code, 0 on success."""
     import llama_cpp
 
     from edgeft.progress import muted_native_stderr, quiet_libraries
@@ -50,6 +51,7 @@ def _quantize_native(src: Path, dst: Path, quant: str, threads: int) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[quant]
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     with muted_native_stderr():
         return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
 

@@ -13,7 +13,6 @@ saying what to do, exit 1.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import sys
@@ -49,22 +48,15 @@ def fingerprint() -> dict[str, object]:
 
 def _probe_level(model: Path, quant: str, work: Path, threads: int) -> dict:
     """In the child: quantize `model` to `quant` with llama.cpp, evaluate a PROMPT_TOKENS batch, decode."""
-    import llama_cpp
     from llama_cpp import Llama
 
-    from edgeft.backends.gguf import FTYPES
+    from edgeft.backends.gguf import _quantize_native
     from edgeft.bench.prompt import prompt_ids
-    from edgeft.progress import muted_native_stderr, quiet_libraries
 
-    quiet_libraries()
     start = time.perf_counter()
     out = work / f"smoke-{quant}.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[quant]
-    params.nthread = threads
-    params.allow_requantize = True  # the default model ships quantized; each level still runs its own kernels
-    with muted_native_stderr():
-        rc = llama_cpp.llama_model_quantize(str(model).encode(), str(out).encode(), ctypes.byref(params))
+    # The default model ships quantized: requantized, each level still runs its own kernels.
+    rc = _quantize_native(model, out, quant, threads, allow_requantize=True)
     if rc != 0:
         raise RuntimeError(f"llama.cpp could not quantize to {quant} (return code {rc})")
     llm = Llama(model_path=str(out), n_ctx=256, n_batch=256, n_threads=threads, n_threads_batch=threads,
