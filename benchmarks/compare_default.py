@@ -37,7 +37,7 @@ def main() -> None:
 
         target = replace(target, bench=replace(target.bench, runs=args.runs))
     before = context()
-    result = compare("default", [target], {target.name: parse_levels(LEVELS, target)}, args.out)
+    result = compare("default", [target], parse_levels(LEVELS, [target]), args.out)
     header, rows = table_rows(result.data)
     print(table(rows, header))
     print(result.data["verdict"])

@@ -35,7 +35,7 @@ def main() -> None:
     before = context()
     rows = []
     for i in range(args.repeats):
-        rc = bench(Artifact(args.artifact, "gguf"), target, quality=False)["runtime_counters"]
+        rc = bench(Artifact(args.artifact, "gguf", args.artifact.stem.removeprefix("model-")), target, quality=False)["runtime_counters"]
         rows.append({"harness_decode_tok_s": rc["harness_decode_tok_s"], "llama_cpp_decode_tok_s": rc["decode_tok_s"],
                      "diff_pct": rc["harness_vs_runtime_pct"], "steps": rc["n_eval"]})
         print(f"repeat {i + 1}: harness {rc['harness_decode_tok_s']:.1f} tok/s, llama.cpp {rc['decode_tok_s']:.1f} tok/s, "

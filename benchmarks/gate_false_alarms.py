@@ -48,7 +48,7 @@ def main() -> None:
     target = load_target(args.target).with_overrides(threads=args.threads)
     if args.runs:
         target = replace(target, bench=replace(target.bench, runs=args.runs))
-    artifact = Artifact(args.artifact, "gguf")
+    artifact = Artifact(args.artifact, "gguf", args.artifact.stem.removeprefix("model-"))
     before = context()
     base = bench(artifact, target, quality=False)
     failures, per_metric, cvs, medians = 0, {}, {}, {}

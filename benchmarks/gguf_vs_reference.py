@@ -140,7 +140,7 @@ def source_hf_dir(cache: Path) -> tuple[Path, dict]:
 
 
 def build_both(cache: Path, hf_dir: Path, name: str, threads: int, version: str) -> dict:
-    from edgeft.backends.gguf import GGUFBackend, quantize
+    from edgeft.backends.gguf.backend import GGUFBackend, quantize
 
     work = cache / "gguf"
     paths = {
@@ -338,7 +338,7 @@ def speed(runners: dict, prompt: list[int], new_tokens: int, runs: int, warmup: 
 def measure(paths: dict, hf_dir: Path, args) -> dict:
     from transformers import AutoTokenizer
 
-    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.backends.gguf.backend import LlamaCppRunner
     from edgeft.bench.prompt import eval_text, prompt_ids
 
     hf_tok = AutoTokenizer.from_pretrained(hf_dir)

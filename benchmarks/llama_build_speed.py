@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgeft.backends.base import Artifact
-    from edgeft.backends.gguf import quantize
+    from edgeft.backends.gguf.backend import quantize
     from edgeft.bench.run import bench
     from edgeft.config import load_target
 
@@ -59,7 +59,7 @@ def main() -> None:
                 site = builds[build]
                 os.environ["PYTHONPATH"] = base_path if site == "venv" else os.pathsep.join(p for p in (site, base_path) if p)
                 target = load_target("gguf").with_overrides(quant=quant, threads=n)
-                result = bench(Artifact(files[quant], "gguf"), target, quality=False)
+                result = bench(Artifact(files[quant], "gguf", quant), target, quality=False)
                 rc = result["runtime_counters"]
                 system_info[build] = result["machine"]["runtime"]["system_info"]
                 samples.setdefault((build, quant, n), []).append(

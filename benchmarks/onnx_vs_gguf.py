@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from edgeft.atomic_io import write_json  # noqa: E402
+from edgeft.sweep import compile_one
 from edgeft.backends.base import Artifact  # noqa: E402
 from edgeft.bench.machine import describe, package_versions  # noqa: E402
 from edgeft.config import BenchSettings, load_target  # noqa: E402
@@ -112,7 +113,7 @@ def main() -> int:
     from edgeft import models
     from edgeft.backends.registry import get_backend
     from edgeft.bench.run import bench
-    from edgeft.pipeline import prepare_source, source_hash
+    from edgeft.stages import prepare_source, source_hash
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -131,11 +132,11 @@ def main() -> int:
         existing = out / (f"model-onnx-{quant}" if backend_name == "onnx" else f"model-{quant}.gguf")
         t = time.perf_counter()
         if args.reuse and existing.exists():
-            artifact = Artifact(path=existing, kind=backend_name)
+            artifact = Artifact(path=existing, backend=backend_name, quant=quant)
             seconds = None
         else:
             print(f"building {label} ...", file=sys.stderr, flush=True)
-            artifact = backend.compile(hf_dir, target, out)
+            artifact = compile_one(backend, hf_dir, target, out)
             seconds = time.perf_counter() - t
         artifacts[label] = (artifact, target, seconds)
 
@@ -148,7 +149,7 @@ def main() -> int:
     else:
         ref_seconds = None
     int4_target = artifacts["onnx int4"][1]
-    artifacts["builder defaults int4"] = (Artifact(path=ref_dir, kind="onnx"), int4_target, ref_seconds)
+    artifacts["builder defaults int4"] = (Artifact(path=ref_dir, backend="onnx", quant="int4"), int4_target, ref_seconds)
 
     rows = []
     ref_ppl = None
@@ -175,7 +176,7 @@ def main() -> int:
 
     by_label = {r["label"]: r for r in rows}
     ours, ref = by_label["onnx int4"], by_label["builder defaults int4"]
-    from edgeft.backends.onnx_runner import OnnxRunner
+    from edgeft.backends.onnx.runner import OnnxRunner
     from edgeft.bench.prompt import prompt_ids
 
     probe = OnnxRunner(artifacts["onnx int4"][0].path, threads=int4_target.resolved_threads(), context=2048)

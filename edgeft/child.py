@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 # What a signal most likely means when it ends a child running a model.
 SIGNAL_CAUSES = {
-    signal.SIGILL: "an instruction this CPU or OS refuses: the llama.cpp build does not fit this host; "
+    signal.SIGILL: "an instruction this CPU or OS refuses: the runtime's native build does not fit this host; "
                    "rebuild it with `make setup`",
     signal.SIGKILL: "killed from outside, usually by the kernel for lack of memory; "
                     "free memory or pick a smaller model or context",

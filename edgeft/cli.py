@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from edgeft import __version__
+from edgeft.config import DEFAULT_TARGET
 from edgeft.distill.config import NF4_ENGINES
 from edgeft.errors import EdgeftError
 
@@ -79,7 +80,7 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @main.command()
 @click.option("--model", "-m", default="default", show_default=True,
               help="Model source: a Hugging Face folder, a .gguf file, or 'default' (SmolLM2-135M-Instruct, embedded).")
-@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile: a shipped name (see `edgeft targets`) or a TOML path.")
+@click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile: a shipped name (see `edgeft targets`) or a TOML path.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Output folder [default: out/<target>].")
 @click.option("--quant", default=None, help=QUANT_HELP)
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
@@ -222,20 +223,19 @@ def targets_validate(files: tuple[str, ...]) -> None:
 
 @main.command("compile")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile name or TOML path.")
+@click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile name or TOML path.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--quant", default=None, help=QUANT_HELP)
 def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None) -> None:
-    """Compile a Hugging Face model folder (e.g. from `edgeft merge`) for a target, without benchmarking."""
-    from edgeft import models
-    from edgeft.backends.registry import get_backend
+    """Compile a model (e.g. a folder from `edgeft merge`) for a target, without benchmarking.
+
+    The build's compile stage itself: the backend's unquantized reference, the level, the export
+    check against the source, target.toml and manifest.json in OUT."""
+    from edgeft.pipeline import build as run_build
 
     resolved = _load_target(target, quant, None)
-    source = models.resolve(str(model_dir))
-    if source.kind != "hf":
-        raise EdgeftError("compile takes a Hugging Face folder; use `edgeft build --model FILE` for a .gguf", file=model_dir)
-    artifact = get_backend(resolved.backend).compile(source.path, resolved, out)
-    click.echo(str(artifact.path))
+    result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False)
+    click.echo(str(result.artifact))
 
 
 @main.command()
@@ -260,26 +260,22 @@ def doctor(as_json: bool) -> None:
     For GGUF it also shows llama.cpp's instruction sets, the flags `make setup` built it with, and
     runs the smoke probe (a 64-token prompt at q4_0, q8_0 and q4_k_m, each in a child process).
     Exit code 1 when an installed runtime fails its probe."""
-    from edgeft.backends.registry import backend_names, entry, get_backend
+    from edgeft.backends.registry import backend_names, get_backend, info
 
     report = []
     for name in backend_names():
         try:
             backend = get_backend(name)
             backend.check()
-            report.append({"backend": name, "available": True, "reason": entry(name).summary})
-            if hasattr(backend, "details"):  # a backend may report runtime versions, devices, providers
-                report[-1]["details"] = backend.details()
-                smoke = report[-1]["details"].get("smoke")
-                if smoke is not None and not smoke["ok"]:  # installed, but its build faults on this host
-                    from edgeft.backends.gguf_smoke import advice
-
-                    report[-1].update(available=False, reason=advice(smoke))
+            report.append({"backend": name, "available": True, "reason": info(name).summary})
+            report[-1]["details"] = details = backend.details()  # runtime versions, devices, providers, probes
+            if not details.get("ok", True):  # installed, but it faults on this host
+                report[-1].update(available=False, reason=details.get("advice", "its self-test failed"))
         except EdgeftError as exc:
             report.append({"backend": name, "available": False, "reason": exc.reason})
         except ImportError as exc:
             report.append({"backend": name, "available": False, "reason": f"{exc.name} is not installed"})
-    broken = any(not (r.get("details") or {}).get("smoke", {"ok": True})["ok"] for r in report)
+    broken = any(not (r.get("details") or {}).get("ok", True) for r in report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -294,7 +290,7 @@ def _print_doctor(report: list[dict]) -> None:
     click.echo(table([[r["backend"], "yes" if r["available"] else "no", r["reason"]] for r in report], ["backend", "available", "details"]))
     for r in report:
         for key, value in (r.get("details") or {}).items():
-            if key == "smoke":  # the full probe result is for --json; smoke_probe is its line
+            if key in ("smoke", "ok", "advice"):  # for --json; smoke_probe is the probe's line, advice the reason
                 continue
             if isinstance(value, dict):
                 shown = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -439,7 +435,7 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 
 @main.command("bench")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile: runtime settings, [budget] and [regression].")
+@click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile: runtime settings, [budget] and [regression].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write every number to this bench.json.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None, help="An earlier bench.json to gate against (exit 1 on regression).")
 @click.option("--tolerance", default=None, help="Allowed worsening per gated metric, e.g. 10% [default: the profile's regression.tolerance_pct].")
@@ -492,9 +488,10 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
 
 @main.command("compare")
 @click.option("--model", "-m", default="default", show_default=True, help="Model source: a Hugging Face folder, a .gguf file, or 'default'.")
-@click.option("--target", "-t", default="gguf", show_default=True, help="Target profile (its budget decides the recommendation).")
+@click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile (its budget decides the recommendation).")
 @click.option("--targets", default=None, help="Several target profiles, comma-separated (e.g. gguf,onnx), compared in one table and plot.")
-@click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q5_k_m,q4_k_m,q4_0 [default: the profile's].")
+@click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q4_k_m,q4_0 or, with "
+              "--targets gguf,onnx, q4_k_m,q4_0,int8,int4: each target takes its backend's [default: the profile's].")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/compare"), show_default=True, help="Output folder.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out JSONL with `input_ids` to score.")
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
@@ -511,7 +508,7 @@ def compare_command(model: str, target: str, targets: str | None, quant: str | N
 
     names = [n.strip() for n in (targets or target).split(",") if n.strip()]
     loaded = [_load_target(n, None, threads) for n in names]
-    levels = {t.name: parse_levels(quant, t) for t in loaded}
+    levels = parse_levels(quant, loaded)
     result = compare(model, loaded, levels, out, eval_data=eval_data)
     if as_json:
         click.echo(json.dumps(result.data, indent=2))

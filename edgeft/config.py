@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from edgeft.backends import onnx_options
-from edgeft.backends.onnx_options import OnnxOptions
 from edgeft.errors import ConfigError
 
 
@@ -52,18 +50,11 @@ class Regression:
         return self.tolerance_pct if value is None else value
 
 
-# `quant = "auto"`: quantize to fit, trying these levels from the smallest file upward.
+# The profile `--target` means when none is given: the shipped `targets/gguf.toml`, one file for a phone.
+DEFAULT_TARGET = "gguf"
+
+# `quant = "auto"`: quantize to fit, trying the backend's candidate levels from the smallest file upward.
 AUTO_QUANT = "auto"
-
-
-@dataclass(frozen=True)
-class AutoQuantLevels:
-    """Candidate levels per backend for `--quant auto`; they are ordered by the size of the file each produces."""
-
-    gguf: tuple[str, ...] = ("q3_k_m", "q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
-
-    def for_backend(self, backend: str) -> tuple[str, ...]:
-        return getattr(self, backend, ())
 
 
 @dataclass(frozen=True)
@@ -89,9 +80,16 @@ class Target:
     threads: int = 0  # 0: one per CPU core of the machine running the bench
     bench: BenchSettings = field(default_factory=BenchSettings)
     budget: Budget = field(default_factory=Budget)
-    onnx: OnnxOptions = field(default_factory=OnnxOptions)  # `[onnx]`: exporter options, used by the onnx backend
+    # The backend's own `[<backend>]` table, typed by the backend (BackendInfo.options); None: its defaults.
+    options: Any = None
     regression: Regression = field(default_factory=Regression)
     source: str | None = None  # the TOML file it came from
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            from edgeft.backends.registry import info
+
+            object.__setattr__(self, "options", info(self.backend).options())
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else max(1, os.cpu_count() or 1)
@@ -103,6 +101,8 @@ class Target:
             return self
         data = to_dict(self)
         data.update(changes)
+        if "backend" in changes and changes["backend"] != self.backend:
+            data.pop(self.backend, None)
         return _build_target(data, name=self.name, source=self.source or "<flags>")
 
     def to_toml(self) -> str:
@@ -111,21 +111,25 @@ class Target:
         lines += [f"{f.name} = {getattr(self.bench, f.name)}" for f in fields(BenchSettings)]
         lines += ["", "[budget]"]
         lines += [f"{f.name} = {getattr(self.budget, f.name)}" for f in fields(Budget) if getattr(self.budget, f.name) is not None]
-        if self.backend == "onnx":
-            lines += onnx_options.to_toml(self.onnx)
+        lines += self.options.to_toml(self.backend)
         lines += ["", "[regression]"]
         lines += [f"{f.name} = {getattr(self.regression, f.name)}" for f in fields(Regression) if getattr(self.regression, f.name) is not None]
         return "\n".join(lines) + "\n"
 
 
+def options_dict(target: Target) -> dict[str, Any]:
+    return dataclasses.asdict(target.options)
+
+
 def to_dict(target: Target) -> dict[str, Any]:
-    data = dataclasses.asdict(target)
-    data.pop("name")
-    data.pop("source")
-    data["budget"] = {k: v for k, v in data["budget"].items() if v is not None}
-    if target.backend != "onnx":
-        data.pop("onnx")
-    data["regression"] = {k: v for k, v in data["regression"].items() if v is not None}
+    """The profile as a TOML file would hold it (the backend's table under its name, when it has one)."""
+    data = {"backend": target.backend, "quant": target.quant, "threads": target.threads,
+            "bench": dataclasses.asdict(target.bench),
+            "budget": {k: v for k, v in dataclasses.asdict(target.budget).items() if v is not None},
+            "regression": {k: v for k, v in dataclasses.asdict(target.regression).items() if v is not None}}
+    options = options_dict(target)
+    if options:
+        data[target.backend] = options
     return data
 
 
@@ -165,7 +169,7 @@ def load_target(name_or_path: str | Path) -> Target:
 
 
 _INT_KEYS = {"threads"}
-_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget", "regression", "onnx"}
+_TOP_KEYS = {"backend", "quant", "threads", "bench", "budget", "regression"}
 
 
 def _check_number(value: Any, *, integer: bool) -> str | None:
@@ -203,14 +207,16 @@ def _number_table(raw: Mapping[str, Any], key: str, schema: type, problems: list
 
 def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
     # Imported here: the backend registry names its backends and quant levels without heavy imports.
-    from edgeft.backends.registry import backend_names, quant_levels
+    from edgeft.backends.registry import backend_names, parse_options, quant_levels
 
     problems: list[tuple[str, str]] = []
-    for key in raw:
-        if key not in _TOP_KEYS:
-            problems.append((key, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})"))
-
     backend = raw.get("backend")
+    for key in raw:
+        if key in backend_names() and key != backend:
+            problems.append((key, f"the [{key}] table is for backend {key}; this profile's backend is {backend}"))
+        elif key not in _TOP_KEYS and key != backend:
+            problems.append((key, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS | {str(backend)}))})"))
+
     if backend is None:
         problems.append(("backend", "missing (one of: " + ", ".join(backend_names()) + ")"))
     elif backend not in backend_names():
@@ -240,7 +246,7 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         raw, "budget", Budget, problems, integer=False,
         invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k not in ("ppl_increase_pct", "ppl_vs_source_pct")) else None,
     )
-    onnx = onnx_options.parse(_table(raw, "onnx", problems), problems)
+    options = parse_options(backend, _table(raw, backend, problems), problems) if backend in backend_names() else None
     regression_values = _number_table(
         raw, "regression", Regression, problems, integer=False,
         invalid=lambda k, v: f"must be a positive percentage, got {v}" if v <= 0 else None,
@@ -261,7 +267,7 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         threads=threads,
         bench=bench,
         budget=Budget(**budget_values),
-        onnx=onnx,
+        options=options,
         regression=Regression(**regression_values),
         source=source,
     )

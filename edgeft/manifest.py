@@ -10,7 +10,14 @@ from edgeft import __version__
 from edgeft.atomic_io import write_json
 from edgeft.bench.machine import package_versions
 
-TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "gguf", "llama-cpp-python", "numpy")
+# What every build uses; each backend adds the packages it runs on (BackendInfo.tracked_packages).
+TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy")
+
+
+def tracked() -> tuple[str, ...]:
+    from edgeft.backends.registry import tracked_packages
+
+    return TRACKED_PACKAGES + tracked_packages()
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -40,7 +47,7 @@ def write_manifest(out_dir: Path, *, source: dict, target: dict, outputs: list[P
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_model": source,
         "target": target,
-        "versions": {"edgeft": __version__, **package_versions(TRACKED_PACKAGES)},
+        "versions": {"edgeft": __version__, **package_versions(tracked())},
         "stages": stages,
         "outputs": [file_entry(p, out_dir) for p in outputs],
     }

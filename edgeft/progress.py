@@ -56,13 +56,16 @@ def mute_import_noise() -> None:
     warnings.filterwarnings("ignore", message=DEPRECATION_NOISE, category=FutureWarning)
 
 
+# transformers modules that draw their own tqdm bar, deaf to disable_progress_bar(): its loader of
+# GGUF *source* files (the default model is one), whatever the target backend.
+LOADER_BAR_MODULES = ("transformers.modeling_gguf_pytorch_utils",)
+
+
 def quiet_libraries() -> None:
-    """Silence transformers' own bars and llama.cpp's per-tensor logs unless we show progress ourselves.
+    """Silence transformers' own bars and logs unless we show progress ourselves (a backend
+    quiets its runtime's logs itself when it loads it).
 
     Called right before the heavy libraries do work, since they are imported lazily."""
-    import logging
-
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -70,25 +73,26 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     if not enabled():
         hf_logging.disable_progress_bar()
-        _silence_gguf_loader_bar()
+        _silence_loader_bars()
 
 
-def _silence_gguf_loader_bar() -> None:
-    """transformers' GGUF loader draws its own tqdm bar, deaf to disable_progress_bar(); without
-    this, --quiet runs and logs get a bar per model load."""
+def _silence_loader_bars() -> None:
+    """Without this, --quiet runs and logs get a bar per model load."""
     import functools
+    import importlib
 
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        return
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is not None and not isinstance(bar, functools.partial):
-        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    for name in LOADER_BAR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        bar = getattr(module, "tqdm", None)
+        if bar is not None and not isinstance(bar, functools.partial):
+            module.tqdm = functools.partial(bar, disable=True)
 
 
 class muted_native_stderr:
-    """Point file descriptor 2 at /dev/null while native code runs: llama.cpp's quantizer logs every
+    """Point file descriptor 2 at /dev/null while native code runs: a native quantizer may log every
     tensor it falls back on straight to stderr, whatever the Python log level says. Use it only in a
     child process of ours (`edgeft.child`), where nothing else is writing to stderr meanwhile."""
 

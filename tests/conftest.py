@@ -13,15 +13,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_tokenizer, tiny_llama, tiny_qwen2  # noqa: E402
+from tiny_models import make_tokenizer, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3  # noqa: E402
 
-BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2}
+BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2, "Qwen3ForCausalLM": tiny_qwen3,
+            "MistralForCausalLM": tiny_mistral}
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
     """One tiny model per registered architecture family (tests fail if a family has no builder)."""
-    from edgeft.backends.gguf_arch import FAMILIES
+    from edgeft.backends.gguf.arch import FAMILIES
 
     out = {}
     for name in FAMILIES:
@@ -44,7 +45,7 @@ def tiny_llama_dir(tiny_model_dirs) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
     """The tiny Llama as an f16 GGUF, for tests of things downstream of conversion."""
-    from edgeft.backends.gguf_convert import convert
+    from edgeft.backends.gguf.convert import convert
 
     return convert(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", "f16")
 

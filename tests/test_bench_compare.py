@@ -71,10 +71,12 @@ def test_compare_rejects_unknown_levels(tmp_path):
 
 
 def test_quant_auto_keeps_the_smallest_level_that_passes(tiny_llama_dir, tmp_path, monkeypatch):
-    from edgeft import config, pipeline
+    from dataclasses import replace
+
+    from edgeft.backends import registry
 
     # listed out of size order on purpose: auto must order by the files it made
-    monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "f16", "q4_0")))
+    monkeypatch.setitem(registry._REGISTRY, "gguf", replace(registry.info("gguf"), auto_levels=("q8_0", "f16", "q4_0")))
     out = tmp_path / "out"
     profile = _profile(tmp_path, "package_mb = 350")
     result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
@@ -89,9 +91,11 @@ def test_quant_auto_keeps_the_smallest_level_that_passes(tiny_llama_dir, tmp_pat
 
 
 def test_quant_auto_records_why_each_level_was_rejected(tiny_llama_dir, tmp_path, monkeypatch):
-    from edgeft import config, pipeline
+    from dataclasses import replace
 
-    monkeypatch.setattr(pipeline, "AutoQuantLevels", lambda: config.AutoQuantLevels(gguf=("q8_0", "q4_0")))
+    from edgeft.backends import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "gguf", replace(registry.info("gguf"), auto_levels=("q8_0", "q4_0")))
     out = tmp_path / "out"
     profile = _profile(tmp_path, "package_mb = 0.0001")
     result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),

@@ -29,7 +29,7 @@ def _profile(tmp_path, budget: str = "package_mb = 350", regression: str = "", n
 
 @pytest.fixture(scope="module")
 def q4(tiny_gguf, tmp_path_factory):
-    from edgeft.backends.gguf import quantize
+    from edgeft.backends.gguf.backend import quantize
 
     return quantize(tiny_gguf, tmp_path_factory.mktemp("q4") / "tiny-q4_0.gguf", "q4_0")
 

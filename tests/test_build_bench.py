@@ -96,7 +96,7 @@ def test_json_output(tiny_llama_dir, tmp_path):
 def test_rebuild_reuses_conversion(tiny_build, tiny_llama_dir, tmp_path):
     """A second build with another quant level reuses the stamped f16 conversion of the same source."""
     out, _ = tiny_build
-    stamp = out / "work" / "convert-f16" / ".stage.json"
+    stamp = out / "work" / "reference-gguf-f16" / ".stage.json"
     before = stamp.stat().st_mtime_ns
     profile = _profile(tmp_path, "package_mb = 350", quant="q4_0")
     result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
@@ -118,8 +118,8 @@ def test_export_check_fails_on_wrong_numerics(tiny_llama_dir, tmp_path):
     """A converter bug (here: a corrupted output norm) must stop the build with the max difference."""
     import shutil
 
-    from edgeft.backends.gguf import LlamaCppRunner
-    from edgeft.backends.gguf_convert import convert
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.backends.gguf.convert import convert
     from edgeft.errors import ParityError
     from edgeft.export_check import check_outputs
 
@@ -133,9 +133,9 @@ def test_export_check_fails_on_wrong_numerics(tiny_llama_dir, tmp_path):
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     runner = LlamaCppRunner(out, threads=1, context=128)
     try:
-        assert check_outputs(tiny_llama_dir, runner, "f32")["max_rel_logit_error"] < 1e-3
+        assert check_outputs(tiny_llama_dir, runner, "f32", 1e-3)["max_rel_logit_error"] < 1e-3
         with pytest.raises(ParityError, match="max relative error"):
-            check_outputs(broken, runner, "f32")
+            check_outputs(broken, runner, "f32", 1e-3)
     finally:
         runner.close()
 
@@ -158,4 +158,5 @@ def test_compile_command(tiny_llama_dir, tmp_path):
     result = CliRunner().invoke(main, ["compile", str(tiny_llama_dir), "--target", "gguf-q8", "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "model-q8_0.gguf").is_file()
-    assert [p.name for p in (tmp_path / "c").iterdir()] == ["model-q8_0.gguf"]
+    # the build's compile stage (issue 15): the model, its profile and manifest, and the reused work/
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "model-q8_0.gguf", "target.toml", "work"]

@@ -57,7 +57,7 @@ def test_doctor_shows_the_instruction_sets_and_runs_the_smoke_probe():
 
 
 def test_doctor_fails_when_the_installed_build_faults(monkeypatch):
-    from edgeft.backends import gguf_smoke
+    from edgeft.backends.gguf import smoke as gguf_smoke
 
     crashed = {"ok": False, "model": "m", "prompt_tokens": 64, "levels": [
         {"quant": "q4_0", "ok": False, "error": "llama.cpp at q4_0 on a 64-token prompt died by SIGILL: an instruction ..."}]}

@@ -55,7 +55,7 @@ def test_tokenizer_parity_on_default_model(built):
     from transformers import AutoTokenizer
 
     from edgeft import models
-    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.backends.gguf.backend import LlamaCppRunner
 
     texts = parity_strings()
     assert len(texts) >= 200
@@ -85,7 +85,7 @@ def test_f16_export_answers_the_capital_of_france_and_stops(built):
     quantized 135M model gives depends on the SIMD kernels of the build (issue 13); f16 has no such edge."""
     from transformers import AutoTokenizer
 
-    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.backends.gguf.backend import LlamaCppRunner
 
     tok = AutoTokenizer.from_pretrained(built / "work" / "source-hf")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False)

@@ -31,8 +31,8 @@ def _prepared(folder, tok, n_train=12, n_eval=4):
 
 def test_default_teacher_into_15_layer_student_then_merge_and_gguf(tmp_path):
     from edgeft import models
-    from edgeft.backends.gguf import LlamaCppRunner
-    from edgeft.backends.gguf_convert import convert
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.backends.gguf.convert import convert
     from edgeft.distill import DistillConfig, open_data, run
     from edgeft.merge import merge
 

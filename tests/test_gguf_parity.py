@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeft.backends.gguf import LlamaCppRunner
-from edgeft.backends.gguf_arch import FAMILIES
-from edgeft.backends.gguf_convert import convert
+from edgeft.backends.gguf.backend import LlamaCppRunner
+from edgeft.backends.gguf.arch import FAMILIES
+from edgeft.backends.gguf.convert import convert
 
 TEXTS = ["The quick brown fox 123 天气 🙂", "def add(a, b):\n    return a + b", "   spaces\n\nand <|im_start|> specials"]
 TOLERANCE = {"f32": 1e-3, "f16": 2e-2, "bf16": 5e-2}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgeft.backends import llama_build
+from edgeft.backends.gguf import llama_build
 
 # /proc/cpuinfo of the host where the native build died: AVX-512 everywhere, AMX advertised and granted.
 AMX_HOST = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse4_2 avx f16c fma bmi2 avx2 "

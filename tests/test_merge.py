@@ -102,8 +102,8 @@ def test_merge_rejects_an_unknown_recorded_engine(tmp_path):
 
 
 def test_merged_folder_compiles_to_gguf_with_same_logits(adapter, tmp_path):
-    from edgeft.backends.gguf import LlamaCppRunner
-    from edgeft.backends.gguf_convert import convert
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.backends.gguf.convert import convert
     from edgeft.merge import adapter_model, merge
 
     out = merge(adapter, tmp_path / "m", "float32")

@@ -92,5 +92,5 @@ def test_a_bench_worker_killed_by_a_signal_is_internal_not_bad_input(tiny_gguf, 
     fake.chmod(0o755)
     monkeypatch.setattr(latency.sys, "executable", str(fake))
     with pytest.raises(NativeCrash) as info:
-        latency.run_worker(Artifact(path=tiny_gguf, kind="gguf"), load_target("gguf"))
+        latency.run_worker(Artifact(path=tiny_gguf, backend="gguf", quant="f16"), load_target("gguf"))
     assert "SIGILL" in str(info.value) and info.value.exit_code == 1

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from edgeft.backends.onnx_export import ARCHITECTURES
+from edgeft.backends.onnx.export import ARCHITECTURES
+from edgeft.sweep import compile_one
 from edgeft.config import load_target
 from tiny_models import tiny_profile
 
@@ -28,19 +29,19 @@ def _profile(tmp_path, quant: str, extra: str = "", budget: str = "package_mb = 
 @pytest.fixture(scope="module")
 def onnx_builds(tiny_model_dirs, tmp_path_factory):
     """Every (architecture, level) exported once per module through the backend's compile()."""
-    from edgeft.backends.onnx import OnnxBackend
+    from edgeft.backends.onnx.backend import OnnxBackend
 
     backend = OnnxBackend()
     out = {}
     for arch in ARCHITECTURES:
         for quant in QUANTS:
             target = load_target(_profile(tmp_path_factory.mktemp("profile"), quant))
-            out[arch, quant] = backend.compile(tiny_model_dirs[arch], target, tmp_path_factory.mktemp(f"{arch}-{quant}"))
+            out[arch, quant] = compile_one(backend, tiny_model_dirs[arch], target, tmp_path_factory.mktemp(f"{arch}-{quant}"))
     return out
 
 
 def _runner(artifact, context=256):
-    from edgeft.backends.onnx_runner import OnnxRunner
+    from edgeft.backends.onnx.runner import OnnxRunner
 
     return OnnxRunner(artifact.path, threads=1, context=context)
 
@@ -220,10 +221,10 @@ def test_build_cli_writes_folder_bench_and_manifest(tiny_llama_dir, tmp_path):
 def test_block_size_option_reaches_the_graph(tiny_llama_dir, tmp_path):
     import onnx
 
-    from edgeft.backends.onnx import OnnxBackend
+    from edgeft.backends.onnx.backend import OnnxBackend
 
     target = load_target(_profile(tmp_path, "int4", extra="[onnx]\nblock_size = 64\naccuracy_level = 1\n"))
-    artifact = OnnxBackend().compile(tiny_llama_dir, target, tmp_path / "b64")
+    artifact = compile_one(OnnxBackend(), tiny_llama_dir, target, tmp_path / "b64")
     model = onnx.load(str(artifact.path / "model.onnx"), load_external_data=False)
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert attrs and all(a["block_size"] == 64 and a["accuracy_level"] == 1 for a in attrs)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeft.backends.gguf_tokenizer import PRE_TOKENIZER_SHAPES, build_pre_tokenizer, detect_pre_tokenizer
+from edgeft.backends.gguf.tokenizer import PRE_TOKENIZER_SHAPES, build_pre_tokenizer, detect_pre_tokenizer
 from edgeft.errors import UnsupportedArchitecture
 
 

@@ -25,7 +25,7 @@ def tiny_q4(tiny_llama_dir, tmp_path_factory):
 
 
 def test_the_source_against_itself_scores_zero_and_a_quantized_artifact_does_not(tiny_llama_dir, tiny_q4):
-    from edgeft.backends.gguf import LlamaCppRunner
+    from edgeft.backends.gguf.backend import LlamaCppRunner
     from edgeft.bench.source_model import SourceRunner
 
     source = SourceRunner(tiny_llama_dir)

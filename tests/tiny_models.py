@@ -146,3 +146,58 @@ def write_jsonl(path: Path, rows) -> Path:
     """Rows as a UTF-8 JSONL file (the data stage's input format); returns the path."""
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def tiny_qwen3(out: Path, *, seed: int = 0, hidden: int = 256, layers: int = 2) -> Path:
+    """A seeded random Qwen3ForCausalLM: per-head q/k norms, no biases, tied head, and 256 wide so
+    that llama.cpp writes real K-quant blocks for it (narrower rows fall back to legacy types)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = make_tokenizer(out, style="qwen2")
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = Qwen3ForCausalLM(config)
+    _spread_weights(model, seed)
+    model.save_pretrained(out)
+    return out
+
+
+def tiny_mistral(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """A seeded random MistralForCausalLM without a sliding window (GQA, untied head)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tok = make_tokenizer(out)
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = MistralForCausalLM(config)
+    _spread_weights(model, seed)
+    model.save_pretrained(out)
+    return out

@@ -1,4 +1,6 @@
-"""The interface every backend implements, and the artifact it hands to the next stage."""
+"""The interface every backend implements, and the artifact it hands to the next stage.
+
+Every method a stage calls is declared here: no stage probes a backend or runner with hasattr."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Artifact:
-    """What a stage produced: the file (or folder) an app ships, what kind it is, and every file in the package."""
+    """What a stage produced: the file (or folder) an app ships, the backend and level that made it,
+    and every file in the package."""
 
     path: Path
-    kind: str  # "gguf", "hf", "onnx", ...
+    backend: str
+    quant: str
     files: tuple[Path, ...] = field(default_factory=tuple)
 
     def package_files(self) -> tuple[Path, ...]:
@@ -29,6 +33,24 @@ class Artifact:
 
     def package_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.package_files())
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": str(self.path), "backend": self.backend, "quant": self.quant}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Artifact":
+        return cls(path=Path(data["path"]), backend=data["backend"], quant=data["quant"],
+                   files=tuple(Path(p) for p in data.get("files", ())))
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an artifact says about its tokenizer, compared field by field with the source model's.
+    None means the artifact does not record it, and the export check fails on it."""
+
+    eos_token_id: int | None
+    chat_template: str | None
+    vocab_size: int | None
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,9 @@ class Runner(Protocol):
     def detokenize(self, token_ids: list[int]) -> str:
         ...
 
+    def metadata(self) -> ExportMetadata:
+        ...
+
     def library_versions(self) -> dict[str, str]:
         ...
 
@@ -60,19 +85,62 @@ class Runner(Protocol):
         """What identifies the runtime build (versions, instruction sets, providers), so a baseline
         measured on another build can be recognised."""
 
+    def reset_perf(self) -> None:
+        """Start the runtime's own timing counters afresh before a generate (a no-op without them)."""
+
+    def perf_counters(self) -> dict[str, float] | None:
+        """The runtime's own timing of the last generate, to cross-check ours; None without one."""
+
+    def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a teacher samples an answer (temperature 0: greedy)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    seed: int
+
+
+class Sampler(Protocol):
+    """A runner that can sample, for teacher synthesis (`BackendInfo.teacher`)."""
+
+    def sample(self, token_ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int]) -> list[int]:
+        """New tokens after `token_ids`, up to the first stop token (excluded) or `max_new_tokens`."""
+
+    def eos_token_id(self) -> int:
+        ...
+
     def close(self) -> None:
         ...
 
 
 class Backend(Protocol):
     name: str
-    quant_levels: tuple[str, ...]
 
     def check(self) -> None:
         """Raise BackendUnavailable(reason) if this backend cannot run on this machine."""
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path) -> Artifact:
-        ...
+    def details(self) -> dict[str, object]:
+        """For `edgeft doctor`: runtime versions, devices, providers, build flags."""
+
+    def reference(self, model_dir: Path, target: "Target", out_dir: Path, *, name: str) -> Artifact:
+        """The unquantized export at `info.reference_level(target.quant)`: what quantized levels are
+        made from and measured against. The pipeline makes it once per source and reuses it."""
+
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
+        """`target.quant` into `out_dir` (a copy of `reference` when the level is unquantized)."""
 
     def load(self, artifact: Artifact, target: "Target") -> Runner:
         ...
+
+
+class TeacherBackend(Backend, Protocol):
+    def teacher(self, model_dir: Path | None, model_file: Path | None, cache_dir: Path, *, name: str, context: int,
+                threads: int, seed: int) -> Sampler:
+        """A sampler over the teacher: `model_file` when the source already is this backend's format,
+        else `model_dir` exported once into `cache_dir`."""

@@ -1,71 +1,139 @@
-"""Backends by name. Each entry names a module imported only when the backend is used,
-so `edgeft --help`, `targets` and profile validation never import torch or a runtime."""
+"""Backends by name. Each backend is a package under `edgeft/backends/` whose `__init__` registers
+a `BackendInfo` (light: no torch, no runtime), found by scanning this folder, so adding a backend
+edits nothing outside its own package. The class doing the work is imported only when used, so
+`edgeft --help`, `targets` and profile validation never import torch or a runtime."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from edgeft.backends.base import Backend
+from edgeft.backends.options import NoOptions
+
+if TYPE_CHECKING:
+    from edgeft.backends.base import Backend
 
 
 @dataclass(frozen=True)
-class BackendEntry:
+class BackendInfo:
+    """Everything about a backend that the rest of edgeft may know without importing it."""
+
     name: str
-    module: str  # "package.module:ClassName"
-    quant_levels: tuple[str, ...]
+    module: str  # "package.module:ClassName", imported on first use
     summary: str
+    quant_levels: tuple[str, ...]
+    # Levels with no quantization loss: their export must match the source within `tolerances`.
+    unquantized: tuple[str, ...]
+    # `--quant auto` candidates; the sweep orders them by the file each produces.
+    auto_levels: tuple[str, ...]
+    # quant level -> the unquantized level it is made from and measured against (its reference).
+    reference_level: Callable[[str], str]
+    # Export check: max relative logit error allowed for each unquantized level.
+    tolerances: Mapping[str, float] = field(default_factory=dict)
+    # Size model: bits per weight of each level, for estimates printed before any file exists.
+    bits_per_weight: Mapping[str, float] = field(default_factory=dict)
+    # Distribution names whose versions go in the manifest.
+    tracked_packages: tuple[str, ...] = ()
+    # HF architecture class names this backend can export, or None: whatever transformers loads.
+    architectures: Callable[[], tuple[str, ...]] | None = None
+    # The `[<name>]` table of a profile: a frozen dataclass with `parse` and `to_toml` (edgeft.backends.options).
+    options: type = NoOptions
+    # True for a backend whose runner implements `Sampler`: teacher synthesis generates through it.
+    teacher: bool = False
+    # The quant level of a file or folder this backend made (read from it), or None when it is not one.
+    identify: Callable[[Path], str | None] = lambda path: None
+
+    def accepts(self, architecture: str) -> bool:
+        return self.architectures is None or architecture in self.architectures()
+
+    def estimated_bytes(self, parameters: int, quant: str) -> int | None:
+        bits = self.bits_per_weight.get(quant)
+        return None if bits is None else int(parameters * bits / 8)
 
 
-_REGISTRY: dict[str, BackendEntry] = {}
+_REGISTRY: dict[str, BackendInfo] = {}
+_SCANNED = False
 
 
-def register(entry: BackendEntry) -> None:
+def register(info: BackendInfo) -> None:
     """Add a backend; a second backend under the same name is an error, never a silent overwrite."""
-    if entry.name in _REGISTRY:
+    if info.name in _REGISTRY and _REGISTRY[info.name].module != info.module:
         raise ValueError(
-            f"backend {entry.name!r} is already registered by {_REGISTRY[entry.name].module}; "
-            f"pick another name for {entry.module}"
+            f"backend {info.name!r} is already registered by {_REGISTRY[info.name].module}; "
+            f"pick another name for {info.module}"
         )
-    _REGISTRY[entry.name] = entry
+    _REGISTRY[info.name] = info
+
+
+def _scan() -> Mapping[str, BackendInfo]:
+    """Import every backend package once; each registers itself."""
+    global _SCANNED
+    if not _SCANNED:
+        import edgeft.backends as pkg
+
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if mod.ispkg:
+                importlib.import_module(f"{pkg.__name__}.{mod.name}")
+        _SCANNED = True
+    return MappingProxyType(_REGISTRY)
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_scan())
 
 
-def entry(name: str) -> BackendEntry:
-    return _REGISTRY[name]
+def info(name: str) -> BackendInfo:
+    return _scan()[name]
+
+
+def all_info() -> list[BackendInfo]:
+    return [info(n) for n in backend_names()]
 
 
 def quant_levels(name: str) -> tuple[str, ...]:
-    return _REGISTRY[name].quant_levels
+    return info(name).quant_levels
 
 
-def get_backend(name: str) -> Backend:
-    module_name, _, class_name = _REGISTRY[name].module.partition(":")
+def identify(path: Path) -> tuple[str, str] | None:
+    """(backend, level) of an artifact on disk, asking each backend; None when none recognises it."""
+    for entry in all_info():
+        level = entry.identify(path)
+        if level is not None:
+            return entry.name, level
+    return None
+
+
+def teacher_backend() -> BackendInfo:
+    """The backend teacher synthesis generates with (the first that declares a sampler)."""
+    for entry in all_info():
+        if entry.teacher:
+            return entry
+    raise LookupError("no registered backend can generate teacher answers")
+
+
+def tracked_packages() -> tuple[str, ...]:
+    return tuple(p for entry in all_info() for p in entry.tracked_packages)
+
+
+def estimated_bytes(parameters: int, quant: str) -> int:
+    """A size estimate at `quant` from the first backend with a size model for that level (16 bits
+    per weight when none has one), printed before any file exists."""
+    for entry in all_info():
+        size = entry.estimated_bytes(parameters, quant)
+        if size is not None:
+            return size
+    return parameters * 2
+
+
+def get_backend(name: str) -> "Backend":
+    module_name, _, class_name = info(name).module.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)()
 
 
-register(
-    BackendEntry(
-        name="gguf",
-        module="edgeft.backends.gguf:GGUFBackend",
-        # Named as llama.cpp users know them; the first three are unquantized.
-        quant_levels=("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1",
-                      "q4_k_m", "q4_k_s", "q4_0", "q4_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k"),
-        summary="llama.cpp GGUF file, run with llama-cpp-python",
-    )
-)
-
-register(
-    BackendEntry(
-        name="onnx",
-        module="edgeft.backends.onnx:OnnxBackend",
-        # fp32 as exported; int8 and int4 are weight-only MatMulNBits. fp16 is left out: ONNX Runtime's
-        # CPU provider has no fp16 kernels for these graphs (the builder's valid CPU precisions are fp32, int8, int4).
-        quant_levels=("fp32", "int8", "int4"),
-        summary="ONNX folder (KV cache, onnxruntime-genai layout), run with onnxruntime",
-    )
-)
+def parse_options(name: str, raw: Mapping[str, Any], problems: list[tuple[str, str]]) -> Any:
+    return info(name).options.parse(raw, problems, table=name)

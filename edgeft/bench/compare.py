@@ -11,12 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeft import __version__, models
+from edgeft import __version__
 from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import get_backend
 from edgeft.config import AUTO_QUANT, Target
 from edgeft.errors import ConfigError
-from edgeft.progress import progress, status
 
 SCHEMA_VERSION = 1
 
@@ -45,20 +44,23 @@ class CompareResult:
     png_path: Path
 
 
-def parse_levels(text: str | None, target: Target) -> list[str]:
-    """`--quant f16,q8_0,...`: each a known level of the target's backend (checked all at once)."""
+def parse_levels(text: str | None, targets: list[Target]) -> dict[str, list[str]]:
+    """`--quant f16,q8_0,int4,...` over one or several targets: each target takes the listed levels of
+    its own backend (its profile's level when none is listed); a level no target's backend has is an
+    error, reported all at once."""
     from edgeft.backends.registry import quant_levels
 
     if not text:
-        return [target.quant]
+        return {t.name: [t.quant] for t in targets}
     levels = [q.strip() for q in text.split(",") if q.strip()]
-    bad = [q for q in levels if q == AUTO_QUANT or q not in quant_levels(target.backend)]
-    if bad:
-        raise ConfigError([("--quant", f"unknown level(s) {', '.join(bad)} for backend {target.backend} "
-                                       f"(known: {', '.join(quant_levels(target.backend))})")])
     if len(set(levels)) != len(levels):
         raise ConfigError([("--quant", f"a level is listed twice: {text}")])
-    return levels
+    known = {t.backend: quant_levels(t.backend) for t in targets}
+    bad = [q for q in levels if q == AUTO_QUANT or not any(q in ls for ls in known.values())]
+    if bad:
+        names = "; ".join(f"{b}: {', '.join(ls)}" for b, ls in known.items())
+        raise ConfigError([("--quant", f"unknown level(s) {', '.join(bad)} for backend(s) {', '.join(known)} (known: {names})")])
+    return {t.name: [q for q in levels if q in known[t.backend]] or [t.quant] for t in targets}
 
 
 def _first_failure(row: dict) -> str | None:
@@ -81,39 +83,34 @@ def recommend(rows: list[dict]) -> tuple[dict | None, str]:
 
 def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out_dir: Path, *,
             eval_data: Path | None = None) -> CompareResult:
-    """Build every (target, level) once from one source and one conversion, then bench each
-    against the unquantized conversion (the reference) on the same evaluation tokens."""
-    from edgeft.bench.run import bench
-    from edgeft.pipeline import compile_level, prepare_source, source_hash
+    """Build every (target, level) once from one source, each backend's levels from its own
+    unquantized reference (made once), then bench each against that reference and the source on
+    the same evaluation tokens: the sweep `--quant auto` runs too (`edgeft.sweep`)."""
+    from edgeft.stages import prepare_source, resolve_for, source_hash
+    from edgeft.sweep import bench_levels, compile_levels
 
     started = time.perf_counter()
-    source = models.resolve(model)
+    source = resolve_for(model, [t.backend for t in targets])
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
-    hf_dir, _ = prepare_source(source, source_hash(source), work)
     src_key = source_hash(source)
+    hf_dir, _ = prepare_source(source, src_key, work)
     rows: list[dict] = []
-    reference_path: str | None = None
-    shared_reference = None
-    # Backends with an unquantized conversion go first: theirs is the reference for backends without one.
-    ordered = sorted(targets, key=lambda t: not hasattr(get_backend(t.backend), "intermediate_dtype"))
-    for target in ordered:
+    references: dict[str, str] = {}
+    for target in targets:
         backend = get_backend(target.backend)
         backend.check()
-        for level in progress(levels[target.name], desc=f"compare {target.backend}"):
-            level_target = target.with_overrides(quant=level)
-            level_dir = out_dir / f"{target.backend}-{level}"
-            status(f"compare: compiling {target.backend} {level} ...")
-            artifact, reference = compile_level(backend, hf_dir, level_target, level_dir, work, src_key, source.path.stem)
-            status(f"compare: benchmarking {target.backend} {level} ...")
-            reference = reference or shared_reference
-            shared_reference = shared_reference or reference
-            result = bench(artifact, level_target, reference=reference, eval_data=eval_data, source=hf_dir)
+        names = levels[target.name]
+        dirs = {level: out_dir / f"{target.backend}-{level}" for level in names}
+        compiled = compile_levels(backend, hf_dir, target, names, dirs.__getitem__, work, src_key, source.name, "compare")
+        for lv in bench_levels(compiled, target, eval_data=eval_data, source=hf_dir, what="compare"):
+            result = lv.result
+            level_dir = dirs[lv.artifact.quant]
             write_json(level_dir / "bench.json", result)
-            if reference is not None:
-                reference_path = str(reference.path)
-            rows.append({"target": target.name, "backend": target.backend, "quant": level,
-                         "artifact": str(artifact.path), "bench_json": str(level_dir / "bench.json"),
+            references[target.backend] = str(lv.reference.path)
+            rows.append({"target": target.name, "backend": target.backend, "quant": lv.artifact.quant,
+                         "artifact": str(lv.artifact.path), "reference": str(lv.reference.path),
+                         "bench_json": str(level_dir / "bench.json"),
                          "metrics": result["metrics"], "budget": result["budget"], "pass": result["pass"],
                          "eval": result["eval"], "machine": result["machine"], "versions": result["versions"]})
     digests = {r["eval"]["sha256"] for r in rows if r.get("eval")}
@@ -123,7 +120,9 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "edgeft": __version__,
         "model": source.label,
-        "reference": reference_path,
+        # each backend's levels are measured against its own unquantized reference
+        "reference": next(iter(references.values())) if len(set(references.values())) == 1 else None,
+        "references": references,
         "same_eval_tokens": len(digests) <= 1,
         "budget": {t.name: {k: v for k, v in vars(t.budget).items() if v is not None} for t in targets},
         "rows": rows,
@@ -162,8 +161,9 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
 
 def markdown(data: dict) -> str:
     header, rows = table_rows(data)
+    refs = ", ".join(f"{b}: `{p}`" for b, p in data.get("references", {}).items()) or f"`{data['reference']}`"
     lines = [f"# edgeft compare: {data['model']}", "",
-             f"Reference for ppl +%, KL and top-1: `{data['reference']}`. "
+             f"Reference for ppl +%, KL and top-1 (each backend's own unquantized export): {refs}. "
              f"Machine: {data['rows'][0]['machine']['cpu']}, {data['rows'][0]['machine']['threads']} threads." if data["rows"] else "",
              "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -23,7 +23,7 @@ def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
         profile.write_text(target.to_toml(), encoding="utf-8")
         request = tmp_path / "request.json"
         result = tmp_path / "result.json"
-        request.write_text(json.dumps({"target": str(profile), "artifact": str(artifact.path), "kind": artifact.kind, **extra}))
+        request.write_text(json.dumps({"target": str(profile), "artifact": artifact.to_json(), **extra}))
         proc = subprocess.run(
             [sys.executable, "-m", "edgeft.bench.worker", str(request), str(result)],
             capture_output=True,

@@ -34,9 +34,21 @@ SIMD_FLAGS = ("sse4_2", "avx", "f16c", "fma", "bmi2", "avx2", "avx_vnni", "avx51
               "amx_tile", "amx_int8", "amx_bf16")
 
 
-def cpu_simd_flags() -> list[str]:
-    from edgeft.backends.llama_build import cpu_flags
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The instruction-set flags the first CPU in /proc/cpuinfo advertises."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
+
+def cpu_simd_flags() -> list[str]:
     flags = cpu_flags()
     return [f for f in SIMD_FLAGS if f in flags]
 

@@ -27,7 +27,7 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
     if quality:
         q = latency.run_worker(
             artifact, target, mode="quality",
-            reference={"path": str(reference.path), "kind": reference.kind} if reference else None,
+            reference=reference.to_json() if reference else None,
             source=str(source) if source else None,
             eval_data=str(eval_data) if eval_data else None,
         )
@@ -42,7 +42,9 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "artifact": {
             "path": str(artifact.path),
-            "kind": artifact.kind,
+            "kind": artifact.backend,
+            "backend": artifact.backend,
+            "quant": artifact.quant,
             "package_bytes": artifact.package_bytes(),
             "files": [str(p) for p in artifact.package_files()],
         },
@@ -59,6 +61,16 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
     }
 
 
+def _identified(path: Path, *, default_backend: str) -> Artifact:
+    """An artifact on disk with the backend and level that made it, as that backend reads them back.
+    A file no backend recognises is handed to the target's backend, whose loader says what is wrong."""
+    from edgeft.backends.registry import identify
+
+    found = identify(path)
+    backend, level = found if found is not None else (default_backend, "unknown")
+    return Artifact(path=path, backend=backend, quant=level)
+
+
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
                baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None) -> dict:
     """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it; with `source`
@@ -72,10 +84,9 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
-    artifact = Artifact(path=Path(artifact_path), kind=target.backend)
-    ref = None
-    if reference is not None:  # a GGUF reference serves every backend (scored through the Runner interface)
-        ref = Artifact(path=Path(reference), kind="gguf" if Path(reference).suffix == ".gguf" else target.backend)
+    artifact = _identified(Path(artifact_path), default_backend=target.backend)
+    # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.
+    ref = _identified(Path(reference), default_backend=target.backend) if reference is not None else None
     result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source)
     if old is not None:
         lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)

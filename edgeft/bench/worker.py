@@ -34,8 +34,8 @@ def run(request: dict) -> dict:
     from edgeft.config import load_target
 
     target = load_target(request["target"])
-    artifact = Artifact(path=Path(request["artifact"]), kind=request["kind"])
-    backend = get_backend(target.backend)
+    artifact = Artifact.from_json(request["artifact"])
+    backend = get_backend(artifact.backend)
     rss_before_load = _rss_mb()
     runner = backend.load(artifact, target)
     try:
@@ -43,14 +43,14 @@ def run(request: dict) -> dict:
         runs = []
         perf = []
         for i in range(target.bench.warmup + target.bench.runs):
-            if hasattr(runner, "reset_perf"):
-                runner.reset_perf()
+            runner.reset_perf()
             gen = runner.generate(ids, target.bench.new_tokens)
             if i < target.bench.warmup:
                 continue
             runs.append({"token_times": gen.token_times, "n_tokens": len(gen.tokens)})
-            if hasattr(runner, "perf_counters"):
-                perf.append(runner.perf_counters())
+            counters = runner.perf_counters()
+            if counters is not None:
+                perf.append(counters)
         versions = runner.library_versions()
         runtime = runner.fingerprint()
     finally:
@@ -76,14 +76,15 @@ def run_quality(request: dict) -> dict:
     from edgeft.config import load_target
 
     target = load_target(request["target"])
-    artifact = Artifact(path=Path(request["artifact"]), kind=request["kind"])
-    runner = get_backend(target.backend).load(artifact, target)
+    artifact = Artifact.from_json(request["artifact"])
+    runner = get_backend(artifact.backend).load(artifact, target)
     reference = source_model = None
     answers = None
     try:
         ref = request.get("reference")
         if ref and Path(ref["path"]).resolve() != artifact.path.resolve():
-            reference = get_backend(ref["kind"]).load(Artifact(path=Path(ref["path"]), kind=ref["kind"]), target)
+            ref_artifact = Artifact.from_json(ref)
+            reference = get_backend(ref_artifact.backend).load(ref_artifact, target)
         if request.get("source"):
             from edgeft.bench.source_model import SourceRunner
 

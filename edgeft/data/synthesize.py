@@ -1,8 +1,9 @@
 """Sequence-level distillation data: the teacher writes targets for records that have none.
 
-Generation runs through llama.cpp (several times faster than transformers' generate on CPU for a
-small teacher): a GGUF teacher is used as is, an HF teacher is converted to f16 GGUF once and
-cached. Prompts are rendered with the teacher's chat template by the HF tokenizer, so the token
+Generation runs through the registered teacher backend's runner (`BackendInfo.teacher`, a
+`Sampler`): the one whose runtime generates fastest on a CPU for a small teacher, several times
+faster than transformers' generate. The backend runs a teacher already in its format as is and
+exports any other once, cached. Prompts are rendered with the teacher's chat template by the HF tokenizer, so the token
 ids match training exactly. Targets are cached on disk keyed by the teacher's sha256, the
 generation settings and the rendered prompt, so a rerun regenerates nothing."""
 
@@ -22,12 +23,13 @@ from edgeft.progress import progress, status
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from edgeft.backends.base import Sampler
     from edgeft.models import ModelSource
 
 CACHE_FLUSH_EVERY = 16  # generations between cache writes, so an interrupted run keeps most of its work
-# Sampling (temperature > 0) keeps the tokens llama.cpp's usual filters keep: the 40 likeliest, within
-# 95 % of the mass, at least 5 % of the top token's probability. Pinned here, not left to
-# llama-cpp-python's defaults, because the cache key assumes they never change.
+# Sampling (temperature > 0) keeps the tokens the usual filters keep: the 40 likeliest, within
+# 95 % of the mass, at least 5 % of the top token's probability. Pinned here, not left to a
+# runtime's defaults, because the cache key assumes they never change.
 SAMPLE_TOP_K, SAMPLE_TOP_P, SAMPLE_MIN_P = 40, 0.95, 0.05
 
 
@@ -98,20 +100,8 @@ class TargetCache:
             self.dirty = 0
 
 
-def _teacher_gguf(source: "ModelSource", teacher_sha: str, cache_dir: Path) -> Path:
-    if source.kind == "gguf":
-        return source.path
-    from edgeft.backends.gguf_convert import convert
-
-    path = cache_dir / "teachers" / f"{teacher_sha[:32]}-f16.gguf"
-    if not path.is_file():
-        status(f"converting teacher {source.label} to f16 GGUF for generation ...")
-        convert(source.path, path, "f16", name=source.path.name)
-    return path
-
-
-def _stop_ids(tokenizer: "PreTrainedTokenizerBase", llm) -> set[int]:
-    ids = {int(llm.token_eos())}
+def _stop_ids(tokenizer: "PreTrainedTokenizerBase", llm: "Sampler") -> set[int]:
+    ids = {int(llm.eos_token_id())}
     for tid in (tokenizer.eos_token_id, tokenizer.pad_token_id):
         if tid is not None:
             ids.add(int(tid))
@@ -143,27 +133,22 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
     start = time.perf_counter()
     n_tokens = 0
     if todo:
-        from llama_cpp import Llama
+        from edgeft.backends.base import Sampling
+        from edgeft.backends.registry import get_backend, teacher_backend
 
-        path = _teacher_gguf(source, teacher_sha, cache_dir)
+        backend = get_backend(teacher_backend().name)
         status(f"teacher {source.label}: writing {len(todo)} targets ({len(prompts) - len(todo)} cached) ...")
-        # 0 = half the logical cores: llama.cpp's threads spin, and on busy or SMT cores one thread per
+        # 0 = half the logical cores: the runtime's threads spin, and on busy or SMT cores one thread per
         # physical core is faster (benchmarks/teacher_synthesis.py: 1 thread 19.8 tok/s vs 2 threads 6.6 on a loaded 2-core box)
         threads = threads or max(1, (os.cpu_count() or 2) // 2)
-        llm = Llama(model_path=str(path), n_ctx=context, n_batch=min(512, context), n_threads=threads,
-                    n_threads_batch=threads, verbose=False, seed=settings.seed)
+        llm = backend.teacher(source, cache_dir, context=context, threads=threads, seed=settings.seed)
         stop = _stop_ids(tokenizer, llm)
         try:
             for i in progress(todo, desc="teacher", total=len(todo)):
-                llm.reset()
-                llm.set_seed(settings.prompt_seed(prompts[i]))
-                new: list[int] = []
                 budget = min(settings.max_new_tokens, context - len(prompt_ids[i]))
-                for tok in llm.generate(list(prompt_ids[i]), temp=settings.temperature, top_k=SAMPLE_TOP_K, top_p=SAMPLE_TOP_P,
-                                        min_p=SAMPLE_MIN_P, repeat_penalty=1.0, reset=False):
-                    if int(tok) in stop or len(new) >= budget:
-                        break
-                    new.append(int(tok))
+                sampling = Sampling(temperature=settings.temperature, top_k=SAMPLE_TOP_K, top_p=SAMPLE_TOP_P,
+                                    min_p=SAMPLE_MIN_P, seed=settings.prompt_seed(prompts[i]))
+                new = llm.sample(list(prompt_ids[i]), budget, sampling, stop)
                 n_tokens += len(new)
                 text = tokenizer.decode(new, skip_special_tokens=True).strip()
                 out[i] = text

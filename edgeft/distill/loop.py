@@ -113,7 +113,7 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
     if config.student is not None:
         src = models.resolve(config.student)
         stok = models.load_tokenizer(src)
-        folder = models.materialize_hf(src, out_dir / "student") if src.kind == "gguf" else src.path
+        folder = src.path if src.kind == "hf" else models.materialize_hf(src, out_dir / "student")
         scfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         student_mod.check_vocabulary(teacher.tokenizer, stok, tmodel.config.vocab_size, int(scfg.get("vocab_size", -1)), src.path)
         smodel = models.load_model(models.resolve(folder))

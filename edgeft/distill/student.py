@@ -12,14 +12,6 @@ from edgeft.errors import ConfigError, ModelSourceError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# Bits per weight of llama.cpp's quantization levels, for the size estimate printed before
-# training (block scales included; K-quant mixes averaged as llama.cpp reports them).
-BITS_PER_WEIGHT = {
-    "f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q6_k": 6.56, "q5_k_m": 5.69, "q5_k_s": 5.52, "q5_0": 5.5,
-    "q5_1": 6.0, "q4_k_m": 4.89, "q4_k_s": 4.57, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.91, "q2_k": 3.35,
-}
-
-
 @dataclass(frozen=True)
 class StudentInfo:
     kept_layers: tuple[int, ...] | None  # teacher layer indices, or None for a given student
@@ -132,9 +124,10 @@ def parameter_count(model: "PreTrainedModel") -> int:
 
 
 def info(model: "PreTrainedModel", kept: tuple[int, ...] | None, teacher_layers: int, quant: str) -> StudentInfo:
+    from edgeft.backends.registry import estimated_bytes
+
     n = parameter_count(model)
-    bpw = BITS_PER_WEIGHT.get(quant, 16.0)
-    return StudentInfo(kept, teacher_layers, model.config.num_hidden_layers, n, int(n * bpw / 8), quant)
+    return StudentInfo(kept, teacher_layers, model.config.num_hidden_layers, n, estimated_bytes(n, quant), quant)
 
 
 def check_vocabulary(teacher_tok: "PreTrainedTokenizerBase", student_tok: "PreTrainedTokenizerBase", teacher_vocab: int,

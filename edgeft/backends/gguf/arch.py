@@ -29,6 +29,8 @@ _LAYER_NAMES = {
     "self_attn.q_proj.bias": "attn_q.bias",
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",  # Qwen3: per-head RMS norms on q and k
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -57,12 +59,31 @@ class ArchFamily:
         self.head_dim = int(config.get("head_dim") or self.hidden // self.n_head)
         self.tied = bool(config.get("tie_word_embeddings", False))
 
+    # Rope scaling types this family converts; anything else is refused by name.
+    ROPE_TYPES: ClassVar[tuple[str, ...]] = ("default", "linear")
+
+    def rope_scaling(self) -> tuple[str, dict[str, Any], str]:
+        """(type, parameters, config key). transformers 4 writes `rope_scaling`; transformers 5 writes
+        the same setting as `rope_parameters` (with rope_theta inside), and a folder re-saved by it
+        has only that key: both are read, or a llama3-scaled model would convert without its scaling."""
+        for key in ("rope_scaling", "rope_parameters"):
+            params = self.config.get(key)
+            if isinstance(params, dict):
+                kind = params.get("rope_type") or params.get("type") or "default"
+                if kind != "default" or key == "rope_parameters":
+                    return kind, params, key
+        return "default", {}, "rope_scaling"
+
     def check(self, file: str) -> None:
         """Refuse configurations llama.cpp would run wrongly rather than convert them silently."""
-        scaling = self.config.get("rope_scaling")
-        if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default", "linear"):
-            kind = scaling.get("rope_type") or scaling.get("type")
-            raise UnsupportedArchitecture(f"rope_scaling type {kind!r} is not supported (supported: linear)", file=file, place="rope_scaling")
+        kind, _, key = self.rope_scaling()
+        if kind not in self.ROPE_TYPES:
+            raise UnsupportedArchitecture(f"rope scaling type {kind!r} is not supported (supported: {', '.join(self.ROPE_TYPES)})",
+                                          file=file, place=key)
+
+    def extra_tensors(self) -> list[tuple[str, "np.ndarray"]]:
+        """Tensors llama.cpp wants that the checkpoint does not store (computed from the config)."""
+        return []
 
     def rope_theta(self) -> float:
         theta = self.config.get("rope_theta")
@@ -85,8 +106,8 @@ class ArchFamily:
         if self.head_dim != self.hidden // self.n_head:
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
-        scaling = c.get("rope_scaling") or {}
-        if (scaling.get("rope_type") or scaling.get("type")) == "linear":
+        kind, scaling, _ = self.rope_scaling()
+        if kind == "linear":
             from gguf import RopeScalingType
 
             w.add_rope_scaling_type(RopeScalingType.LINEAR)
@@ -117,9 +138,42 @@ def _unpermute_rotary(w: "np.ndarray", n_heads: int) -> "np.ndarray":
     return w.reshape(n_heads, 2, rows // n_heads // 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama3_rope_factors(params: dict[str, Any], theta: float, head_dim: int) -> "np.ndarray":
+    """Llama 3.x rope scaling as llama.cpp applies it: one divisor per rotary frequency (the
+    `rope_freqs` tensor). Wavelengths shorter than original_context / high_freq_factor keep their
+    frequency, longer than original_context / low_freq_factor are divided by `factor`, and those
+    between are blended smoothly: the same frequencies transformers computes for rope_type llama3."""
+    import math
+
+    import numpy as np
+
+    factor = float(params["factor"])
+    low, high = float(params.get("low_freq_factor", 1.0)), float(params.get("high_freq_factor", 4.0))
+    old_context = float(params.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_context / high:
+            out.append(1.0)
+        elif wavelen > old_context / low:
+            out.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
 class LlamaFamily(ArchFamily):
     hf_name = "LlamaForCausalLM"
     gguf_arch = "llama"
+    ROPE_TYPES = ("default", "linear", "llama3")
+
+    def extra_tensors(self) -> list[tuple[str, "np.ndarray"]]:
+        kind, params, _ = self.rope_scaling()
+        if kind == "llama3":
+            return [("rope_freqs.weight", llama3_rope_factors(params, self.rope_theta(), self.head_dim))]
+        return []
 
     def transform(self, gguf_name: str, tensor: "np.ndarray") -> "np.ndarray":
         if gguf_name.endswith("attn_q.weight") or gguf_name.endswith("attn_q.bias"):
@@ -141,6 +195,29 @@ class Qwen2Family(ArchFamily):
             raise UnsupportedArchitecture("sliding-window attention is not supported", file=file, place="use_sliding_window")
 
 
+class Qwen3Family(Qwen2Family):
+    """Qwen3: Qwen2's layout without attention biases, plus per-head RMS norms on q and k (applied
+    before the rotary embedding, as llama.cpp's qwen3 graph does); NEOX rope, no permutation."""
+
+    hf_name = "Qwen3ForCausalLM"
+    gguf_arch = "qwen3"
+
+
+class MistralFamily(LlamaFamily):
+    """Mistral: the Llama layout under llama.cpp's `llama` graph. Sliding-window attention (Mistral
+    7B v0.1) is not run by that graph, so a window is refused rather than silently ignored."""
+
+    hf_name = "MistralForCausalLM"
+    gguf_arch = "llama"
+    ROPE_TYPES = ("default", "linear")
+
+    def check(self, file: str) -> None:
+        super().check(file)
+        if self.config.get("sliding_window"):
+            raise UnsupportedArchitecture(f"sliding-window attention ({self.config['sliding_window']} tokens) is not supported",
+                                          file=file, place="sliding_window")
+
+
 FAMILIES: dict[str, type[ArchFamily]] = {}
 
 
@@ -152,6 +229,8 @@ def register_family(cls: type[ArchFamily]) -> None:
 
 register_family(LlamaFamily)
 register_family(Qwen2Family)
+register_family(Qwen3Family)
+register_family(MistralFamily)
 
 
 def family_for(config: dict[str, Any], file: str) -> ArchFamily:

@@ -25,10 +25,9 @@ from edgeft.errors import ArtifactError, ModelSourceError, UnsupportedArchitectu
 from edgeft.progress import progress
 
 if TYPE_CHECKING:
-    from edgeft.backends.onnx_options import OnnxOptions
+    from edgeft.backends.onnx.options import OnnxOptions
 
-# HF architecture -> what the builder does with it. Only families whose export we test.
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+from edgeft.backends.onnx import ARCHITECTURES, MARKER  # noqa: E402 - the registered list, checked again here
 # Our level -> the builder's `--precision`.
 PRECISIONS = {"fp32": "fp32", "int8": "int8", "int4": "int4"}
 MODEL_FILE = "model.onnx"
@@ -81,8 +80,9 @@ def _num_layers(model_dir: Path) -> int | None:
         return None
 
 
-def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions") -> Path:
-    """Write the ONNX folder for `quant` to `out_dir` atomically; return `out_dir`."""
+def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *, marker: dict | None = None) -> Path:
+    """Write the ONNX folder for `quant` to `out_dir` atomically; return `out_dir`. `marker` is
+    written into it as edgeft_export.json (what the backend reads back to know the level)."""
     check_architecture(model_dir)
     if quant not in PRECISIONS:
         raise ArtifactError(f"unknown onnx level {quant!r} (known: {', '.join(PRECISIONS)})", file=model_dir)
@@ -103,6 +103,8 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions") -
             raise ArtifactError(f"the model builder wrote no {MODEL_FILE} and {GENAI_CONFIG}: {_failure_line(output)}",
                                 file=model_dir)
         check_loadable(tmp / MODEL_FILE, model_dir)
+        if marker is not None:
+            (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
     return out_dir
 
 

@@ -6,13 +6,13 @@ yet AMX tile loads fault inside the VM: the native build crashes with SIGILL on 
 64 tokens. So we build with GGML_NATIVE=OFF and name each instruction set ourselves: those the
 host advertises, never AMX (llama.cpp uses AMX only for batched matrix products, prefill, not for
 decode; it is the one set seen to fault). `make setup` then proves the build on a real workload
-(`edgeft.backends.gguf_smoke`), which also catches a set that is advertised but refused.
+(`edgeft.backends.gguf.smoke`), which also catches a set that is advertised but refused.
 
 Why not llama.cpp's runtime-dispatched variants (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS): they
 compile the CPU backend a dozen times (a much longer build on 2 cores), and their variant choice
 scores the CPUID bits, so on the AMX host it would pick the `sapphirerapids` variant, AMX included.
 
-Run as `python -m edgeft.backends.llama_build` (stdlib only: it runs before edgeft is installed).
+Run as `python -m edgeft.backends.gguf.llama_build` (stdlib only: it runs before edgeft is installed).
 A wheel is built once per (version, flags) into a cache outside the venv, so a fresh clone on the
 same machine installs it in seconds; the venv keeps a stamp of what it holds, and a venv whose
 llama-cpp-python was built another way (or before this stamp existed) is rebuilt once.
@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from edgeft.bench.machine import cpu_flags  # noqa: F401 - stdlib only, and the tests read it here
 
 PACKAGE = "llama-cpp-python"
 STAMP_NAME = ".edgeft-llama-build.json"
@@ -55,19 +57,6 @@ BUILD_OPTIONS = ("-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_
                  "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_SERVER=OFF")
 # `--isa` ceilings for a host whose advertised sets fault: each drops the options after it.
 ISA_LEVELS = {"auto": None, "avx2": "GGML_AVX_VNNI", "avx": "GGML_AVX2", "sse42": "GGML_AVX"}
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The instruction-set flags the first CPU in /proc/cpuinfo advertises."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def isa_options(flags: set[str], level: str = "auto") -> dict[str, bool]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeft.backends.base import Generation
+from edgeft.backends.base import ExportMetadata, Generation
 from edgeft.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -149,20 +149,21 @@ class OnnxRunner:
     def detokenize(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=False)
 
-    def metadata(self) -> dict[str, str]:
-        """What the export check compares with the source model: EOS id and chat template.
-
-        Keyed like the GGUF runner's metadata so `export_check` reads both backends the same way."""
-        meta: dict[str, str] = {}
+    def metadata(self) -> ExportMetadata:
+        """What the export check compares with the source model, from genai_config.json (what
+        onnxruntime-genai stops on) and the folder's chat template."""
         eos = self.config["model"].get("eos_token_id")
-        if isinstance(eos, list):
-            eos = eos[0] if len(eos) == 1 else eos
-        if eos is not None:
-            meta["tokenizer.ggml.eos_token_id"] = str(eos)
-        template = self.chat_template()
-        if template is not None:
-            meta["tokenizer.chat_template"] = template
-        return meta
+        if isinstance(eos, list):  # several stop ids: the first is the tokenizer's own
+            eos = eos[0] if eos else None
+        vocab = self.config["model"].get("vocab_size")
+        return ExportMetadata(eos_token_id=int(eos) if eos is not None else None, chat_template=self.chat_template(),
+                              vocab_size=int(vocab) if vocab is not None else None)
+
+    def reset_perf(self) -> None:
+        """onnxruntime keeps no per-generate counters of its own: ours are the only timing."""
+
+    def perf_counters(self) -> dict[str, float] | None:
+        return None
 
     def chat_template(self) -> str | None:
         path = self.folder / CHAT_TEMPLATE

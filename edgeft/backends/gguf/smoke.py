@@ -7,7 +7,7 @@ PROMPT_TOKENS tokens in one batch and decodes a few tokens, in a child process o
 crash is named (`edgeft.child`) instead of taking the caller down. `make setup` runs it once per
 build and host (stamped in the venv); `edgeft doctor` runs it every time.
 
-Run as `python -m edgeft.backends.gguf_smoke [--stamp]`: exit 0 when every level passes, else one line
+Run as `python -m edgeft.backends.gguf.smoke [--stamp]`: exit 0 when every level passes, else one line
 saying what to do, exit 1.
 """
 
@@ -37,7 +37,7 @@ def fingerprint() -> dict[str, object]:
     """What identifies this runtime build, for bench.json: a baseline measured on another build shows it."""
     import llama_cpp
 
-    from edgeft.backends.llama_build import read_stamp
+    from edgeft.backends.gguf.llama_build import read_stamp
 
     # The venv's stamp describes the venv's own llama_cpp, not one put first on PYTHONPATH.
     ours = Path(llama_cpp.__file__).resolve().is_relative_to(Path(sys.prefix).resolve())
@@ -50,7 +50,7 @@ def _probe_level(model: Path, quant: str, work: Path, threads: int) -> dict:
     """In the child: quantize `model` to `quant` with llama.cpp, evaluate a PROMPT_TOKENS batch, decode."""
     from llama_cpp import Llama
 
-    from edgeft.backends.gguf import _quantize_native
+    from edgeft.backends.gguf.backend import _quantize_native
     from edgeft.bench.prompt import prompt_ids
 
     start = time.perf_counter()
@@ -97,7 +97,7 @@ def probe(model: Path | None = None, quants: tuple[str, ...] = SMOKE_QUANTS, thr
 
 def host_key() -> str:
     """This host as far as the build cares: the CPU model and the flags it advertises."""
-    from edgeft.backends.llama_build import cpu_flags
+    from edgeft.backends.gguf.llama_build import cpu_flags
     from edgeft.bench.machine import cpu_model
 
     return hashlib.sha256(json.dumps([cpu_model(), sorted(cpu_flags())]).encode()).hexdigest()[:16]
@@ -113,7 +113,7 @@ def advice(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from edgeft.backends.llama_build import read_stamp
+    from edgeft.backends.gguf.llama_build import read_stamp
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stamp", action="store_true",

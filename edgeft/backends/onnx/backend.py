@@ -1,4 +1,4 @@
-"""The ONNX backend: onnxruntime-genai's model builder as exporter, onnxruntime as runtime.
+"""The ONNX backend's work: onnxruntime-genai's model builder as exporter, onnxruntime as runtime.
 
 An artifact is a folder an app ships whole: model.onnx, its external data, genai_config.json,
 the tokenizer files and the chat template. It runs in onnxruntime-genai (what its mobile
@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft.backends.base import Artifact
-from edgeft.backends.registry import entry
 from edgeft.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from edgeft.backends.onnx_runner import OnnxRunner
+    from edgeft.backends.onnx.runner import OnnxRunner
     from edgeft.config import Target
 
 # Import name -> what to install, for check(); the builder needs torch, transformers and onnx_ir.
@@ -33,7 +32,6 @@ def artifact_dir(out_dir: Path, quant: str) -> Path:
 
 class OnnxBackend:
     name = "onnx"
-    quant_levels = entry("onnx").quant_levels
 
     def check(self) -> None:
         import importlib.util
@@ -48,24 +46,41 @@ class OnnxBackend:
 
         from edgeft.bench.machine import package_versions
 
-        info: dict[str, object] = {
+        return {
             "versions": package_versions(("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")),
             "execution_providers": ort.get_available_providers(),
+            "ok": True,
         }
-        return info
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None) -> Artifact:
-        """HF folder -> `<out_dir>/model-onnx-<quant>/`. `intermediate` is unused: the builder quantizes
-        from the HF weights directly in one pass."""
-        from edgeft.backends.onnx_export import export
+    def _export(self, model_dir: Path, target: "Target", folder: Path) -> Artifact:
+        from edgeft.backends.onnx.export import export
 
         self.check()
-        folder = export(model_dir, artifact_dir(out_dir, target.quant), target.quant, target.onnx)
+        export(model_dir, folder, target.quant, target.options, marker={"backend": self.name, "quant": target.quant})
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
-        return Artifact(path=folder, kind="onnx", files=files)
+        return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
+
+    def reference(self, model_dir: Path, target: "Target", out_dir: Path, *, name: str) -> Artifact:
+        """The fp32 export, `<out_dir>/model-onnx-fp32/`: int8 and int4 are measured against it."""
+        return self._export(model_dir, target, artifact_dir(out_dir, target.quant))
+
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
+        """`<out_dir>/model-onnx-<quant>/`: a copy of the reference at its own level; else the builder
+        quantizes from the HF weights directly in one pass (it has no fp32-graph input)."""
+        folder = artifact_dir(out_dir, target.quant)
+        if target.quant != reference.quant:
+            return self._export(model_dir, target, folder)
+        import shutil
+
+        from edgeft.atomic_io import atomic_dir
+
+        with atomic_dir(folder) as tmp:
+            shutil.copytree(reference.path, tmp, dirs_exist_ok=True)
+        files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
+        return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
-        from edgeft.backends.onnx_runner import OnnxRunner
+        from edgeft.backends.onnx.runner import OnnxRunner
 
         self.check()
         return OnnxRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)

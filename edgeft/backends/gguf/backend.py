@@ -1,4 +1,4 @@
-"""The GGUF backend: our HF -> GGUF converter, llama.cpp's quantizer, llama-cpp-python as runtime."""
+"""The GGUF backend's work: our HF -> GGUF converter, llama.cpp's quantizer, llama-cpp-python as runtime."""
 
 from __future__ import annotations
 
@@ -9,39 +9,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft.atomic_io import atomic_path
-from edgeft.backends.base import Artifact, Generation
-from edgeft.backends.registry import entry
+from edgeft.backends.base import Artifact, ExportMetadata, Generation, Sampling
+from edgeft.backends.gguf import FTYPES, GGUF_MAGIC, TENSOR_TYPES, UNQUANTIZED
 from edgeft.errors import ArtifactError, BackendUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
 
     from edgeft.config import Target
-
-# User-facing level -> llama.cpp's llama_ftype value (LLAMA_FTYPE_* in llama.h).
-FTYPES = {
-    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,
-    "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16,
-    "q5_k_m": 17, "q6_k": 18, "bf16": 32,
-}
-UNQUANTIZED = ("f32", "f16", "bf16")
-GGUF_MAGIC = b"GGUF"
+    from edgeft.models import ModelSource
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> Path:
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_type: str = "") -> Path:
     """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged.
 
     The quantizer runs in a child process (`edgeft.child`): its kernels are native code."""
     from edgeft.child import call
 
     with atomic_path(dst) as tmp:
-        rc = call(_quantize_native, src, tmp, quant, threads, what=f"llama.cpp quantizing {src.name} to {quant}")
+        rc = call(_quantize_native, src, tmp, quant, threads, embedding_type=embedding_type,
+                  what=f"llama.cpp quantizing {src.name} to {quant}")
         if rc != 0:
             raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
     return dst
 
 
-def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_requantize: bool = False) -> int:
+def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_requantize: bool = False,
+                     embedding_type: str = "") -> int:
     """llama.cpp's quantizer in this process (a child of ours); its return code, 0 on success."""
     import llama_cpp
 
@@ -52,6 +46,8 @@ def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_re
     params.ftype = FTYPES[quant]
     params.nthread = threads
     params.allow_requantize = allow_requantize
+    if embedding_type:
+        params.token_embedding_type = TENSOR_TYPES[embedding_type]
     with muted_native_stderr():
         return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
 
@@ -78,15 +74,20 @@ def check_gguf_file(path: Path) -> None:
 class LlamaCppRunner:
     """Runs a GGUF file through llama-cpp-python; logits and timed greedy generation."""
 
-    def __init__(self, path: Path, threads: int, context: int):
+    def __init__(self, path: Path, threads: int, context: int, seed: int = 0):
         self.path = path
+        self.seed = seed
         self.threads = threads
         self.context = context
         self._gen = self._open(logits_all=False)
         self._scorer = None  # a second context with logits for every position, opened on first use
 
     def _open(self, *, logits_all: bool):
+        import logging
+
         from llama_cpp import Llama
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-load chatter
 
         try:
             return Llama(
@@ -97,7 +98,7 @@ class LlamaCppRunner:
                 n_threads_batch=self.threads,
                 logits_all=logits_all,
                 verbose=False,
-                seed=0,
+                seed=self.seed,
             )
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"llama.cpp cannot load it ({exc})", file=self.path) from None
@@ -112,8 +113,27 @@ class LlamaCppRunner:
     def detokenize(self, token_ids: list[int]) -> str:
         return self._gen.detokenize(token_ids, special=True).decode("utf-8", errors="replace")
 
-    def metadata(self) -> dict[str, str]:
-        return dict(self._gen.metadata)
+    def metadata(self) -> ExportMetadata:
+        meta = dict(self._gen.metadata)
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        return ExportMetadata(eos_token_id=int(eos) if eos is not None else None,
+                              chat_template=meta.get("tokenizer.chat_template"), vocab_size=self.n_vocab)
+
+    def eos_token_id(self) -> int:
+        return int(self._gen.token_eos())
+
+    def sample(self, token_ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int]) -> list[int]:
+        """llama.cpp's sampler (top-k, then top-p, then min-p, then temperature), seeded per call."""
+        llm = self._gen
+        llm.reset()
+        llm.set_seed(sampling.seed)
+        new: list[int] = []
+        for tok in llm.generate(list(token_ids), temp=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                min_p=sampling.min_p, repeat_penalty=1.0, reset=False):
+            if int(tok) in stop or len(new) >= max_new_tokens:
+                break
+            new.append(int(tok))
+        return new
 
     def logits(self, token_ids: list[int]) -> "np.ndarray":
         import numpy as np
@@ -139,7 +159,7 @@ class LlamaCppRunner:
                 break
         return Generation(prompt_tokens=len(token_ids), tokens=tokens, token_times=times)
 
-    def perf_counters(self) -> dict[str, float]:
+    def perf_counters(self) -> dict[str, float] | None:
         """llama.cpp's own timing of the last generate, to cross-check ours."""
         import llama_cpp
 
@@ -158,7 +178,7 @@ class LlamaCppRunner:
 
     def fingerprint(self) -> dict[str, object]:
         """The runtime build as bench.json records it: llama.cpp's instruction sets and our build flags."""
-        from edgeft.backends.gguf_smoke import fingerprint
+        from edgeft.backends.gguf.smoke import fingerprint
 
         return fingerprint()
 
@@ -171,7 +191,6 @@ class LlamaCppRunner:
 
 class GGUFBackend:
     name = "gguf"
-    quant_levels = entry("gguf").quant_levels
 
     def check(self) -> None:
         try:
@@ -183,50 +202,66 @@ class GGUFBackend:
     def details(self) -> dict[str, object]:
         """For `edgeft doctor`: the build's instruction sets as llama.cpp reports them, the flags we
         built it with, and the smoke probe (a 64-token prompt at three levels, each in a child)."""
-        from edgeft.backends.gguf_smoke import fingerprint, probe
+        from edgeft.backends.gguf.smoke import advice, fingerprint, probe
         from edgeft.child import call
 
         info = call(fingerprint, what="llama.cpp reporting its build")
         smoke = probe()
-        return {
+        details: dict[str, object] = {
             "versions": {"llama-cpp-python": info["llama-cpp-python"]},
             "system_info": info["system_info"],
             "build_flags": ", ".join(f.removeprefix("GGML_") for f in info["build_flags"] or []) or "unknown (not built by make setup)",
             "smoke_probe": ("PASS" if smoke["ok"] else "FAIL") + f" ({smoke['prompt_tokens']}-token prompt): " + ", ".join(
                 f"{lv['quant']} ok" if lv["ok"] else f"{lv['quant']} {lv['error']}" for lv in smoke["levels"]),
+            "ok": smoke["ok"],
             "smoke": smoke,
         }
+        if not smoke["ok"]:
+            details["advice"] = advice(smoke)
+        return details
 
-    def intermediate_dtype(self, quant: str) -> str:
-        """An unquantized level is written directly; others quantize from f16, as llama.cpp users do."""
-        return quant if quant in UNQUANTIZED else "f16"
+    def reference(self, model_dir: Path, target: "Target", out_dir: Path, *, name: str) -> Artifact:
+        """`<out_dir>/model-<level>.gguf`, straight from our converter (f16 for every quantized level)."""
+        from edgeft.backends.gguf.convert import convert
 
-    def convert(self, model_dir: Path, out_path: Path, dtype: str, *, name: str | None = None) -> Path:
-        from edgeft.backends.gguf_convert import convert
+        self.check()
+        path = out_dir / f"model-{target.quant}.gguf"
+        convert(model_dir, path, target.quant, name=name)
+        return Artifact(path=path, backend=self.name, quant=target.quant, files=(path,))
 
-        return convert(model_dir, out_path, dtype, name=name)
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
+        """`<out_dir>/model-<quant>.gguf`: the reference itself (copied) at its own level, else quantized from it.
+        The model name was written into the reference by the converter."""
+        import shutil
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, intermediate: Path | None = None,
-                name: str | None = None) -> Artifact:
-        """HF folder -> `<out_dir>/model-<quant>.gguf`. `intermediate` reuses an existing unquantized GGUF;
-        `name` is the model name written into the file (default: the folder name)."""
-        name = name or model_dir.name
         self.check()
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / f"model-{target.quant}.gguf"
-        dtype = self.intermediate_dtype(target.quant)
-        if target.quant == dtype:
-            self.convert(model_dir, final, dtype, name=name)
+        if target.quant == reference.quant:
+            with atomic_path(final) as tmp:
+                shutil.copyfile(reference.path, tmp)
         else:
-            source = intermediate or out_dir / f"model-{dtype}.unquantized.gguf"
-            if intermediate is None:
-                self.convert(model_dir, source, dtype, name=name)
-            quantize(source, final, target.quant, threads=target.resolved_threads())
-            if intermediate is None:
-                os.unlink(source)
-        return Artifact(path=final, kind="gguf", files=(final,))
+            quantize(reference.path, final, target.quant, threads=target.resolved_threads(),
+                     embedding_type=target.options.embedding_type)
+        return Artifact(path=final, backend=self.name, quant=target.quant, files=(final,))
 
     def load(self, artifact: Artifact, target: "Target") -> LlamaCppRunner:
         self.check()
         check_gguf_file(artifact.path)
         return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)
+
+    def teacher(self, source: "ModelSource", cache_dir: Path, *, context: int, threads: int, seed: int) -> LlamaCppRunner:
+        """A GGUF teacher is run as it is; an HF one is converted to f16 once (cached by its hash)."""
+        from edgeft.data.synthesize import teacher_hash
+        from edgeft.progress import status
+
+        self.check()
+        path = source.path
+        if source.kind != "gguf":
+            from edgeft.backends.gguf.convert import convert
+
+            path = cache_dir / "teachers" / f"{teacher_hash(source)[:32]}-f16.gguf"
+            if not path.is_file():
+                status(f"converting teacher {source.label} to f16 GGUF for generation ...")
+                convert(source.path, path, "f16", name=source.path.name)
+        return LlamaCppRunner(path, threads=threads, context=context, seed=seed)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterator
 
 from edgeft.atomic_io import atomic_path
-from edgeft.backends.gguf_arch import family_for
-from edgeft.backends.gguf_tokenizer import read_vocab, write_vocab
+from edgeft.backends.gguf.arch import family_for
+from edgeft.backends.gguf.tokenizer import read_vocab, write_vocab
 from edgeft.errors import ModelSourceError
 
 OUT_DTYPES = ("f32", "f16", "bf16")
@@ -49,6 +49,7 @@ def convert(model_dir: Path, out_path: Path, out_dtype: str = "f16", *, name: st
         if gguf_name is None:
             continue
         tensors.append((gguf_name, family.transform(gguf_name, array)))
+    tensors += family.extra_tensors()
     names = {n for n, _ in tensors}
     if "token_embd.weight" not in names:
         raise ModelSourceError("weights lack model.embed_tokens.weight", file=model_dir)

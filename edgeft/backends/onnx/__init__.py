@@ -1,0 +1,45 @@
+"""The ONNX backend: onnxruntime-genai's model builder as exporter, onnxruntime as runtime.
+Registered here, light: no runtime import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeft.backends.onnx.options import OnnxOptions
+from edgeft.backends.registry import BackendInfo, register
+
+# fp32 as exported; int8 and int4 are weight-only MatMulNBits. fp16 is left out: ONNX Runtime's CPU
+# provider has no fp16 kernels for these graphs (the builder's valid CPU precisions are fp32, int8, int4).
+LEVELS = ("fp32", "int8", "int4")
+# HF architectures whose export we test.
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+MARKER = "edgeft_export.json"  # written into every exported folder: {"backend": "onnx", "quant": ...}
+
+
+def identify(path: Path) -> str | None:
+    """The level of a folder (or its model.onnx) that this backend exported, from its marker."""
+    folder = path.parent if path.is_file() else path
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("quant") if isinstance(data, dict) and data.get("backend") == "onnx" else None
+
+
+register(BackendInfo(
+    name="onnx",
+    module="edgeft.backends.onnx.backend:OnnxBackend",
+    summary="ONNX folder (KV cache, onnxruntime-genai layout), run with onnxruntime",
+    quant_levels=LEVELS,
+    unquantized=("fp32",),
+    auto_levels=("int4", "int8", "fp32"),
+    reference_level=lambda quant: "fp32",
+    tolerances={"fp32": 1e-3},
+    # MatMulNBits stores one fp32 scale per block of 32 weights (the default block size).
+    bits_per_weight={"fp32": 32.0, "int8": 9.0, "int4": 5.0},
+    tracked_packages=("onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir"),
+    architectures=lambda: ARCHITECTURES,
+    options=OnnxOptions,
+    identify=identify,
+))
