@@ -449,13 +449,36 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 @click.option("--summary", type=click.Path(path_type=Path), default=None, help="Append a Markdown report (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write a JUnit XML report: one test case per budget and gated metric.")
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
+@click.option("--against", "against_path", type=click.Path(path_type=Path), default=None,
+              help="A/B gate: the old artifact (file, folder or build folder), benchmarked in this job, interleaved with "
+                   "ARTIFACT; verdicts from a 95% interval of the paired per-round ratios.")
+@click.option("--rounds", type=int, default=20, show_default=True, help="--against: paired rounds (with --adaptive, the most).")
+@click.option("--max-seconds", type=float, default=None, help="--against: stop the rounds after this many seconds.")
+@click.option("--adaptive", is_flag=True, help="--against: stop as soon as every metric is decided (pass or fail).")
+@click.option("--inconclusive-exit", type=click.Choice(["3", "0", "1"]), default="3", show_default=True,
+              help="--against: exit code when a metric is inconclusive (its interval straddles the tolerance).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="--against: write a PNG of the paired ratios per metric.")
+@click.option("--seed", type=int, default=0, show_default=True, help="--against: seed of the per-round A/B order.")
+@click.option("--allow-fingerprint-mismatch", is_flag=True,
+              help="--baseline: compare with a baseline measured on another CPU, runtime build or library versions (warns).")
 def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: Path | None, tolerance: str | None,
                   reference: Path | None, source: Path | None, eval_data: Path | None, summary: Path | None,
-                  junit: Path | None, threads: int | None) -> None:
+                  junit: Path | None, threads: int | None, against_path: Path | None, rounds: int, max_seconds: float | None,
+                  adaptive: bool, inconclusive_exit: str, plot: Path | None, seed: int, allow_fingerprint_mismatch: bool) -> None:
     """Benchmark a built artifact: latency, memory, size, quality; budgets and the CI gate.
 
-    Exit code 0 when every budget and gated metric passes, 1 when one fails, 2 on bad input
-    (missing or corrupt artifact, malformed baseline, mismatched metrics).
+    \b
+    Two gates:
+      --against OLD   both artifacts in this job, rounds interleaved (A B / B A, order drawn per round);
+                      each timing metric's verdict from a 95% distribution-free interval of the paired
+                      ratios: FAIL only when the whole interval is past the tolerance, PASS when it is
+                      within, INCONCLUSIVE (exit 3, new) when it straddles it, with the rounds needed.
+      --baseline B    an earlier bench.json; refused when it was measured on another machine or runtime
+                      build. A stored baseline cannot tell drift from regression: prefer --against.
+
+    Exit code 0 when every budget and gated metric passes, 1 when one fails, 3 when the A/B gate is
+    inconclusive (see --inconclusive-exit), 2 on bad input (missing or corrupt artifact, malformed
+    baseline, mismatched metrics or fingerprints).
     """
     from edgeft.atomic_io import write_json, write_text
     from edgeft.bench import summary as reports
@@ -465,8 +488,14 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
 
     resolved = _load_target(target, None, threads)
     tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
+    if against_path is not None:
+        if baseline is not None:
+            raise EdgeftError("--against and --baseline are two gates; give one", place="--against")
+        _bench_against(artifact, against_path, resolved, tolerance_pct, rounds, max_seconds, adaptive, int(inconclusive_exit),
+                       plot, seed, eval_data, json_out, summary, junit)
+        return
     result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline,
-                        tolerance_pct=tolerance_pct, source=source)
+                        tolerance_pct=tolerance_pct, source=source, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     gate = result.get("regression")
     if json_out is not None:
         write_json(json_out, result)
@@ -481,9 +510,49 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
             click.echo(f"edgeft: warning: the baseline was measured on another machine or runtime build ({difference}); "
                        "its timings are not comparable with these", err=True)
         click.echo(gate_table(gate["lines"]))
+        click.echo(gate["note"])
         click.echo("regression gate: PASS" if gate["pass"] else "regression gate: FAIL")
     if not result["pass"] or (gate and not gate["pass"]):
         sys.exit(1)
+
+
+def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | None, rounds: int, max_seconds: float | None,
+                   adaptive: bool, inconclusive_exit: int, plot: Path | None, seed: int, eval_data: Path | None,
+                   json_out: Path | None, summary: Path | None, junit: Path | None) -> None:
+    from edgeft.atomic_io import write_json, write_text
+    from edgeft.bench import summary as reports
+    from edgeft.bench.against import against, resolve_artifact
+    from edgeft.bench.report import table
+    from edgeft.progress import status
+
+    new_art = resolve_artifact(artifact, target.backend)
+    old_art = resolve_artifact(old, target.backend)
+    tol = tolerance_pct if tolerance_pct is not None else target.regression.tolerance_pct
+    status(f"A/B: {old_art.path.name} (A) against {new_art.path.name} (B), up to {rounds} interleaved rounds ...")
+    result = against(new_art, old_art, target, tolerance_pct=tol, rounds=rounds, max_seconds=max_seconds, adaptive=adaptive,
+                     seed=seed, eval_data=eval_data,
+                     progress=lambda i, n: status(f"A/B: round {i} of at most {n}") if i % 5 == 0 else None)
+    if json_out is not None:
+        write_json(json_out, result)
+    if summary is not None:
+        reports.append_markdown(summary, reports.against_markdown(result))
+    if junit is not None:
+        write_text(junit, reports.against_junit(result))
+    if plot is not None:
+        from edgeft.bench.plot import against_plot
+
+        against_plot(result, plot)
+    rows = [[v["metric"], f"{v['median_ratio']:.3f}", f"{v['ci_low']:.3f} - {v['ci_high']:.3f}", f"{1 + v['tolerance_pct'] / 100:.2f}",
+             v["status"] + (f" (~{v['rounds_to_decide']} rounds)" if v["status"] == "INCONCLUSIVE" and v["rounds_to_decide"] else "")]
+            for v in result["verdicts"]]
+    rows += [[f"{s['metric']} (once)", f"{s['new'] / s['old']:.3f}" if s["old"] else "-", "", f"{1 + s['tolerance_pct'] / 100:.2f}",
+              s["status"]] for s in result["static"]]
+    click.echo(table(rows, ["metric", "new/old (>1 worse)", "95% CI", "limit", "verdict"]))
+    click.echo(f"A/B gate ({len(result['rounds'])} paired rounds, {result['seconds']:.0f} s): {result['verdict']}")
+    if result["verdict"] == "FAIL":
+        sys.exit(1)
+    if result["verdict"] == "INCONCLUSIVE" and inconclusive_exit:
+        sys.exit(inconclusive_exit)
 
 
 @main.command("compare")

@@ -26,6 +26,8 @@ GATED: dict[str, str] = {
     "ppl": "lower",
     "top1_agree_pct": "higher",
 }
+STORED_BASELINE_NOTE = ("note: a stored baseline was measured at another time, so this gate cannot tell the machine's drift "
+                        "from a regression; `edgeft bench NEW --against OLD` benches both in one job, interleaved")
 # Settings that change what a metric means: two results that differ here cannot be compared.
 _SAME_SETTINGS = ("prompt_tokens", "new_tokens", "context", "eval_window", "eval_tokens")
 
@@ -148,9 +150,10 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
     def facts(result: dict) -> dict:
         machine = result.get("machine") or {}
         runtime = machine.get("runtime") or {}
+        versions = {k: v for k, v in (result.get("versions") or {}).items() if k != "edgeft"}
         return {"cpu": machine.get("cpu"), "cores": machine.get("cores"), "cpu flags": machine.get("cpu_flags"),
                 "runtime system info": runtime.get("system_info"), "runtime build": runtime.get("build_key"),
-                "threads": machine.get("threads")}
+                "threads": machine.get("threads"), "governor": machine.get("governor"), "library versions": versions or None}
 
     a, b = facts(old), facts(new)
     return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] is not None and b[k] is not None and a[k] != b[k]]

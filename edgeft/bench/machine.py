@@ -53,8 +53,18 @@ def cpu_simd_flags() -> list[str]:
     return [f for f in SIMD_FLAGS if f in flags]
 
 
+def governor() -> str | None:
+    """The CPU frequency governor (performance, powersave, ...) where the OS exposes it; None in most VMs."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 def describe(threads: int) -> dict[str, object]:
     return {
+        "governor": governor(),
         "cpu": cpu_model(),
         "cpu_flags": cpu_simd_flags(),
         "cores": os.cpu_count(),

@@ -74,3 +74,36 @@ def compare_plot(data: dict, out: Path) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out
+
+
+def against_plot(result: dict, out: Path) -> Path:
+    """One panel per timing metric: each round's paired ratio, the median and its interval, and the
+    tolerance band (ratios above the band's top are worse than allowed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    verdicts = result["verdicts"]
+    fig, axes = plt.subplots(1, len(verdicts), figsize=(3.2 * len(verdicts), 3.6), constrained_layout=True, squeeze=False)
+    colors = {"PASS": "#2ca02c", "FAIL": "#d62728", "INCONCLUSIVE": "#ff7f0e"}
+    for ax, v in zip(axes[0], verdicts):
+        ratios = [r["ratios"][v["metric"]] for r in result["rounds"]]
+        limit = 1 + v["tolerance_pct"] / 100
+        ax.axhspan(0, limit, color="#e8f5e9", zorder=0)
+        ax.axhline(1.0, color="#888", lw=0.8)
+        ax.axhline(limit, color="#d62728", lw=1, ls="--", label=f"limit {limit:.2f}")
+        ax.plot(range(1, len(ratios) + 1), ratios, "o", ms=3.5, color="#1f77b4", label="round ratio")
+        ax.errorbar([len(ratios) + 1.5], [v["median_ratio"]], yerr=[[v["median_ratio"] - v["ci_low"]], [v["ci_high"] - v["median_ratio"]]],
+                    fmt="s", color=colors[v["status"]], capsize=4, label="median, 95% CI")
+        ax.set_title(f"{v['metric']}: {v['status']}", fontsize=9)
+        ax.set_xlabel("round")
+        lo = min(min(ratios), v["ci_low"], 1.0)
+        hi = max(max(ratios), v["ci_high"], limit)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 0.01), hi + 0.1 * (hi - lo + 0.01))
+    axes[0][0].set_ylabel("new vs old (> 1 is worse)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out

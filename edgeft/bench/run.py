@@ -72,7 +72,8 @@ def _identified(path: Path, *, default_backend: str) -> Artifact:
 
 
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
-               baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None) -> dict:
+               baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None,
+               allow_fingerprint_mismatch: bool = False) -> dict:
     """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it; with `source`
     (the HF folder it was built from), its quality against that model.
 
@@ -89,7 +90,12 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     ref = _identified(Path(reference), default_backend=target.backend) if reference is not None else None
     result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source)
     if old is not None:
+        differences = gate.fingerprint_differences(old, result)
+        if differences and not allow_fingerprint_mismatch:
+            raise gate.BenchFileError("the baseline was measured on another machine, runtime build or library versions ("
+                                      + "; ".join(differences) + "): its timings are not comparable; bench both with "
+                                      "--against, or pass --allow-fingerprint-mismatch", file=baseline, place="machine")
         lines = gate.gate(old, result, target.regression, baseline_file=baseline, tolerance_pct=tolerance_pct)
         result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines),
-                                "fingerprint_differences": gate.fingerprint_differences(old, result)}
+                                "fingerprint_differences": differences, "note": gate.STORED_BASELINE_NOTE}
     return result

@@ -75,3 +75,50 @@ def junit(result: dict, gate: list[dict] | None = None) -> str:
             out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><system-out>{quoteattr(msg)[1:-1]}</system-out></testcase>")
     out.append("</testsuite>")
     return "\n".join(out) + "\n"
+
+
+def _against_cases(result: dict) -> list[tuple[str, str, str]]:
+    """(name, status, message) for every timing verdict and every once-per-side metric."""
+    cases = []
+    for v in result["verdicts"]:
+        msg = (f"{v['metric']}: median ratio {v['median_ratio']:.3f} (95% CI {v['ci_low']:.3f}-{v['ci_high']:.3f}) over "
+               f"{v['rounds']} paired rounds, limit {1 + v['tolerance_pct'] / 100:.3f}")
+        if v["status"] == "INCONCLUSIVE":
+            msg += f"; about {v['rounds_to_decide'] or 'many more'} rounds would settle it"
+        cases.append((f"against.{v['metric']}", v["status"], msg))
+    for s in result["static"]:
+        cases.append((f"against.{s['metric']}", s["status"],
+                      f"{s['metric']}: {_cell(s['old'])} -> {_cell(s['new'])} ({s['change_pct']:+.1f}%, tolerance {s['tolerance_pct']:g}%)"))
+    return cases
+
+
+def against_markdown(result: dict) -> str:
+    """The A/B gate as a CI job-summary section: the verdict, then every ratio with its interval."""
+    old, new = Path(result["old"]["path"]).name, Path(result["new"]["path"]).name
+    lines = [f"### edgeft bench `{new}` against `{old}`: {result['verdict']}", "",
+             f"{len(result['rounds'])} interleaved rounds (A = `{old}`, B = `{new}`), {result['method']['interval']}; "
+             "ratio > 1 is worse.", "",
+             "| metric | median ratio | 95% CI | limit | verdict |", "| --- | ---: | ---: | ---: | --- |"]
+    for v in result["verdicts"]:
+        mark = v["status"] + (f" (~{v['rounds_to_decide']} rounds to settle)" if v["status"] == "INCONCLUSIVE" and v["rounds_to_decide"] else "")
+        lines.append(f"| {v['metric']} | {v['median_ratio']:.3f} | {v['ci_low']:.3f} – {v['ci_high']:.3f} | "
+                     f"{1 + v['tolerance_pct'] / 100:.3f} | {mark} |")
+    for s in result["static"]:
+        lines.append(f"| {s['metric']} (once per side) | {s['new'] / s['old'] if s['old'] else float('nan'):.3f} | | "
+                     f"{1 + s['tolerance_pct'] / 100:.3f} | {s['status']} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def against_junit(result: dict) -> str:
+    cases = _against_cases(result)
+    failures = sum(1 for _, status, _ in cases if status == "FAIL")
+    skipped = sum(1 for _, status, _ in cases if status == "INCONCLUSIVE")
+    name = f"edgeft bench {Path(result['new']['path']).name} against {Path(result['old']['path']).name}"
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name={quoteattr(name)} tests="{len(cases)}" failures="{failures}" skipped="{skipped}">']
+    for case, status, msg in cases:
+        body = {"FAIL": f"<failure message={quoteattr(msg)}/>", "INCONCLUSIVE": f"<skipped message={quoteattr(msg)}/>"}.get(
+            status, f"<system-out>{quoteattr(msg)[1:-1]}</system-out>")
+        out.append(f'  <testcase classname="edgeft.bench.against" name={quoteattr(case)}>{body}</testcase>')
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
