@@ -38,3 +38,18 @@ def test_k_quants_are_written_for_a_256_wide_family(tiny_model_dirs, tmp_path):
         types[level] = {t.tensor_type for t in GGUFReader(path).tensors if t.name.endswith("ffn_up.weight")}
     assert types["q4_k_m"] == {GGMLQuantizationType.Q4_K}
     assert types["q2_k"] != types["q3_k_s"]
+
+
+def test_embedding_type_option_sets_the_token_table_type(tiny_model_dirs, tmp_path):
+    """`[gguf] embedding_type`: the token table (the tied head) at the type asked, the rest at the level's."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    f16 = convert(tiny_model_dirs["Qwen3ForCausalLM"], tmp_path / "q3.gguf", "f16")
+    default = quantize(f16, tmp_path / "default.gguf", "q4_k_m", threads=1)
+    smaller = quantize(f16, tmp_path / "q4k.gguf", "q4_k_m", threads=1, embedding_type="q4_0")
+
+    def embd(path):
+        return next(t.tensor_type for t in GGUFReader(path).tensors if t.name == "token_embd.weight")
+
+    assert embd(smaller) == GGMLQuantizationType.Q4_0 and embd(default) != GGMLQuantizationType.Q4_0
+    assert smaller.stat().st_size < default.stat().st_size

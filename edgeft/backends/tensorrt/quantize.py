@@ -125,3 +125,48 @@ def _run_modelopt(src: Path, dst: Path, feed: dict, excluded: list[str], kwargs:
         root.setLevel(level)
     if not dst.is_file():
         raise ArtifactError("ModelOpt wrote no quantized graph", file=src)
+    _share_duplicates(dst)
+
+
+def _share_duplicates(path: Path) -> None:
+    """ModelOpt gives every node its own copy of a shared constant, so a tied embedding table (the
+    Gather's and the head's) is stored twice. Point every user at one copy and drop the others."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for init in list(model.graph.initializer):
+        if len(init.dims) < 2:  # only large tables are worth a hash
+            continue
+        data = numpy_helper.to_array(init)
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data.tobytes()).hexdigest())
+        if key in first:
+            rename[init.name] = first[key]
+            model.graph.initializer.remove(init)
+        else:
+            first[key] = init.name
+    if not rename:
+        return
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    data_file = path.with_name(path.name + "_data")
+    tmp = path.with_name(path.name + ".dedup")
+    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_file.name + ".dedup", size_threshold=1024)
+    written = path.with_name(data_file.name + ".dedup")
+    if written.is_file():
+        os.replace(written, data_file)
+    # the graph names its data file: rewrite it to the final name
+    model = onnx.load(str(tmp), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = data_file.name
+    onnx.save_model(model, str(path))
+    tmp.unlink()
