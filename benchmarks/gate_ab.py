@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=20, help="the most rounds of an adaptive gate")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="runtime threads of each side (default: the profile's)")
     ap.add_argument("--result", type=Path, default=ROOT / "benchmarks" / "results" / "gate_ab.json")
     args = ap.parse_args()
 
@@ -76,7 +77,7 @@ def main() -> None:
     from edgeft.bench.run import bench
     from edgeft.config import load_target
 
-    target = load_target(args.target)
+    target = load_target(args.target).with_overrides(threads=args.threads)
     target = replace(target, bench=replace(target.bench, new_tokens=args.new_tokens))
     old = resolve_artifact(args.old, target.backend)
     slower = resolve_artifact(args.slower, target.backend)
@@ -138,6 +139,7 @@ def main() -> None:
     write(args.result, {"context_before": before, "context_under_load": load_context, "context_load_end": load_after,
                         "old": str(args.old), "slower": str(args.slower), "tolerance_pct": args.tolerance,
                         "max_rounds": args.rounds, "new_tokens": args.new_tokens, "load_processes": args.load,
+                        "threads": target.resolved_threads(),
                         "quiet_margin": margins, "summary": summary, "gates": results})
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -53,3 +53,41 @@ def test_embedding_type_option_sets_the_token_table_type(tiny_model_dirs, tmp_pa
 
     assert embd(smaller) == GGMLQuantizationType.Q4_0 and embd(default) != GGMLQuantizationType.Q4_0
     assert smaller.stat().st_size < default.stat().st_size
+
+
+def test_phi3_partial_rotary_matches_transformers(tmp_path):
+    """A partial rotary embedding (Phi-4-mini turns 3/4 of each head; here half): f32 logits within 1e-3."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import tiny_phi3
+
+    model_dir = tiny_phi3(tmp_path / "tiny-fused", partial_rotary_factor=0.5)
+    out = convert(model_dir, tmp_path / "m.gguf", "f32")
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, size=96)]
+    runner = LlamaCppRunner(out, threads=1, context=256)
+    try:
+        got = runner.logits(ids)
+    finally:
+        runner.close()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-3
+
+
+@pytest.mark.parametrize("builder,key", [("tiny_phi3", "sliding_window"), ("tiny_mistral", "sliding_window")])
+def test_a_sliding_window_llama_cpp_would_ignore_is_refused_naming_the_key(builder, key, tmp_path):
+    import json
+
+    import tiny_models
+    from edgeft.errors import UnsupportedArchitecture
+
+    model_dir = getattr(tiny_models, builder)(tmp_path / "tiny")
+    config = json.loads((model_dir / "config.json").read_text())
+    config[key] = 16
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitecture) as err:
+        convert(model_dir, tmp_path / "x.gguf", "f32")
+    assert f"{key}: sliding-window attention (16 tokens) is not supported" in err.value.one_line()
+    assert not (tmp_path / "x.gguf").exists()

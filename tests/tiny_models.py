@@ -201,3 +201,34 @@ def tiny_mistral(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2)
     _spread_weights(model, seed)
     model.save_pretrained(out)
     return out
+
+
+def tiny_phi3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, sliding_window: int | None = None,
+              partial_rotary_factor: float = 1.0) -> Path:
+    """A seeded random Phi3ForCausalLM: fused qkv and gate_up projections, GQA, untied head."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    tok = make_tokenizer(out)
+    torch.manual_seed(seed)
+    config = Phi3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        sliding_window=sliding_window,
+        partial_rotary_factor=partial_rotary_factor,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Phi3ForCausalLM(config)
+    _spread_weights(model, seed)
+    model.save_pretrained(out)
+    return out

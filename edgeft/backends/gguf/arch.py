@@ -85,6 +85,10 @@ class ArchFamily:
         """Tensors llama.cpp wants that the checkpoint does not store (computed from the config)."""
         return []
 
+    def rotary_dim(self) -> int:
+        """Dimensions of each head the rotary embedding turns (all of them, unless a family says less)."""
+        return self.head_dim
+
     def rope_theta(self) -> float:
         theta = self.config.get("rope_theta")
         if theta is None:  # transformers 5 nests it under rope_parameters
@@ -101,7 +105,7 @@ class ArchFamily:
         w.add_head_count_kv(self.n_kv_head)
         w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
         w.add_rope_freq_base(self.rope_theta())
-        w.add_rope_dimension_count(self.head_dim)
+        w.add_rope_dimension_count(self.rotary_dim())
         w.add_vocab_size(vocab_size)
         if self.head_dim != self.hidden // self.n_head:
             w.add_key_length(self.head_dim)
@@ -218,6 +222,38 @@ class MistralFamily(LlamaFamily):
                                           file=file, place="sliding_window")
 
 
+class Phi3Family(ArchFamily):
+    """Phi-3 / Phi-4-mini: fused `qkv_proj` and `gate_up_proj`, kept fused as llama.cpp's phi3 graph
+    wants (`attn_qkv`; `ffn_up` holding gate then up, split by its SwiGLU); NEOX rope over the first
+    `partial_rotary_factor` of each head, no permutation. A sliding window is refused: with
+    `attention.sliding_window` written, llama.cpp 0.3.36's phi3 graph still attends past it (measured:
+    logits off by order 1 beyond the window). `longrope`/`su` scaling (the 128k variants) is refused by name."""
+
+    hf_name = "Phi3ForCausalLM"
+    gguf_arch = "phi3"
+    NAMES: ClassVar[dict[str, str]] = {
+        "self_attn.qkv_proj.weight": "attn_qkv.weight",
+        "mlp.gate_up_proj.weight": "ffn_up.weight",
+    }
+
+    def rotary_dim(self) -> int:
+        kind, params, _ = self.rope_scaling()
+        factor = params.get("partial_rotary_factor", self.config.get("partial_rotary_factor", 1.0))
+        return int(self.head_dim * float(factor or 1.0))
+
+    def check(self, file: str) -> None:
+        super().check(file)
+        if self.config.get("sliding_window"):
+            raise UnsupportedArchitecture(f"sliding-window attention ({self.config['sliding_window']} tokens) is not supported",
+                                          file=file, place="sliding_window")
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        m = _LAYER.match(hf_name)
+        if m and m.group(2) in self.NAMES:
+            return f"blk.{m.group(1)}.{self.NAMES[m.group(2)]}"
+        return super().gguf_name(hf_name)
+
+
 FAMILIES: dict[str, type[ArchFamily]] = {}
 
 
@@ -231,6 +267,7 @@ register_family(LlamaFamily)
 register_family(Qwen2Family)
 register_family(Qwen3Family)
 register_family(MistralFamily)
+register_family(Phi3Family)
 
 
 def family_for(config: dict[str, Any], file: str) -> ArchFamily:
