@@ -58,22 +58,14 @@ def test_embedding_type_option_sets_the_token_table_type(tiny_model_dirs, tmp_pa
 def test_phi3_partial_rotary_matches_transformers(tmp_path):
     """A partial rotary embedding (Phi-4-mini turns 3/4 of each head; here half): f32 logits within 1e-3."""
     import numpy as np
-    from transformers import AutoModelForCausalLM
 
+    from test_gguf_rope_scaling import _rel_error
     from tiny_models import tiny_phi3
 
     model_dir = tiny_phi3(tmp_path / "tiny-fused", partial_rotary_factor=0.5)
     out = convert(model_dir, tmp_path / "m.gguf", "f32")
     ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, size=96)]
-    runner = LlamaCppRunner(out, threads=1, context=256)
-    try:
-        got = runner.logits(ids)
-    finally:
-        runner.close()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].numpy()
-    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-3
+    assert _rel_error(model_dir, out, ids) <= 1e-3
 
 
 @pytest.mark.parametrize("builder,key", [("tiny_phi3", "sliding_window"), ("tiny_mistral", "sliding_window")])

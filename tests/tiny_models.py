@@ -67,54 +67,20 @@ def make_tokenizer(out: Path, *, style: str = "gpt2", vocab_size: int = 384) -> 
 def tiny_llama(out: Path, *, tie: bool = True, seed: int = 0, hidden: int = 64, layers: int = 2, extra_vocab: int = 0,
                tokenizer_style: str = "gpt2") -> Path:
     """A seeded random LlamaForCausalLM (GQA: 4 query heads, 2 KV heads) with its tokenizer."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer(out, style=tokenizer_style)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok) + extra_vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=tie,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    _spread_weights(model, seed)
-    model.save_pretrained(out)
-    return out
+    shape = {**_shape(tok, hidden, layers), "vocab_size": len(tok) + extra_vocab}
+    return _build(out, LlamaConfig, LlamaForCausalLM, seed, tok, **shape, rms_norm_eps=1e-5, tie_word_embeddings=tie)
 
 
 def tiny_qwen2(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, extra_vocab: int = 32) -> Path:
     """A seeded random Qwen2ForCausalLM (attention biases, untied head, padded vocabulary)."""
-    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = make_tokenizer(out, style="qwen2")
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tok) + extra_vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-    _spread_weights(model, seed)
-    model.save_pretrained(out)
-    return out
+    shape = {**_shape(tok, hidden, layers), "vocab_size": len(tok) + extra_vocab}
+    return _build(out, Qwen2Config, Qwen2ForCausalLM, seed, tok, **shape, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 
 def _spread_weights(model: "object", seed: int) -> None:
@@ -148,87 +114,47 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def tiny_qwen3(out: Path, *, seed: int = 0, hidden: int = 256, layers: int = 2) -> Path:
-    """A seeded random Qwen3ForCausalLM: per-head q/k norms, no biases, tied head, and 256 wide so
-    that llama.cpp writes real K-quant blocks for it (narrower rows fall back to legacy types)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def _shape(tok, hidden: int, layers: int) -> dict:
+    """What every tiny decoder shares: 4 query heads on 2 KV heads (GQA), a 2x MLP, 256 positions."""
+    return dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 
-    tok = make_tokenizer(out, style="qwen2")
+
+def _build(out: Path, config_cls, model_cls, seed: int, tok, **config) -> Path:
+    import torch
+
     torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden // 4,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = model_cls(config_cls(**config))
     _spread_weights(model, seed)
     model.save_pretrained(out)
     return out
+
+
+def tiny_qwen3(out: Path, *, seed: int = 0, hidden: int = 256, layers: int = 2) -> Path:
+    """A seeded random Qwen3ForCausalLM: per-head q/k norms, no biases, tied head, and 256 wide so
+    that llama.cpp writes real K-quant blocks for it (narrower rows fall back to legacy types)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = make_tokenizer(out, style="qwen2")
+    return _build(out, Qwen3Config, Qwen3ForCausalLM, seed, tok, **_shape(tok, hidden, layers), head_dim=hidden // 4,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
 def tiny_mistral(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """A seeded random MistralForCausalLM without a sliding window (GQA, untied head)."""
-    import torch
     from transformers import MistralConfig, MistralForCausalLM
 
     tok = make_tokenizer(out)
-    torch.manual_seed(seed)
-    config = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        sliding_window=None,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = MistralForCausalLM(config)
-    _spread_weights(model, seed)
-    model.save_pretrained(out)
-    return out
+    return _build(out, MistralConfig, MistralForCausalLM, seed, tok, **_shape(tok, hidden, layers), rms_norm_eps=1e-5,
+                  sliding_window=None, tie_word_embeddings=False)
 
 
-def tiny_phi3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, sliding_window: int | None = None,
-              partial_rotary_factor: float = 1.0) -> Path:
+def tiny_phi3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rotary_factor: float = 1.0) -> Path:
     """A seeded random Phi3ForCausalLM: fused qkv and gate_up projections, GQA, untied head."""
-    import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
     tok = make_tokenizer(out)
-    torch.manual_seed(seed)
-    config = Phi3Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        original_max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        sliding_window=sliding_window,
-        partial_rotary_factor=partial_rotary_factor,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = Phi3ForCausalLM(config)
-    _spread_weights(model, seed)
-    model.save_pretrained(out)
-    return out
+    return _build(out, Phi3Config, Phi3ForCausalLM, seed, tok, **_shape(tok, hidden, layers), original_max_position_embeddings=256,
+                  rms_norm_eps=1e-5, sliding_window=None, partial_rotary_factor=partial_rotary_factor,
+                  tie_word_embeddings=False, pad_token_id=tok.pad_token_id)

@@ -3,10 +3,10 @@ Registered here, light: no runtime import."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgeft.backends.onnx.options import OnnxOptions
+from edgeft.backends.marker import read_level
 from edgeft.backends.registry import BackendInfo, register
 
 # fp32 as exported; int8 and int4 are weight-only MatMulNBits. fp16 is left out: ONNX Runtime's CPU
@@ -14,17 +14,11 @@ from edgeft.backends.registry import BackendInfo, register
 LEVELS = ("fp32", "int8", "int4")
 # HF architectures whose export we test.
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-MARKER = "edgeft_export.json"  # written into every exported folder: {"backend": "onnx", "quant": ...}
 
 
 def identify(path: Path) -> str | None:
     """The level of a folder (or its model.onnx) that this backend exported, from its marker."""
-    folder = path.parent if path.is_file() else path
-    try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("quant") if isinstance(data, dict) and data.get("backend") == "onnx" else None
+    return read_level(path, "onnx")
 
 
 register(BackendInfo(

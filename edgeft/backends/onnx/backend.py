@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft.backends.base import Artifact
+from edgeft.backends.marker import marker
 from edgeft.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class OnnxBackend:
         from edgeft.backends.onnx.export import export
 
         self.check()
-        export(model_dir, folder, target.quant, target.options, marker={"backend": self.name, "quant": target.quant})
+        export(model_dir, folder, target.quant, target.options, marker=marker(self.name, target.quant))
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 

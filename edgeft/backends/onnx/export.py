@@ -27,7 +27,8 @@ from edgeft.progress import progress
 if TYPE_CHECKING:
     from edgeft.backends.onnx.options import OnnxOptions
 
-from edgeft.backends.onnx import ARCHITECTURES, MARKER  # noqa: E402 - the registered list, checked again here
+from edgeft.backends.marker import MARKER  # noqa: E402
+from edgeft.backends.onnx import ARCHITECTURES  # noqa: E402 - the registered list, checked again here
 # Our level -> the builder's `--precision`.
 PRECISIONS = {"fp32": "fp32", "int8": "int8", "int4": "int4"}
 MODEL_FILE = "model.onnx"

@@ -8,28 +8,22 @@ names in one line when they are missing."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeft.backends.options import BackendOptions
+from edgeft.backends.marker import read_level
 from edgeft.backends.registry import BackendInfo, register
 
 # fp32 is for parity checks (and GPUs without fast fp16); fp16 is what engines are built from;
 # int8 and int4 are weight-only, as Q/DQ nodes TensorRT fuses into its low-precision kernels.
 LEVELS = ("fp32", "fp16", "int8", "int4")
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-MARKER = "edgeft_export.json"
 
 
 def identify(path: Path) -> str | None:
-    """The level of a folder (or its model.onnx) this backend exported, from its marker."""
-    folder = path.parent if path.is_file() else path
-    try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("quant") if isinstance(data, dict) and data.get("backend") == "tensorrt" else None
+    """The level of a folder (or its model.onnx) that this backend exported, from its marker."""
+    return read_level(path, "tensorrt")
 
 
 @dataclass(frozen=True)

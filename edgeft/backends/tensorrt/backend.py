@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft.backends.base import Artifact
+from edgeft.backends.marker import marker
 from edgeft.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -73,9 +74,6 @@ class TensorRTBackend:
         return {"versions": {"tensorrt": trt.__version__, "torch": torch.__version__}, "gpu": torch.cuda.get_device_name(0),
                 "ok": True}
 
-    def _marker(self, quant: str) -> dict:
-        return {"backend": self.name, "quant": quant}
-
     def _artifact(self, folder: Path, quant: str) -> Artifact:
         return Artifact(path=folder, backend=self.name, quant=quant,
                         files=tuple(sorted(p for p in folder.rglob("*") if p.is_file())))
@@ -85,7 +83,7 @@ class TensorRTBackend:
         from edgeft.backends.tensorrt.export import export
 
         folder = artifact_dir(out_dir, target.quant)
-        export(model_dir, folder, target.quant, marker=self._marker(target.quant))
+        export(model_dir, folder, target.quant, marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
 
     def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
@@ -100,7 +98,7 @@ class TensorRTBackend:
                 shutil.copytree(reference.path, tmp, dirs_exist_ok=True)
         else:
             quantize(reference.path, folder, target.quant, target.options,
-                     calibration_ids(reference.path, target.options.calibration_records), marker=self._marker(target.quant))
+                     calibration_ids(reference.path, target.options.calibration_records), marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
 
     def load(self, artifact: Artifact, target: "Target") -> "EngineRunner":

@@ -160,7 +160,7 @@ def export(model_dir: Path, out_dir: Path, dtype: str = "fp16", *, marker: dict 
                 "outputs": ["logits", *present_names], "architecture": config["architectures"][0]}
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2))
         if marker is not None:
-            from edgeft.backends.tensorrt import MARKER
+            from edgeft.backends.marker import MARKER
 
             (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
     return out_dir

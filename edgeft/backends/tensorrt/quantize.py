@@ -63,7 +63,7 @@ def quantize(reference: Path, out_dir: Path, level: str, options: "TensorRTOptio
     and `marker` (what the backend reads back) is written beside them."""
     import json
 
-    from edgeft.backends.tensorrt import MARKER
+    from edgeft.backends.marker import MARKER
     import onnx
 
     from edgeft.backends.tensorrt.export import MODEL_FILE
