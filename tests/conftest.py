@@ -13,10 +13,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import make_tokenizer, tiny_llama, tiny_mistral, tiny_phi3, tiny_qwen2, tiny_qwen3  # noqa: E402
+from tiny_models import make_tokenizer, tiny_gemma3, tiny_llama, tiny_mistral, tiny_phi3, tiny_qwen2, tiny_qwen3  # noqa: E402
 
 BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2, "Qwen3ForCausalLM": tiny_qwen3,
-            "MistralForCausalLM": tiny_mistral, "Phi3ForCausalLM": tiny_phi3}
+            "MistralForCausalLM": tiny_mistral, "Phi3ForCausalLM": tiny_phi3, "Gemma3ForCausalLM": tiny_gemma3}
 
 
 @pytest.fixture(scope="session")

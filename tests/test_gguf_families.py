@@ -83,3 +83,35 @@ def test_a_sliding_window_llama_cpp_would_ignore_is_refused_naming_the_key(build
         convert(model_dir, tmp_path / "x.gguf", "f32")
     assert f"{key}: sliding-window attention (16 tokens) is not supported" in err.value.one_line()
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_gemma3_sliding_window_and_global_layers_match_transformers_past_the_window(tiny_model_dirs, tmp_path):
+    """96 tokens against a 16-token window: the five sliding layers must see only their window and the
+    sixth the whole input, each with its own rope base. Bound 2e-3: this six-layer model measures
+    about 1.1e-3 everywhere, inside the first window as much as past it and with a window wider
+    than the input (llama.cpp keeps its KV cache in f16), while a wrong window measures about 1.0."""
+    import numpy as np
+
+    from test_gguf_rope_scaling import _rel_error
+
+    model_dir = tiny_model_dirs["Gemma3ForCausalLM"]
+    out = convert(model_dir, tmp_path / "g.gguf", "f32")
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, size=96)]
+    assert _rel_error(model_dir, out, ids) <= 2e-3
+
+
+def test_gemma3_configs_llama_cpp_cannot_run_are_refused_by_key(tmp_path):
+    import json
+
+    from edgeft.errors import UnsupportedArchitecture
+    from tiny_models import tiny_gemma3
+
+    model_dir = tiny_gemma3(tmp_path / "g")
+    base = json.loads((model_dir / "config.json").read_text())
+    for key, value in (("query_pre_attn_scalar", 7), ("final_logit_softcapping", 30.0),
+                       ("layer_types", ["full_attention"] * 6)):
+        (model_dir / "config.json").write_text(json.dumps({**base, key: value}))
+        with pytest.raises(UnsupportedArchitecture) as err:
+            convert(model_dir, tmp_path / "x.gguf", "f32")
+        assert f"config.json: {key}:" in err.value.one_line()
+    assert not (tmp_path / "x.gguf").exists()

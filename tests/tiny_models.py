@@ -158,3 +158,14 @@ def tiny_phi3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, pa
     return _build(out, Phi3Config, Phi3ForCausalLM, seed, tok, **_shape(tok, hidden, layers), original_max_position_embeddings=256,
                   rms_norm_eps=1e-5, sliding_window=None, partial_rotary_factor=partial_rotary_factor,
                   tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
+
+
+def tiny_gemma3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 6, sliding_window: int = 16) -> Path:
+    """A seeded random Gemma3ForCausalLM (text only): six layers so that the sixth is global and the
+    rest use a 16-token sliding window, (1 + w) norms, q/k norms, two rope bases, a tied head."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = make_tokenizer(out)
+    return _build(out, Gemma3TextConfig, Gemma3ForCausalLM, seed, tok, **_shape(tok, hidden, layers), head_dim=hidden // 4,
+                  query_pre_attn_scalar=hidden // 4, sliding_window=sliding_window, rms_norm_eps=1e-6,
+                  tie_word_embeddings=True, pad_token_id=tok.pad_token_id)

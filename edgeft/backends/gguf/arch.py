@@ -254,6 +254,80 @@ class Phi3Family(ArchFamily):
         return super().gguf_name(hf_name)
 
 
+class Gemma3Family(ArchFamily):
+    """Gemma 3, text only (`Gemma3ForCausalLM`, Gemma 3 270M and 1B). RMS norms scale by (1 + w):
+    written with the 1 added, as llama.cpp's gemma3 graph multiplies by the stored weight. Pre- and
+    post-norms around both attention and feed-forward, per-head q/k norms, the embedding scaled by
+    sqrt(hidden) and the GELU-tanh gate in llama.cpp's graph itself; NEOX rope, no permutation; a
+    tied head. llama.cpp fixes three things this spec must match, so a config that differs is
+    refused by key: every sixth layer global (the rest sliding-window), the local rope base 10000,
+    and queries scaled by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim)."""
+
+    hf_name = "Gemma3ForCausalLM"
+    gguf_arch = "gemma3"
+    PATTERN = 6
+    LOCAL_BASE = 10000.0
+    NAMES: ClassVar[dict[str, str]] = {
+        "post_attention_layernorm.weight": "post_attention_norm.weight",
+        "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+        "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    }
+
+    def _rope(self, layer_type: str) -> dict[str, Any]:
+        params = self.config.get("rope_parameters")
+        if isinstance(params, dict) and layer_type in params:  # transformers 5: one table per layer type
+            return dict(params[layer_type])
+        if layer_type == "sliding_attention":  # transformers 4: rope_local_base_freq beside rope_theta
+            return {"rope_type": "default", "rope_theta": self.config.get("rope_local_base_freq", self.LOCAL_BASE)}
+        return {**(self.config.get("rope_scaling") or {}), "rope_theta": self.config.get("rope_theta", 1e6)}
+
+    def rope_scaling(self) -> tuple[str, dict[str, Any], str]:
+        params = self._rope("full_attention")
+        kind = params.get("rope_type") or params.get("type") or "default"
+        return kind, params, "rope_parameters" if "rope_parameters" in self.config else "rope_scaling"
+
+    def rope_theta(self) -> float:
+        return float(self._rope("full_attention").get("rope_theta", 1e6))
+
+    def check(self, file: str) -> None:
+        super().check(file)
+        c = self.config
+        n = int(c["num_hidden_layers"])
+        types = c.get("layer_types") or ["full_attention" if (i + 1) % self.PATTERN == 0 else "sliding_attention" for i in range(n)]
+        want = ["full_attention" if (i + 1) % self.PATTERN == 0 else "sliding_attention" for i in range(n)]
+        if list(types) != want:
+            raise UnsupportedArchitecture(f"a layer pattern other than every {self.PATTERN}th layer global is not supported",
+                                          file=file, place="layer_types")
+        local = float(self._rope("sliding_attention").get("rope_theta", self.LOCAL_BASE))
+        if local != self.LOCAL_BASE:
+            raise UnsupportedArchitecture(f"a local rope base of {local:g} is not supported (llama.cpp uses {self.LOCAL_BASE:g})",
+                                          file=file, place="rope_parameters")
+        scalar = c.get("query_pre_attn_scalar", self.head_dim)
+        if scalar != self.head_dim:
+            raise UnsupportedArchitecture(f"query_pre_attn_scalar {scalar} other than head_dim {self.head_dim} is not supported",
+                                          file=file, place="query_pre_attn_scalar")
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if c.get(key) is not None:
+                raise UnsupportedArchitecture("logit soft-capping is not supported", file=file, place=key)
+
+    def write_hparams(self, w: "GGUFWriter", vocab_size: int) -> None:
+        super().write_hparams(w, vocab_size)
+        if self.head_dim == self.hidden // self.n_head:  # the base writes these only when they differ
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+        if self.config.get("sliding_window"):
+            w.add_sliding_window(int(self.config["sliding_window"]))
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        m = _LAYER.match(hf_name)
+        if m and m.group(2) in self.NAMES:
+            return f"blk.{m.group(1)}.{self.NAMES[m.group(2)]}"
+        return super().gguf_name(hf_name)
+
+    def transform(self, gguf_name: str, tensor: "np.ndarray") -> "np.ndarray":
+        return tensor + 1.0 if gguf_name.endswith("norm.weight") else tensor
+
+
 FAMILIES: dict[str, type[ArchFamily]] = {}
 
 
@@ -268,6 +342,7 @@ register_family(Qwen2Family)
 register_family(Qwen3Family)
 register_family(MistralFamily)
 register_family(Phi3Family)
+register_family(Gemma3Family)
 
 
 def family_for(config: dict[str, Any], file: str) -> ArchFamily:
