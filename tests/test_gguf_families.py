@@ -115,3 +115,31 @@ def test_gemma3_configs_llama_cpp_cannot_run_are_refused_by_key(tmp_path):
             convert(model_dir, tmp_path / "x.gguf", "f32")
         assert f"config.json: {key}:" in err.value.one_line()
     assert not (tmp_path / "x.gguf").exists()
+
+
+STRINGS = ["The quick brown fox 123 天气 🙂", "def add(a, b):\n    return a + b", "   spaces\n\nand <|im_start|> specials",
+           "Émoji 🙂🚀 and accents: café, naïve, über, 東京.", "Hello, world! How are you today?", " leading space", "x",
+           "tabs\tand\tnewlines\n", "ÀÉÎÕÜ ß ø Ω ж ع ह", "1234567890 + 0.5 = ?"]
+
+
+@pytest.mark.parametrize("prepend", [False, True], ids=["gemma-style", "llama2-style"])
+def test_sentencepiece_style_tokenizer_matches_transformers(prepend, tmp_path):
+    """SentencePiece-style BPE with byte fallback, written as llama.cpp's `llama` tokenizer (scores
+    from the merge ranks, <0xXX> byte tokens, a prepended "\u2581" where the normalizer adds one):
+    the same ids as transformers on text the merges cover and text only byte fallback can encode."""
+    from gguf import GGUFReader
+
+    from tiny_models import make_spm_tokenizer, tiny_llama
+
+    model_dir = tiny_llama(tmp_path / "m", extra_vocab=700)
+    tok = make_spm_tokenizer(model_dir, prepend=prepend)
+    out = convert(model_dir, tmp_path / "m.gguf", "f16")
+    fields = GGUFReader(out).fields
+    assert str(fields["tokenizer.ggml.model"].contents()) == "llama"
+    assert bool(fields["tokenizer.ggml.add_space_prefix"].contents()) is prepend
+    runner = LlamaCppRunner(out, threads=1, context=256)
+    try:
+        for text in STRINGS:
+            assert runner.tokenize(text) == tok(text, add_special_tokens=False)["input_ids"], text
+    finally:
+        runner.close()

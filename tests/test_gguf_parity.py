@@ -12,6 +12,10 @@ from edgeft.backends.gguf.convert import convert
 
 TEXTS = ["The quick brown fox 123 天气 🙂", "def add(a, b):\n    return a + b", "   spaces\n\nand <|im_start|> specials"]
 TOLERANCE = {"f32": 1e-3, "f16": 2e-2, "bf16": 5e-2}
+# Gemma 3's GELU runs through ggml's fp16 lookup table and its (1 + w) norms and sqrt(hidden) embedding
+# scale amplify it: the tiny model measures 1.04e-3 at f32 (5.7e-4 with an f32 KV cache), where a
+# conversion error (a norm without its + 1, a wrong window) measures of order 1.
+F32_TOLERANCE = {"Gemma3ForCausalLM": 2e-3}
 
 
 def _hf_logits(model_dir, ids):
@@ -39,7 +43,8 @@ def test_logits_match_transformers(arch, dtype, tiny_model_dirs, tmp_path):
     ref = _hf_logits(model_dir, ids)
     assert got.shape == ref.shape
     rel = float(np.abs(got - ref).max() / np.abs(ref).max())
-    assert rel <= TOLERANCE[dtype], f"{arch} at {dtype}: relative error {rel:.2e} > {TOLERANCE[dtype]:.0e}"
+    limit = F32_TOLERANCE.get(arch, TOLERANCE["f32"]) if dtype == "f32" else TOLERANCE[dtype]
+    assert rel <= limit, f"{arch} at {dtype}: relative error {rel:.2e} > {limit:.0e}"
 
 
 @pytest.mark.parametrize("arch", sorted(FAMILIES))

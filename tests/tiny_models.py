@@ -23,6 +23,40 @@ CORPUS = [
 QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
+def make_spm_tokenizer(out: Path, *, prepend: bool = False, vocab_size: int = 600) -> "object":
+    """A SentencePiece-style BPE (Gemma, Llama 2, Mistral): spaces become "\u2581" (with one prepended
+    when `prepend`, as Llama 2 does), no pre-tokenizer, and byte fallback through the 256 tokens
+    <0x00>..<0xFF> for every character the merges do not cover."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    steps = ([normalizers.Prepend("\u2581")] if prepend else []) + [normalizers.Replace(" ", "\u2581")]
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tok.normalizer = normalizers.Sequence(steps)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    trainer_tok.train_from_iterator([t for t in CORPUS if all(ord(c) < 0x3000 for c in t)], trainer=trainer)
+    trained = trainer_tok.get_vocab()
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+              for m in json.loads(trainer_tok.to_str())["model"]["merges"]]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in sorted(trained.items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                    + ([decoders.Strip(" ", 1, 0)] if prepend else []))
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>", clean_up_tokenization_spaces=False)
+    fast.chat_template = CHATML
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return fast
+
+
 def make_tokenizer(out: Path, *, style: str = "gpt2", vocab_size: int = 384) -> "object":
     """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer in `out`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -162,10 +196,11 @@ def tiny_phi3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, pa
 
 def tiny_gemma3(out: Path, *, seed: int = 0, hidden: int = 64, layers: int = 6, sliding_window: int = 16) -> Path:
     """A seeded random Gemma3ForCausalLM (text only): six layers so that the sixth is global and the
-    rest use a 16-token sliding window, (1 + w) norms, q/k norms, two rope bases, a tied head."""
+    rest use a 16-token sliding window, (1 + w) norms, q/k norms, two rope bases, a tied head, and a
+    SentencePiece-style tokenizer with byte fallback, as Gemma has."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    tok = make_tokenizer(out)
+    tok = make_spm_tokenizer(out)
     return _build(out, Gemma3TextConfig, Gemma3ForCausalLM, seed, tok, **_shape(tok, hidden, layers), head_dim=hidden // 4,
                   query_pre_attn_scalar=hidden // 4, sliding_window=sliding_window, rms_norm_eps=1e-6,
                   tie_word_embeddings=True, pad_token_id=tok.pad_token_id)

@@ -87,19 +87,16 @@ class LlamaCppRunner:
 
         from llama_cpp import Llama
 
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-load chatter
+        from edgeft.progress import muted_native_stderr
 
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-load chatter
         try:
-            return Llama(
-                model_path=str(self.path),
-                n_ctx=self.context,
-                n_batch=min(512, self.context),
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                logits_all=logits_all,
-                verbose=False,
-                seed=self.seed,
-            )
+            # muted: llama.cpp prints some load notes (a sliding-window cache's size) whatever `verbose` says;
+            # a load that fails raises, and its reason is the one line below
+            with muted_native_stderr():
+                return Llama(model_path=str(self.path), n_ctx=self.context, n_batch=min(512, self.context),
+                             n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
+                             verbose=False, seed=self.seed)
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"llama.cpp cannot load it ({exc})", file=self.path) from None
 

@@ -33,6 +33,54 @@ class GGUFVocab:
     add_bos: bool
     add_eos: bool
     chat_template: str | None
+    model: str = "gpt2"  # llama.cpp's tokenizer: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style)
+    scores: list[float] | None = None  # "llama": merge priority, higher first
+    add_space_prefix: bool = False  # "llama": a "▁" before the text, as the HF normalizer prepends
+
+
+SPACE = "\u2581"  # SentencePiece's visible space
+_BYTE_TOKEN = __import__("re").compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def spm_layout(data: dict[str, Any], file: str) -> bool:
+    """For a SentencePiece-style BPE (byte fallback, spaces as "▁"): whether a "▁" is prepended.
+    Only the layouts llama.cpp's `llama` tokenizer reproduces are accepted; others are refused."""
+    steps = _steps_of(data.get("normalizer"), "normalizers")
+    kinds = [(st.get("type"), (st.get("pattern") or {}).get("String"), st.get("content"), st.get("prepend")) for st in steps]
+    replace = ("Replace", " ", SPACE, None)
+    if kinds == [replace]:
+        prepend = False
+    elif kinds == [("Prepend", None, None, SPACE), replace]:
+        prepend = True
+    else:
+        raise UnsupportedArchitecture("a SentencePiece-style normalizer other than spaces to '\u2581' (optionally with one "
+                                      "prepended) is not supported", file=file, place="normalizer")
+    pre = data.get("pre_tokenizer")
+    if pre and not (pre.get("type") == "Split" and (pre.get("pattern") or {}).get("String") == " "
+                    and pre.get("behavior") == "MergedWithPrevious"):
+        # a split on " " after the normalizer turned every space into "\u2581" splits nothing
+        raise UnsupportedArchitecture(f"a SentencePiece-style pre-tokenizer {pre.get('type')} is not supported",
+                                      file=file, place="pre_tokenizer")
+    return prepend
+
+
+def _steps_of(node: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        return [s for n in node.get(key, []) for s in _steps_of(n, key)]
+    return [node]
+
+
+def spm_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """llama.cpp's `llama` tokenizer merges the adjacent pair whose joined piece scores highest; the
+    HF file ranks merges instead. A piece made by merge r scores -r, so the earliest merge wins, as
+    in HF; pieces no merge makes (characters, bytes, specials) score 0 and are never merge results."""
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        left, _, right = merge.partition(" ")
+        rank.setdefault(left + right, r)
+    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
 
 
 def _steps(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -126,12 +174,18 @@ def read_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
         raise UnsupportedArchitecture("no tokenizer.json: only fast (tokenizers) BPE tokenizers can be converted", file=model_dir)
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
-        raise UnsupportedArchitecture(f"tokenizer model {kind} is not supported (supported: byte-level BPE)", file=path, place="model.type")
+    if model.get("type") != "BPE":
+        raise UnsupportedArchitecture(f"tokenizer model {model.get('type')} is not supported "
+                                      "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)",
+                                      file=path, place="model.type")
+    spm = bool(model.get("byte_fallback"))
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    pre = detect_pre_tokenizer(data, bool(getattr(tok, "clean_up_tokenization_spaces", False)), str(path))
+    if spm:
+        prepend = spm_layout(data, str(path))
+        pre = "default"
+    else:
+        pre = detect_pre_tokenizer(data, bool(getattr(tok, "clean_up_tokenization_spaces", False)), str(path))
 
     vocab = tok.get_vocab()
     by_id: dict[int, str] = {i: t for t, i in vocab.items()}
@@ -150,6 +204,12 @@ def read_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
         elif i in added:
             tokens.append(added[i]["content"])
             types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+        elif spm and _BYTE_TOKEN.match(by_id[i]):
+            tokens.append(by_id[i])
+            types.append(BYTE)
+        elif spm and by_id[i] == model.get("unk_token"):
+            tokens.append(by_id[i])
+            types.append(UNKNOWN)
         else:
             tokens.append(by_id[i])
             types.append(NORMAL)
@@ -170,24 +230,32 @@ def read_vocab(model_dir: Path, n_vocab: int) -> GGUFVocab:
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
 
+    merges = _merges(model)
     return GGUFVocab(
         pre=pre,
         tokens=tokens,
         token_types=types,
-        merges=_merges(model),
+        merges=[] if spm else merges,
         special_ids=special_ids,
         add_bos=add_bos,
         add_eos=add_eos,
         chat_template=template,
+        model="llama" if spm else "gpt2",
+        scores=spm_scores(tokens, merges) if spm else None,
+        add_space_prefix=spm and prepend,
     )
 
 
 def write_vocab(writer: Any, vocab: GGUFVocab) -> None:
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
     setters = {
         "bos": writer.add_bos_token_id,
         "eos": writer.add_eos_token_id,
