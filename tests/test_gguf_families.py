@@ -143,3 +143,19 @@ def test_sentencepiece_style_tokenizer_matches_transformers(prepend, tmp_path):
             assert runner.tokenize(text) == tok(text, add_special_tokens=False)["input_ids"], text
     finally:
         runner.close()
+
+
+def test_a_k_type_embedding_on_a_narrow_table_is_refused_in_one_line(tiny_llama_dir, tmp_path):
+    """llama.cpp cannot write a 64-wide table in 256-weight K blocks and fails without a reason;
+    the profile key is named instead, and no file is left under the final name."""
+    from edgeft.backends.gguf.backend import GGUFBackend
+    from edgeft.config import load_target
+    from edgeft.errors import ConfigError
+    from edgeft.sweep import compile_one
+    from tiny_models import tiny_profile
+
+    profile = tiny_profile(tmp_path, quant="q4_k_m", extra='[gguf]\nembedding_type = "q4_k"\n')
+    with pytest.raises(ConfigError) as err:
+        compile_one(GGUFBackend(), tiny_llama_dir, load_target(profile), tmp_path / "out")
+    assert "gguf.embedding_type: q4_k needs rows of a multiple of 256 weights" in err.value.one_line()
+    assert not (tmp_path / "out" / "model-q4_k_m.gguf").exists()

@@ -52,6 +52,22 @@ def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_re
         return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
 
 
+def check_embedding_type(path: Path, embedding_type: str, profile: str | None) -> None:
+    """K-quant blocks hold 256 weights: a K type for the token table needs rows that many wide, or
+    llama.cpp's quantizer fails with no reason given. Refuse it up front, naming the profile key."""
+    if not embedding_type.endswith("_k"):
+        return
+    from gguf import GGUFReader
+
+    from edgeft.errors import ConfigError
+
+    width = next((int(t.shape[0]) for t in GGUFReader(path).tensors if t.name == "token_embd.weight"), None)
+    if width is not None and width % 256:
+        raise ConfigError([("gguf.embedding_type", f"{embedding_type} needs rows of a multiple of 256 weights; this model's "
+                                                  f"token table is {width} wide (q4_0, q5_0 or q8_0 fit any width)")],
+                          file=profile or "<profile>")
+
+
 def check_gguf_file(path: Path) -> None:
     """Refuse a missing, truncated or foreign file with a one-line reason before llama.cpp sees it."""
     if not path.is_file():
@@ -238,6 +254,7 @@ class GGUFBackend:
             with atomic_path(final) as tmp:
                 shutil.copyfile(reference.path, tmp)
         else:
+            check_embedding_type(reference.path, target.options.embedding_type, target.source)
             quantize(reference.path, final, target.quant, threads=target.resolved_threads(),
                      embedding_type=target.options.embedding_type)
         return Artifact(path=final, backend=self.name, quant=target.quant, files=(final,))
