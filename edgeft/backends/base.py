@@ -62,6 +62,14 @@ class Generation:
     token_times: list[float]
 
 
+def check_length(n: int, context: int) -> None:
+    """A runner's guard on the tokens it is given: at least one, and no more than its context."""
+    if n > context:
+        raise ValueError(f"{n} tokens exceed the context of {context}")
+    if n < 1:
+        raise ValueError("no tokens given")
+
+
 class Runner(Protocol):
     def logits(self, token_ids: list[int]) -> "np.ndarray":
         """Logits for every position, shape [len, vocab], for perplexity and parity checks."""

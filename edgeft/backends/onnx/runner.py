@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeft.backends.base import ExportMetadata, Generation
+from edgeft.backends.base import ExportMetadata, Generation, check_length
 from edgeft.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -181,17 +181,11 @@ class OnnxRunner:
         empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype)
         return {name: empty for pair in self.past_names for name in pair}
 
-    def _check_length(self, n: int) -> None:
-        if n > self.context:
-            raise ValueError(f"{n} tokens exceed the context of {self.context}")
-        if n < 1:
-            raise ValueError("no tokens given")
-
     def logits(self, token_ids: list[int]) -> "np.ndarray":
         """Logits for every position in one pass from an empty cache, [len, vocab] float32."""
         import numpy as np
 
-        self._check_length(len(token_ids))
+        check_length(len(token_ids), self.context)
         feed = {
             "input_ids": np.asarray([token_ids], dtype=np.int64),
             "attention_mask": np.ones((1, len(token_ids)), dtype=np.int64),
@@ -208,7 +202,7 @@ class OnnxRunner:
         import numpy as np
         import onnxruntime as ort
 
-        self._check_length(len(token_ids) + new_tokens)
+        check_length(len(token_ids) + new_tokens, self.context)
         session = self.session
         binding = session.io_binding()
         outputs = ["logits"] + [name for pair in self.present_names for name in pair]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeft.backends.base import ExportMetadata, Generation
+from edgeft.backends.base import ExportMetadata, Generation, check_length
 from edgeft.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def read_shapes(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"not valid JSON ({exc})", file=path) from None
 
 
-class ExplicitKVBase:
+class ExplicitKVBase(ABC):
     """Tokenizer, metadata and the greedy loop; a subclass supplies `_step` and `_empty_past`."""
 
     def __init__(self, folder: Path, context: int):
@@ -50,12 +51,13 @@ class ExplicitKVBase:
             raise ArtifactError(f"cannot read the tokenizer ({exc})", file=self.folder / TOKENIZER) from None
 
     # -- subclass -----------------------------------------------------------------------------
+    @abstractmethod
     def _step(self, ids: list[int], start: int, past: list) -> tuple["np.ndarray", list]:
         """Logits [len(ids), vocab] (float32, numpy) and the present cache, for `ids` at positions start.."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _empty_past(self) -> list:
-        raise NotImplementedError
+        """The cache before the first token, in the runtime's own tensors."""
 
     # -- tokens -------------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -77,20 +79,14 @@ class ExplicitKVBase:
                               vocab_size=int(self.shapes["vocab_size"]))
 
     # -- compute ------------------------------------------------------------------------------
-    def _check_length(self, n: int) -> None:
-        if n > self.context:
-            raise ValueError(f"{n} tokens exceed the context of {self.context}")
-        if n < 1:
-            raise ValueError("no tokens given")
-
     def logits(self, token_ids: list[int]) -> "np.ndarray":
-        self._check_length(len(token_ids))
+        check_length(len(token_ids), self.context)
         logits, _ = self._step(list(token_ids), 0, self._empty_past())
         return logits
 
     def generate(self, token_ids: list[int], new_tokens: int) -> Generation:
         """Greedy, exactly `new_tokens` tokens: one prefill step, then one token per step on the cache."""
-        self._check_length(len(token_ids) + new_tokens)
+        check_length(len(token_ids) + new_tokens, self.context)
         tokens: list[int] = []
         times: list[float] = []
         start = time.perf_counter()
