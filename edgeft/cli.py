@@ -469,7 +469,8 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
 
     \b
     Two gates:
-      --against OLD   both artifacts in this job, rounds interleaved (A B / B A, order drawn per round);
+      --against OLD   both artifacts in this job, in two warm processes that each serve both; a round
+                      runs each side once in each process, order drawn per round;
                       each timing metric's verdict from a 95% distribution-free interval of the paired
                       ratios: FAIL only when the whole interval is past the tolerance, PASS when it is
                       within, INCONCLUSIVE (exit 3, new) when it straddles it, with the rounds needed.

@@ -62,12 +62,28 @@ def test_worse_ratio_is_oriented_so_that_above_one_is_worse():
     assert ab.worse_ratio("decode_tok_s", 120.0, 100.0) == pytest.approx(1.2)
 
 
-def test_rounds_alternate_with_the_order_drawn_per_round():
-    orders = ab.round_orders(40, seed=3)
-    assert all(sorted(o) == ["A", "B"] for o in orders)
-    firsts = [o[0] for o in orders]
-    assert 10 <= firsts.count("A") <= 30  # both orders, neither side always first
-    assert orders == ab.round_orders(40, seed=3) and orders != ab.round_orders(40, seed=4)
+def test_each_round_runs_each_side_once_in_each_process_in_a_drawn_order():
+    plan = ab.round_orders(40, seed=3)
+    for order in plan:
+        assert sorted(order) == [("A", 0), ("A", 1), ("B", 0), ("B", 1)]
+        # two legs, each pairing A and B in different processes, so a process is never idle for a whole leg
+        assert {order[0][1], order[1][1]} == {0, 1} and {order[2][1], order[3][1]} == {0, 1}
+    firsts = [o[0][0] for o in plan]
+    assert 10 <= firsts.count("A") <= 30  # neither side always first
+    assert len({tuple(o) for o in plan}) > 4  # the order is drawn, not fixed
+    assert plan == ab.round_orders(40, seed=3) and plan != ab.round_orders(40, seed=4)
+
+
+def test_a_per_process_speed_factor_cancels_in_the_round_ratio():
+    """Process 1 runs everything 8 % slower: identical sides still pair at exactly 1."""
+    speed = {0: 1.0, 1: 1.08}
+    for order in ab.round_orders(10, seed=1):
+        t = {"A": [], "B": []}
+        for label, process in order:
+            t[label].append(100.0 * speed[process])
+        a, b = ab.round_value(*t["A"]), ab.round_value(*t["B"])
+        assert ab.worse_ratio("ttft_ms", a, b) == pytest.approx(1.0)
+        assert ab.worse_ratio("decode_tok_s", 1000 / a, 1000 / b) == pytest.approx(1.0)
 
 
 def test_overall_verdict():
@@ -106,7 +122,7 @@ def test_against_itself_reports_every_output_and_a_consistent_exit_code(gguf_pai
     result, out = _against(tmp, copy, q8)
     data = json.loads((out / "ab.json").read_text())
     assert {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[data["verdict"]] == result.exit_code, result.output
-    assert len(data["rounds"]) == 6 and {r["order"] for r in data["rounds"]} <= {"AB", "BA"}
+    assert len(data["rounds"]) == 6 and all(sorted(r["order"].split()) == ["A0", "A1", "B0", "B1"] for r in data["rounds"])
     assert {v["metric"] for v in data["verdicts"]} == set(ab.TIMED)
     static = {s["metric"]: s for s in data["static"]}
     assert static["package_mb"]["old"] == static["package_mb"]["new"] and static["ppl"]["status"] == "PASS"

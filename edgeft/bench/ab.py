@@ -24,11 +24,27 @@ TIMED = {"ttft_ms": "lower", "ms_per_token": "lower", "prefill_tok_s": "higher",
 MIN_ROUNDS = 6  # below this no 95 % order-statistic interval exists (0.5**5 * 2 > 0.05)
 
 
-def round_orders(rounds: int, seed: int) -> list[tuple[str, str]]:
-    """Each round runs both sides, in an order drawn afresh per round (so neither side always runs
-    first, after the other's cache and frequency effects); reproducible from the seed."""
+def round_orders(rounds: int, seed: int) -> list[list[tuple[str, int]]]:
+    """Each round runs each side once in each of the two worker processes: two legs, (A in 0, B in 1)
+    and (A in 1, B in 0), so that a speed factor of one process (benchmarks/README.md measured one
+    when each process served one side) falls on both sides alike and cancels in the round's ratio. The order of the legs, and of the sides within each leg, is drawn
+    afresh per round (neither side always runs first, after the other's cache and frequency
+    effects); reproducible from the seed. Each entry is (side, process)."""
     rng = random.Random(seed)
-    return [tuple(rng.sample(("A", "B"), 2)) for _ in range(rounds)]  # type: ignore[misc]
+    plan = []
+    for _ in range(rounds):
+        legs = [[("A", 0), ("B", 1)], [("A", 1), ("B", 0)]]
+        rng.shuffle(legs)
+        for leg in legs:
+            rng.shuffle(leg)
+        plan.append(legs[0] + legs[1])
+    return plan
+
+
+def round_value(a: float, b: float) -> float:
+    """A side's figure for one round: the geometric mean of its run in each process, so that the
+    round's ratio is the geometric mean of its two cross-process ratios, free of a per-process factor."""
+    return math.sqrt(a * b)
 
 
 def worse_ratio(metric: str, old: float, new: float) -> float:

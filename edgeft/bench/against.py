@@ -1,8 +1,11 @@
 """`edgeft bench NEW --against OLD`: both artifacts benchmarked in the same job, interleaved.
 
-Each side is loaded once into its own child process (spawned, so its peak RSS is its own) and
-kept warm; after each side's own warm-up, rounds alternate A B / B A in an order drawn per round,
-one timed generation per side per round. The verdict per timing metric comes from the paired
+Two child processes (spawned) each load both artifacts once and keep them warm, each artifact
+after its own warm-up; one loads A first, the other B, and each side's peak RSS is read in the
+process that loaded it first, before the other side was loaded. A round runs each side once in
+each process, in an order drawn per round, and a side's figure for the round is the geometric mean
+of its two runs: a process that is faster than the other (it happens, benchmarks/README.md) speeds
+both sides alike, so its factor cancels in the ratio. The verdict per timing metric comes from the paired
 per-round ratios (`ab.py`); size, memory and quality are measured once per side and compared
 against the tolerance directly (they do not drift with load)."""
 
@@ -38,51 +41,63 @@ def resolve_artifact(path: Path, default_backend: str) -> Artifact:
     return Artifact(path=path, backend=backend, quant=level)
 
 
-def _serve(conn, artifact: dict, target_toml: str, target_name: str) -> None:
-    """In the child: load once, warm up, then answer "run" with one timed generation until "stop"."""
+def _serve(conn, artifacts: list[tuple[str, dict]], target_toml: str, target_name: str) -> None:
+    """In the child: load each artifact once and warm it up, first to last; the peak RSS after the
+    first is that side's own (the first side a process loads is not the same in the two processes).
+    Then answer ("run", side) with one timed generation until "stop"."""
     import tempfile
 
     from edgeft.bench.prompt import prompt_ids
-    from edgeft.bench.worker import _rss_mb
+    from edgeft.bench.worker import peak_rss_mb
     from edgeft.backends.registry import get_backend
     from edgeft.config import load_target
     from edgeft.progress import mute_import_noise
 
     mute_import_noise()
+    runners: dict[str, object] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="edgeft-ab-") as tmp:
             profile = Path(tmp) / f"{target_name}.toml"
             profile.write_text(target_toml, encoding="utf-8")
             target = load_target(profile)
-        art = Artifact.from_json(artifact)
-        runner = get_backend(art.backend).load(art, target)
-        ids = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
-        for _ in range(target.bench.warmup):
-            runner.generate(ids, target.bench.new_tokens)
-        conn.send({"ready": True, "prompt_tokens": len(ids)})
+        ids: dict[str, list[int]] = {}
+        first_rss = None
+        for label, artifact in artifacts:
+            art = Artifact.from_json(artifact)
+            runner = runners[label] = get_backend(art.backend).load(art, target)
+            ids[label] = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
+            for _ in range(target.bench.warmup):
+                runner.generate(ids[label], target.bench.new_tokens)
+            if first_rss is None:
+                first_rss = peak_rss_mb()
+        conn.send({"ready": True, "prompt_tokens": {label: len(v) for label, v in ids.items()},
+                   "first": artifacts[0][0], "peak_rss_mb": first_rss})
         while True:
             command = conn.recv()
-            if command == "run":
-                gen = runner.generate(ids, target.bench.new_tokens)
+            if command[0] == "run":
+                gen = runners[command[1]].generate(ids[command[1]], target.bench.new_tokens)
                 conn.send({"token_times": gen.token_times, "n_tokens": len(gen.tokens)})
             else:
-                conn.send({"peak_rss_mb": _rss_mb(), "versions": runner.library_versions(), "runtime": runner.fingerprint()})
-                runner.close()
+                conn.send({label: {"versions": r.library_versions(), "runtime": r.fingerprint()} for label, r in runners.items()})
                 return
     except EdgeftError as exc:
         conn.send({"error": exc.one_line()})
     except Exception as exc:  # an internal error, reported by the parent on one line
         conn.send({"error": f"internal error: {type(exc).__name__}: {exc}", "internal": True})
+    finally:
+        for runner in runners.values():
+            runner.close()
 
 
-class Side:
-    """One warm child process serving one artifact."""
+class Worker:
+    """One warm child process serving both artifacts, `first` loaded first."""
 
-    def __init__(self, label: str, artifact: Artifact, target: Target):
+    def __init__(self, artifacts: list[tuple[str, Artifact]], target: Target):
         ctx = multiprocessing.get_context("spawn")
-        self.label, self.artifact = label, artifact
+        self.path = artifacts[0][1].path
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, artifact.to_json(), target.to_toml(), target.name), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, [(label, a.to_json()) for label, a in artifacts],
+                                                     target.to_toml(), target.name), daemon=True)
         self.proc.start()
         child.close()
         self.ready = self._recv()
@@ -94,19 +109,19 @@ class Side:
             reply = self.conn.recv()
         except EOFError:
             self.proc.join()
-            raise exit_failure(self.proc.exitcode or -1, f"the benchmark process for {self.artifact.path}", "no answer") from None
+            raise exit_failure(self.proc.exitcode or -1, f"the benchmark process for {self.path}", "no answer") from None
         if "error" in reply:
             if reply.get("internal"):
                 raise RuntimeError(reply["error"])
             raise EdgeftError(reply["error"])
         return reply
 
-    def run(self) -> dict:
-        self.conn.send("run")
+    def run(self, label: str) -> dict:
+        self.conn.send(("run", label))
         return self._recv()
 
     def stop(self) -> dict:
-        self.conn.send("stop")
+        self.conn.send(("stop",))
         reply = self._recv()
         self.proc.join()
         return reply
@@ -135,20 +150,24 @@ def against(new: Artifact, old: Artifact, target: Target, *, tolerance_pct: floa
     if rounds < ab.MIN_ROUNDS:
         raise EdgeftError(f"at least {ab.MIN_ROUNDS} rounds are needed for a 95% interval, got {rounds}", place="--rounds")
     started = time.perf_counter()
-    sides: dict[str, Side] = {}
+    workers: list[Worker] = []
     try:
-        for label, artifact in (("A", old), ("B", new)):
-            sides[label] = Side(label, artifact, target)
-        orders = ab.round_orders(rounds, seed)
+        # process 0 loads A first, process 1 loads B first: each side's peak RSS is read where it loaded alone
+        for artifacts in ((("A", old), ("B", new)), (("B", new), ("A", old))):
+            workers.append(Worker(list(artifacts), target))
+        prompt_tokens = workers[0].ready["prompt_tokens"]
+        plan = ab.round_orders(rounds, seed)
         per_round: list[dict] = []
         verdicts: list[ab.Verdict] = []
         loop_start = time.perf_counter()
-        for i, order in enumerate(orders):
-            measured = {}
-            for label in order:
-                measured[label] = run_metrics(sides[label].run(), sides[label].ready["prompt_tokens"])
+        for i, order in enumerate(plan):
+            runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+            for label, process in order:
+                runs[label].append(run_metrics(workers[process].run(label), prompt_tokens[label]))
+            measured = {label: {m: ab.round_value(pair[0][m], pair[1][m]) for m in ab.TIMED} for label, pair in runs.items()}
             ratios = {m: ab.worse_ratio(m, measured["A"][m], measured["B"][m]) for m in ab.TIMED}
-            per_round.append({"round": i + 1, "order": "".join(order), "A": measured["A"], "B": measured["B"], "ratios": ratios})
+            per_round.append({"round": i + 1, "order": " ".join(f"{label}{process}" for label, process in order),
+                              "A": measured["A"], "B": measured["B"], "ratios": ratios})
             if progress is not None:
                 progress(i + 1, rounds)
             if len(per_round) >= ab.MIN_ROUNDS:
@@ -160,11 +179,13 @@ def against(new: Artifact, old: Artifact, target: Target, *, tolerance_pct: floa
         if len(per_round) < ab.MIN_ROUNDS:
             raise EdgeftError(f"--max-seconds {max_seconds:g} allowed {len(per_round)} rounds; a verdict needs {ab.MIN_ROUNDS}",
                               place="--max-seconds")
-        finals = {label: side.stop() for label, side in sides.items()}
+        finals = workers[0].stop()
+        workers[1].stop()
     finally:
-        for side in sides.values():
-            side.kill()
-    static = {label: {"package_mb": art.package_bytes() / 1e6, "peak_rss_mb": finals[label]["peak_rss_mb"]}
+        for worker in workers:
+            worker.kill()
+    rss = {w.ready["first"]: w.ready["peak_rss_mb"] for w in workers}
+    static = {label: {"package_mb": art.package_bytes() / 1e6, "peak_rss_mb": rss[label]}
               for label, art in (("A", old), ("B", new))}
     evaluation = None
     if quality:
@@ -190,7 +211,8 @@ def against(new: Artifact, old: Artifact, target: Target, *, tolerance_pct: floa
         "new": {**new.to_json(), "label": "B", "versions": finals["B"]["versions"], "runtime": finals["B"]["runtime"]},
         "target": {"name": target.name, "bench": vars(target.bench), "threads_used": target.resolved_threads()},
         "machine": machine.describe(target.resolved_threads()),
-        "method": {"pairing": "one run per side per round, order drawn per round", "ratio": "new/old for times, old/new for rates (> 1 is worse)",
+        "method": {"pairing": "two warm processes each serve both sides; a round runs each side once in each process "
+                              "(order drawn per round) and takes each side's geometric mean, cancelling a per-process speed factor", "ratio": "new/old for times, old/new for rates (> 1 is worse)",
                    "interval": f"distribution-free {ab.CONFIDENCE:.0%} interval for the median ratio (order statistics)",
                    "rounds_requested": rounds, "adaptive": adaptive, "max_seconds": max_seconds, "seed": seed},
         "rounds": per_round,

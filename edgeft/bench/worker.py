@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _rss_mb() -> float:
+def peak_rss_mb() -> float:
     """Peak RSS of this process image. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
     exec, so a child started by a large parent would report the parent's peak."""
     try:
@@ -36,7 +36,7 @@ def run(request: dict) -> dict:
     target = load_target(request["target"])
     artifact = Artifact.from_json(request["artifact"])
     backend = get_backend(artifact.backend)
-    rss_before_load = _rss_mb()
+    rss_before_load = peak_rss_mb()
     runner = backend.load(artifact, target)
     try:
         ids = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
@@ -60,7 +60,7 @@ def run(request: dict) -> dict:
         "perf_counters": perf,
         "prompt_tokens": len(ids),
         "rss_before_load_mb": rss_before_load,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "versions": versions,
         "runtime": runtime,
     }
