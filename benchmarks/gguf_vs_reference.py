@@ -91,7 +91,7 @@ def reference_tool(cache: Path, version: str) -> Path:
     return root
 
 
-def reference_convert(tool: Path, hf_dir: Path, out: Path) -> dict:
+def reference_convert(tool: Path, hf_dir: Path, out: Path, outtype: str = "f16") -> dict:
     from edgeft.atomic_io import atomic_path
 
     try:
@@ -103,7 +103,7 @@ def reference_convert(tool: Path, hf_dir: Path, out: Path) -> dict:
     with atomic_path(out) as tmp:
         t = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(tool / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", "f16", "--outfile", str(tmp)],
+            [sys.executable, str(tool / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)],
             capture_output=True, text=True, env=env,
         )
         seconds = time.perf_counter() - t
@@ -140,7 +140,8 @@ def source_hf_dir(cache: Path) -> tuple[Path, dict]:
 
 
 def build_both(cache: Path, hf_dir: Path, name: str, threads: int, version: str) -> dict:
-    from edgeft.backends.gguf.backend import GGUFBackend, quantize
+    from edgeft.backends.gguf.backend import quantize
+    from edgeft.backends.gguf.convert import convert
 
     work = cache / "gguf"
     paths = {
@@ -150,7 +151,7 @@ def build_both(cache: Path, hf_dir: Path, name: str, threads: int, version: str)
     timings: dict[str, float] = {}
     _status("converting with edgeft ...")
     t = time.perf_counter()
-    GGUFBackend().convert(hf_dir, paths["ours_f16"], "f16", name=name)  # what `edgeft build` does
+    convert(hf_dir, paths["ours_f16"], "f16", name=name)  # what `edgeft build` does
     timings["ours_convert_s"] = round(time.perf_counter() - t, 2)
     _status("converting with the reference convert_hf_to_gguf.py ...")
     tool = reference_tool(cache, version)

@@ -100,6 +100,9 @@ class Worker:
                                                      target.to_toml(), target.name), daemon=True)
         self.proc.start()
         child.close()
+        self.ready: dict = {}
+
+    def wait_ready(self) -> None:
         self.ready = self._recv()
 
     def _recv(self) -> dict:
@@ -155,6 +158,8 @@ def against(new: Artifact, old: Artifact, target: Target, *, tolerance_pct: floa
         # process 0 loads A first, process 1 loads B first: each side's peak RSS is read where it loaded alone
         for artifacts in ((("A", old), ("B", new)), (("B", new), ("A", old))):
             workers.append(Worker(list(artifacts), target))
+        for worker in workers:  # both load at once; the rounds start when both are warm
+            worker.wait_ready()
         prompt_tokens = workers[0].ready["prompt_tokens"]
         plan = ab.round_orders(rounds, seed)
         per_round: list[dict] = []

@@ -44,13 +44,14 @@ def identify(path: Path) -> str | None:
     with open(path, "rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             return None
-    from gguf import GGUFReader
+    from edgeft.backends.gguf.header import read_header
 
     try:
-        field = GGUFReader(path).fields.get("general.file_type")
-        ftype = int(field.contents()) if field is not None else None
-    except Exception:  # a damaged file is the loader's to report, with its reason
+        ftype = read_header(path).fields.get("general.file_type")
+    except (OSError, ValueError):  # a damaged file is the loader's to report, with its reason
         return None
+    if not isinstance(ftype, int):
+        ftype = None
     by_value = {v: k for k, v in FTYPES.items()}
     return by_value.get(ftype, "f16" if ftype is None else f"ftype-{ftype}")
 

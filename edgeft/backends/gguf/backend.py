@@ -57,11 +57,10 @@ def check_embedding_type(path: Path, embedding_type: str, profile: str | None) -
     llama.cpp's quantizer fails with no reason given. Refuse it up front, naming the profile key."""
     if not embedding_type.endswith("_k"):
         return
-    from gguf import GGUFReader
-
+    from edgeft.backends.gguf.header import read_header
     from edgeft.errors import ConfigError
 
-    width = next((int(t.shape[0]) for t in GGUFReader(path).tensors if t.name == "token_embd.weight"), None)
+    width = next((t.shape[0] for t in read_header(path).tensors if t.name == "token_embd.weight"), None)
     if width is not None and width % 256:
         raise ConfigError([("gguf.embedding_type", f"{embedding_type} needs rows of a multiple of 256 weights; this model's "
                                                   f"token table is {width} wide (q4_0, q5_0 or q8_0 fit any width)")],
@@ -76,13 +75,12 @@ def check_gguf_file(path: Path) -> None:
         head = fh.read(4)
     if head != GGUF_MAGIC:
         raise ArtifactError("not a GGUF file (bad magic number)", file=path)
-    from gguf import GGUFReader
+    from edgeft.backends.gguf.header import read_header
 
     try:
-        reader = GGUFReader(path)
-        last = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
-    except Exception as exc:
-        raise ArtifactError(f"corrupt GGUF file ({type(exc).__name__}: {exc})", file=path) from None
+        last = read_header(path).data_end()
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"corrupt GGUF file ({exc})", file=path) from None
     if last > path.stat().st_size:
         raise ArtifactError(f"truncated GGUF file: tensor data ends at byte {last}, file has {path.stat().st_size}", file=path)
 
