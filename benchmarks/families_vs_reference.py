@@ -35,15 +35,15 @@ def _families() -> dict:
     from test_gguf_rope_scaling import _llama3_model
 
     return {
-        "llama": lambda out: tm.tiny_llama(out),
+        "llama": tm.tiny_llama,
         "llama-spm": _llama_spm,
-        "llama3-rope": lambda out: _llama3_model(out),
-        "qwen2": lambda out: tm.tiny_qwen2(out),
-        "qwen3": lambda out: tm.tiny_qwen3(out),
-        "mistral": lambda out: tm.tiny_mistral(out),
-        "phi3": lambda out: tm.tiny_phi3(out),
+        "llama3-rope": _llama3_model,
+        "qwen2": tm.tiny_qwen2,
+        "qwen3": tm.tiny_qwen3,
+        "mistral": tm.tiny_mistral,
+        "phi3": tm.tiny_phi3,
         "phi3-partial-rotary": lambda out: tm.tiny_phi3(out, partial_rotary_factor=0.5),
-        "gemma3": lambda out: tm.tiny_gemma3(out),
+        "gemma3": tm.tiny_gemma3,
     }
 
 

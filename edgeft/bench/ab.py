@@ -27,9 +27,10 @@ MIN_ROUNDS = 6  # below this no 95 % order-statistic interval exists (0.5**5 * 2
 def round_orders(rounds: int, seed: int) -> list[list[tuple[str, int]]]:
     """Each round runs each side once in each of the two worker processes: two legs, (A in 0, B in 1)
     and (A in 1, B in 0), so that a speed factor of one process (benchmarks/README.md measured one
-    when each process served one side) falls on both sides alike and cancels in the round's ratio. The order of the legs, and of the sides within each leg, is drawn
-    afresh per round (neither side always runs first, after the other's cache and frequency
-    effects); reproducible from the seed. Each entry is (side, process)."""
+    when each process served one side) falls on both sides alike and cancels in the round's ratio.
+    The order of the legs, and of the sides within each leg, is drawn afresh per round (neither side
+    always runs first, after the other's cache and frequency effects); reproducible from the seed.
+    Each entry is (side, process)."""
     rng = random.Random(seed)
     plan = []
     for _ in range(rounds):

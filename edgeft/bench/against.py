@@ -5,8 +5,8 @@ after its own warm-up; one loads A first, the other B, and each side's peak RSS 
 process that loaded it first, before the other side was loaded. A round runs each side once in
 each process, in an order drawn per round, and a side's figure for the round is the geometric mean
 of its two runs: a process that is faster than the other (it happens, benchmarks/README.md) speeds
-both sides alike, so its factor cancels in the ratio. The verdict per timing metric comes from the paired
-per-round ratios (`ab.py`); size, memory and quality are measured once per side and compared
+both sides alike, so its factor cancels in the ratio. The verdict per timing metric comes from the
+paired per-round ratios (`ab.py`); size, memory and quality are measured once per side and compared
 against the tolerance directly (they do not drift with load)."""
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def _serve(conn, artifacts: list[tuple[str, dict]], target_toml: str, target_nam
 
 
 class Worker:
-    """One warm child process serving both artifacts, `first` loaded first."""
+    """One warm child process serving both artifacts, loaded in the order given."""
 
     def __init__(self, artifacts: list[tuple[str, Artifact]], target: Target):
         ctx = multiprocessing.get_context("spawn")
-        self.path = artifacts[0][1].path
+        self.names = " and ".join(str(a.path) for _, a in artifacts)
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, [(label, a.to_json()) for label, a in artifacts],
                                                      target.to_toml(), target.name), daemon=True)
@@ -112,7 +112,7 @@ class Worker:
             reply = self.conn.recv()
         except EOFError:
             self.proc.join()
-            raise exit_failure(self.proc.exitcode or -1, f"the benchmark process for {self.path}", "no answer") from None
+            raise exit_failure(self.proc.exitcode or -1, f"the benchmark process for {self.names}", "no answer") from None
         if "error" in reply:
             if reply.get("internal"):
                 raise RuntimeError(reply["error"])
@@ -217,7 +217,8 @@ def against(new: Artifact, old: Artifact, target: Target, *, tolerance_pct: floa
         "target": {"name": target.name, "bench": vars(target.bench), "threads_used": target.resolved_threads()},
         "machine": machine.describe(target.resolved_threads()),
         "method": {"pairing": "two warm processes each serve both sides; a round runs each side once in each process "
-                              "(order drawn per round) and takes each side's geometric mean, cancelling a per-process speed factor", "ratio": "new/old for times, old/new for rates (> 1 is worse)",
+                              "(order drawn per round) and takes each side's geometric mean, cancelling a per-process speed factor",
+                   "ratio": "new/old for times, old/new for rates (> 1 is worse)",
                    "interval": f"distribution-free {ab.CONFIDENCE:.0%} interval for the median ratio (order statistics)",
                    "rounds_requested": rounds, "adaptive": adaptive, "max_seconds": max_seconds, "seed": seed},
         "rounds": per_round,

@@ -20,7 +20,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"GGUF"
+from edgeft.backends.gguf import GGUF_MAGIC
+
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
@@ -109,7 +110,7 @@ def read_header(path: Path) -> Header:
         except ValueError:  # an empty file cannot be mapped
             raise ValueError("empty file") from None
     with buf:
-        if buf[:4] != MAGIC:
+        if buf[:4] != GGUF_MAGIC:
             raise ValueError("bad magic number")
         cur = _Cursor(buf)
         cur.pos = 4
