@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -29,9 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, context, write  # noqa: E402
 
 
-def _burn(stop) -> None:
+def _burn(stop, parent: int) -> None:
+    """Spin until told to stop, or until the script that started it is gone: a script killed
+    mid-run must not leave its load behind (orphans once loaded a later run's "quiet" phase)."""
+    import os
+
     x = 0
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         for i in range(100000):
             x = (x * 31 + i) % 1000003
 
@@ -45,7 +50,7 @@ class Load:
     def __enter__(self):
         ctx = multiprocessing.get_context("spawn")
         self.stop = ctx.Event()
-        self.procs = [ctx.Process(target=_burn, args=(self.stop,), daemon=True) for _ in range(self.n)]
+        self.procs = [ctx.Process(target=_burn, args=(self.stop, os.getpid()), daemon=True) for _ in range(self.n)]
         for p in self.procs:
             p.start()
         return self
