@@ -1,8 +1,8 @@
 """A GGUF file's header, read in a fraction of a second.
 
 Why not gguf-py's GGUFReader: it builds a numpy view of every key's every array element, and a
-tokenizer's 49k tokens and merges take it about 11 s on this machine, paid by every bench, load
-check and level lookup. The checks here only need the scalar keys, the tensor table and where the
+tokenizer's 49k tokens and merges take it seconds, paid by every bench, load check and level
+lookup (the note on issue 17 has the measured figures). The checks here only need the scalar keys, the tensor table and where the
 tensor data ends, so arrays are skipped, not decoded (their element type and length are kept).
 
 The layout (GGUF v2 and v3, little-endian): magic "GGUF", u32 version, u64 tensor count, u64 key
