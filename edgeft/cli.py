@@ -395,7 +395,7 @@ def data_inspect(file: Path | None, model: str, field: tuple[str, ...], max_leng
 @click.option("--max-new-tokens", "synth_max_new_tokens", type=int, default=None, help="Teacher: most tokens per target [default: 128].")
 @click.option("--temperature", "synth_temperature", type=float, default=None, help="Teacher: sampling temperature (seeded, reproducible), 0 = greedy [default: 1.0].")
 @click.option("--synth-max-records", type=int, default=None, help="Teacher: most targets generated per run [default: all].")
-@click.option("--synth-threads", type=int, default=None, help="Teacher: llama.cpp threads, 0 = half the logical cores [default: 0].")
+@click.option("--synth-threads", type=int, default=None, help="Teacher: llama.cpp threads, 0 = the cores no other process is busy on [default: 0].")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher-target cache [default: ~/.cache/edgeft].")
 def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...], max_length: int | None, eval_fraction: float | None,
                  augment_ratio: float | None, strict: bool, as_json: bool, layout: str | None, synth_max_new_tokens: int | None,

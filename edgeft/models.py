@@ -120,15 +120,15 @@ def _checked_hf(folder: Path, *, label: str, accepts: Accepts | None) -> ModelSo
 
 @functools.lru_cache(maxsize=8)
 def _gguf_header(path: str, mtime_ns: int, size: int) -> dict[str, str]:
-    """The few GGUF keys we need, parsed once per file version (the reader is slow on big files)."""
-    from gguf import GGUFReader
+    """The few GGUF keys we need, parsed once per file version."""
+    from edgeft.backends.gguf.header import read_header
 
     try:
-        fields = GGUFReader(path).fields
-    except Exception as exc:  # the reader raises ValueError/struct errors/etc. on garbage
-        raise ModelSourceError(f"corrupt or unreadable GGUF file ({type(exc).__name__}: {exc})", file=path) from None
+        fields = read_header(Path(path)).fields
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"corrupt or unreadable GGUF file ({exc})", file=path) from None
     wanted = ("general.architecture", "tokenizer.ggml.pre")
-    return {key: str(fields[key].contents()) for key in wanted if key in fields}
+    return {key: str(fields[key]) for key in wanted if isinstance(fields.get(key), str)}
 
 
 def _gguf_string(path: Path, key: str) -> str | None:

@@ -157,3 +157,13 @@ def test_default_teacher_writes_targets(tmp_path):
     second = prepare(None, "default", tmp_path / "out2", cfg)
     synth = next(s for s in json.loads(second.report.read_text())["steps"] if s["step"] == "synthesis")
     assert synth["generated"] == 0 and synth["cached"] == 4
+
+
+def test_teacher_threads_default_to_the_cores_no_other_process_uses():
+    from edgeft.data.synthesize import free_cores
+
+    assert free_cores(load=1.0, cores=2) == 2  # only this process: both cores
+    assert free_cores(load=0.2, cores=2) == 2
+    assert free_cores(load=2.1, cores=2) == 1  # another job on one core
+    assert free_cores(load=7.0, cores=2) == 1  # never fewer than one
+    assert free_cores(load=3.0, cores=16) == 14

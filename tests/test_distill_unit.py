@@ -216,3 +216,67 @@ def test_hidden_state_loss_compares_each_student_layer_with_the_teacher_layer_it
     noise_at_pad = [teacher[0], teacher[1].clone(), teacher[4]]
     noise_at_pad[1][0, 2] = -100.0  # only the masked-out position differs
     assert float(hidden_state_loss(noise_at_pad, teacher, (0, 3), mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_block_scores_from_teacher_states_equal_the_whole_pruned_models(tmp_path, family):
+    """Starting each pruning at the teacher's hidden state where it departs must give the NLL of the
+    whole pruned model, for every block, the last one (no layer after it) and Gemma's sliding layers included."""
+    import random
+
+    import tiny_models
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.distill.block_scores import block_nlls
+    from edgeft.distill.evaluate import evaluate
+    from edgeft.distill.records import Record
+    from edgeft.distill.student import block_candidates, drop_layers
+
+    folder = (tiny_models.tiny_llama(tmp_path / "m", layers=6) if family == "llama"
+              else tiny_models.tiny_gemma3(tmp_path / "m", layers=6, sliding_window=8))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    rng = random.Random(0)
+    records = []
+    for n in (40, 23, 31):  # unequal lengths: padding and the mask are part of what must agree
+        ids = tuple(rng.randrange(3, model.config.vocab_size) for _ in range(n))
+        records.append(Record(input_ids=ids, labels=(-100,) * 5 + ids[5:]))
+    cands = block_candidates(6, 4)
+    fast = block_nlls(model, cands, records, pad_id=0, batch_size=2)
+    slow = [evaluate(drop_layers(model, keep), records, 0, 2).nll for keep in cands]
+    assert len(set(round(v, 3) for v in slow)) > 1  # the blocks really differ
+    assert fast == pytest.approx(slow, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3-softcap", "llama-lora"])
+def test_target_logits_equal_the_full_logits_at_the_target_positions(tmp_path, family):
+    """The head applied to the scored rows only must give exactly those rows of the model's own
+    logits: through Gemma's soft-cap and through a PEFT LoRA wrapper (whose adapters must act)."""
+    import json as _json
+
+    import tiny_models
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.distill.logits import target_logits
+    from edgeft.distill.records import IGNORE, Record, collate
+
+    if family.startswith("gemma3"):
+        folder = tiny_models.tiny_gemma3(tmp_path / "m", layers=2)
+        cfg = _json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(_json.dumps({**cfg, "final_logit_softcapping": 3.0}))
+    else:
+        folder = tiny_models.tiny_llama(tmp_path / "m", layers=2)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
+    if family.endswith("lora"):
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    batch = collate([Record(tuple(range(5, 25)), (IGNORE,) * 8 + tuple(range(13, 25))),
+                     Record(tuple(range(30, 41)), (IGNORE,) * 3 + tuple(range(33, 41)))], pad_id=0)
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[batch["targets"] != IGNORE]
+        picked, _ = target_logits(model, batch)
+    assert picked.shape == full.shape == (12 + 8, model.config.vocab_size)
+    torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
+    if family.startswith("gemma3"):
+        assert float(picked.abs().max()) <= 3.0  # the cap was applied

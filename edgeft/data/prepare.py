@@ -48,7 +48,7 @@ class DataConfig:
     # draw from the distribution the KD loss teaches whole, which greedy targets nearly are already.
     synth_temperature: float = 1.0
     synth_max_records: int | None = None  # cap on teacher generations per run (None = all)
-    synth_threads: int = 0  # llama.cpp threads for the teacher (0 = half the logical cores)
+    synth_threads: int = 0  # llama.cpp threads for the teacher (0 = the cores no other process is using)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles
     near_dup_num_perm: int = 128
     near_dup_shingle: int = 5  # characters per shingle

@@ -121,6 +121,23 @@ class SynthesisResult:
     seconds: float
 
 
+def free_cores(load: float | None = None, cores: int | None = None) -> int:
+    """Threads for the teacher when none were asked for: the cores no other process is using.
+
+    llama.cpp's threads spin while they wait, so a thread on a core another job holds slows every
+    thread down (benchmarks/README.md, "Teacher synthesis": on a loaded two-core machine one thread
+    beat two by 3x, while on a quiet one two beat one). The one-minute load average counts this
+    process too, hence the one subtracted."""
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform: leave a core free, as before
+            return max(1, cores // 2)
+    busy = max(0.0, load - 1.0)
+    return max(1, min(cores, cores - round(busy)))
+
+
 def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], prompt_ids: Sequence[list[int]],
                settings: GenerationSettings, cache_dir: Path, context: int, threads: int = 0) -> SynthesisResult:
     """Teacher targets for rendered `prompts` (with their token ids), from the cache or generated."""
@@ -138,9 +155,7 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
 
         backend = get_backend(teacher_backend().name)
         status(f"teacher {source.label}: writing {len(todo)} targets ({len(prompts) - len(todo)} cached) ...")
-        # 0 = half the logical cores: the runtime's threads spin, and on busy or SMT cores one thread per
-        # physical core is faster (benchmarks/teacher_synthesis.py: 1 thread 19.8 tok/s vs 2 threads 6.6 on a loaded 2-core box)
-        threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = threads or free_cores()
         llm = backend.teacher(source, cache_dir, context=context, threads=threads, seed=settings.seed)
         stop = _stop_ids(tokenizer, llm)
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from edgeft.atomic_io import atomic_path, write_text
+from edgeft.distill.logits import target_logits
 from edgeft.distill.records import IGNORE, Record, collate
 
 if TYPE_CHECKING:
@@ -39,9 +40,8 @@ def evaluate(model, records: Sequence[Record], pad_id: int, batch_size: int, tea
         with torch.no_grad():
             for start in range(0, len(records), batch_size):
                 batch = collate(records[start:start + batch_size], pad_id)
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [b, s, vocab]
                 sel = batch["targets"] != IGNORE
-                picked = logits[sel].float()  # [n, vocab]
+                picked = target_logits(model, batch)[0].float()  # [n, vocab]
                 tgt = batch["targets"][sel]
                 nll_sum += float(torch.nn.functional.cross_entropy(picked, tgt, reduction="sum"))
                 n += int(tgt.numel())

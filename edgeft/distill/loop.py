@@ -18,9 +18,11 @@ from edgeft import models
 from edgeft.atomic_io import atomic_dir, atomic_path, write_json
 from edgeft.distill import student as student_mod
 from edgeft.distill import teacher_cache
+from edgeft.distill.block_scores import block_nlls
 from edgeft.distill.config import DistillConfig
 from edgeft.distill.evaluate import evaluate, plot_curve, write_csv
 from edgeft.distill.kd_loss import kd_loss
+from edgeft.distill.logits import target_logits
 from edgeft.distill.records import IGNORE, Record, collate, read_records
 from edgeft.errors import EdgeftError
 from edgeft.progress import enabled as progress_enabled
@@ -77,9 +79,10 @@ CALIBRATION_RECORDS = 16  # training records the "block" layer pick scores each 
 
 def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, config: DistillConfig) -> tuple[tuple[int, ...], dict]:
     """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
-    spread of training records (never the eval split), the best kept."""
+    spread of training records (never the eval split), the best kept. The scores are computed from
+    the teacher's hidden states (block_scores), for about half the cost of running every pruning."""
     n_teacher = tmodel.config.num_hidden_layers
-    candidates = len(student_mod.block_candidates(n_teacher, n_keep))  # also the one-line check of n_keep
+    cands = student_mod.block_candidates(n_teacher, n_keep)  # also the one-line check of n_keep
     step = max(1, len(records) // CALIBRATION_RECORDS)
     calib = list(records[::step][:CALIBRATION_RECORDS])
     bar = None
@@ -88,16 +91,10 @@ def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, con
 
         from tqdm import tqdm
 
-        bar = tqdm(total=candidates, desc="scoring layer blocks", leave=False, file=sys.stderr)
-
-    def loss(keep: tuple[int, ...]) -> float:
-        nll = evaluate(student_mod.drop_layers(tmodel, keep), calib, pad_id, config.eval_batch_size).nll
-        if bar is not None:
-            bar.update(1)
-        return nll
-
+        bar = tqdm(total=len(cands), desc="scoring layer blocks", leave=False, file=sys.stderr)
     try:
-        keep, scores = student_mod.best_block(n_teacher, n_keep, loss)
+        nlls = block_nlls(tmodel, cands, calib, pad_id, config.eval_batch_size, on_done=bar.update if bar is not None else None)
+        keep, scores = student_mod.best_block(n_teacher, n_keep, dict(zip(cands, nlls)).__getitem__)
     finally:
         if bar is not None:
             bar.close()
@@ -275,8 +272,7 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
                 batch = collate([records[i] for i in idx], pad_id)
                 sel = batch["targets"] != IGNORE  # [b, s]
                 hidden = config.hidden_weight > 0
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden)
-                s_logits = out.logits[sel]  # [n, vocab], rows in (record, position) order like the cache
+                s_logits, out = target_logits(model, batch, output_hidden_states=hidden)  # [n, vocab], (record, position) order like the cache
                 if cache is not None:
                     rows = [cache.rows(i) for i in idx]
                     t_ids = torch.cat([r[0] for r in rows])
@@ -292,8 +288,8 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
                 total = parts.total
                 if hidden:
                     with torch.no_grad():
-                        t_out = teacher.model()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                output_hidden_states=True)
+                        t_out = teacher.model().model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                      output_hidden_states=True, use_cache=False)
                     h_loss = hidden_state_loss(out.hidden_states, t_out.hidden_states, layer_map, batch["attention_mask"].bool())
                     total = total + config.hidden_weight * h_loss
                     sums["hidden"] += float(h_loss.detach()) / config.grad_accum
@@ -350,15 +346,18 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     tsrc = models.resolve(teacher)
     tch = _Teacher(source=tsrc, hash=_source_hash(tsrc), tokenizer=models.load_tokenizer(tsrc))
     pad_id = _pad_id(tch.tokenizer)
+    t = time.perf_counter()
     vocab = tch.model().config.vocab_size
+    load_s = time.perf_counter() - t
     train_recs = read_records(Path(data.train), vocab_size=vocab, max_length=config.max_length)
     eval_recs = read_records(Path(data.eval), vocab_size=vocab, max_length=config.max_length)
     if config.max_eval_records:
         eval_recs = eval_recs[: config.max_eval_records]
 
+    timings: dict[str, float] = {"teacher_load_s": load_s}
+    t = time.perf_counter()
     student_dir, info = build_student(tch, config, out_dir, train_recs, pad_id)
-
-    timings: dict[str, float] = {}
+    timings["student_s"] = time.perf_counter() - t
     cache, hit = None, None
     if config.use_teacher_cache and config.alpha > 0:
         t = time.perf_counter()
@@ -366,17 +365,23 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
                                                 config.top_k, pad_id, config.eval_batch_size)
         timings["teacher_cache_s"] = time.perf_counter() - t
         status(f"teacher cache: {'reused' if hit else 'built'} ({cache.ids.shape[0]} target tokens, top {cache.k})")
+    t = time.perf_counter()
     t_eval = evaluate(tch.model(), eval_recs, pad_id, config.eval_batch_size)
+    timings["teacher_eval_s"] = time.perf_counter() - t
     if (config.use_teacher_cache or config.alpha == 0) and config.hidden_weight == 0:
         tch.release()  # the teacher is not needed again: free its memory for training
 
     torch.manual_seed(config.seed)
+    t = time.perf_counter()
     engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
     if engine is not None:
         status(f"NF4 base through {engine}")
     base = qlora.load_base(student_dir, quantize=True, engine=engine) if engine else qlora.load_base(student_dir, quantize=False)
     model = qlora.add_lora(base, config)
+    timings["base_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
+    timings["eval_before_s"] = time.perf_counter() - t
     status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
 
     t = time.perf_counter()
@@ -386,7 +391,9 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
                 layer_map=info.kept_layers)
     timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
+    timings["eval_after_s"] = time.perf_counter() - t
     status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")
 
     adapter_dir = out_dir / "adapter"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from edgeft.atomic_io import atomic_path
+from edgeft.distill.logits import target_logits
 from edgeft.distill.records import IGNORE, Record, collate
 from edgeft.progress import progress
 
@@ -50,11 +51,11 @@ def teacher_topk(model: "PreTrainedModel", batch: dict, k: int) -> list[tuple["t
     import torch
 
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [b, s, vocab]
-    out = []
-    for b in range(logits.shape[0]):
-        sel = batch["targets"][b] != IGNORE
-        logp = torch.log_softmax(logits[b][sel].float(), dim=-1)  # [n, vocab]
+        logits = target_logits(model, batch)[0]  # [n, vocab], record by record
+    out, start = [], 0
+    for n in (batch["targets"] != IGNORE).sum(dim=1).tolist():
+        logp = torch.log_softmax(logits[start:start + n].float(), dim=-1)  # [n, vocab]
+        start += n
         vals, idx = logp.topk(min(k, logp.shape[-1]), dim=-1)
         out.append((idx, vals))
     return out
