@@ -13,7 +13,8 @@ from edgeft.backends.registry import BackendInfo, register
 # provider has no fp16 kernels for these graphs (the builder's valid CPU precisions are fp32, int8, int4).
 LEVELS = ("fp32", "int8", "int4")
 # HF architectures whose export we test.
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM",
+                 "Gemma3ForCausalLM")
 
 
 def identify(path: Path) -> str | None:

@@ -56,7 +56,7 @@ def check_architecture(model_dir: Path) -> str:
 
 
 def builder_command(model_dir: Path, out_dir: Path, cache_dir: Path, quant: str, options: "OnnxOptions") -> list[str]:
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out_dir),
+    cmd = [sys.executable, "-m", "edgeft.backends.onnx.builder_child", "-i", str(model_dir), "-o", str(out_dir),
            "-p", PRECISIONS[quant], "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false"]
     if quant != "fp32":  # the quantization options are meaningless (and logged as such) at fp32
         cmd += options.builder_options()
