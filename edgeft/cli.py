@@ -79,7 +79,7 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 
 @main.command()
 @click.option("--model", "-m", default="default", show_default=True,
-              help="Model source: a Hugging Face folder, a .gguf file, or 'default' (SmolLM2-135M-Instruct, embedded).")
+              help="Model source: a Hugging Face folder, a .gguf file, 'default' (SmolLM2-135M-Instruct, embedded) or 'gemma3-270m' (Gemma 3 270M Q4_K_M, installed by make setup).")
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile: a shipped name (see `edgeft targets`) or a TOML path.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Output folder [default: out/<target>].")
 @click.option("--quant", default=None, help=QUANT_HELP)
@@ -328,7 +328,7 @@ def _data_config(**flags):
 def _data_options(fn):
     for decorator in reversed([
         click.option("--model", "-m", default="default", show_default=True,
-                     help="Model whose tokenizer (and, for prepare, teacher) is used: HF folder, .gguf, or 'default'."),
+                     help="Model whose tokenizer (and, for prepare, teacher) is used: HF folder, .gguf, 'default' or 'gemma3-270m'."),
         click.option("--field", multiple=True, metavar="STANDARD=COLUMN",
                      help="Map a column to a standard field, e.g. --field input=question --field target=answer."),
         click.option("--max-length", type=int, default=None, help="Tokens per example after templating [default: 512]."),
@@ -557,7 +557,7 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
 
 
 @main.command("compare")
-@click.option("--model", "-m", default="default", show_default=True, help="Model source: a Hugging Face folder, a .gguf file, or 'default'.")
+@click.option("--model", "-m", default="default", show_default=True, help="Model source: a Hugging Face folder, a .gguf file, 'default' or 'gemma3-270m'.")
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile (its budget decides the recommendation).")
 @click.option("--targets", default=None, help="Several target profiles, comma-separated (e.g. gguf,onnx), compared in one table and plot.")
 @click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q4_k_m,q4_0 or, with "

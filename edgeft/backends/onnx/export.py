@@ -57,7 +57,10 @@ def check_architecture(model_dir: Path) -> str:
 
 def builder_command(model_dir: Path, out_dir: Path, cache_dir: Path, quant: str, options: "OnnxOptions") -> list[str]:
     cmd = [sys.executable, "-m", "edgeft.backends.onnx.builder_child", "-i", str(model_dir), "-o", str(out_dir),
-           "-p", PRECISIONS[quant], "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false"]
+           "-p", PRECISIONS[quant], "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false",
+           # sliding-window layers (Gemma 3) keep a full-length KV cache like the others: the bounded
+           # one needs a runner that preallocates it per layer, which ours and the tests' do not
+           "windowed_kv_cache=false"]
     if quant != "fp32":  # the quantization options are meaningless (and logged as such) at fp32
         cmd += options.builder_options()
     return cmd
