@@ -85,9 +85,9 @@ def gemma3_model_path() -> Path:
     cache (atomically, checked against the package's sha256), then reused."""
     import hashlib
     import importlib
-    import os
 
     from edgeft.atomic_io import atomic_path
+    from edgeft.data.synthesize import default_cache_dir
 
     try:
         pkg = importlib.import_module(GEMMA3_PACKAGE)
@@ -98,8 +98,7 @@ def gemma3_model_path() -> Path:
     missing = [str(c) for c in chunks if not c.is_file()]
     if missing:
         raise ModelSourceError(f"a chunk of Gemma 3 270M is missing: {missing[0]}", file=GEMMA3_MODEL)
-    root = os.environ.get("EDGEFT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgeft")
-    final = Path(root) / "models" / pkg.MODEL_NAME
+    final = default_cache_dir().parent / "models" / pkg.MODEL_NAME  # beside the teacher-target cache, under $EDGEFT_CACHE
     if final.is_file() and final.stat().st_size == sum(c.stat().st_size for c in chunks):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,36 @@ def test_q4_k_m_stays_close_to_its_f16_export(built):
     assert metrics["kl_mean"] > 0, metrics  # really compared with another file, not with itself
     assert metrics["kl_mean"] < Q4_K_M_KL_MEAN_MAX, metrics
     assert metrics["top1_agree_pct"] > Q4_K_M_TOP1_MIN_PCT, metrics
+
+
+def test_gemma3_is_joined_once_from_its_chunks_and_a_bad_join_leaves_no_file(tmp_path, monkeypatch):
+    """`--model gemma3-270m`: the chunk packages' files joined into the cache, checked against the
+    package's sha256; a mismatch is one line and never a file under the final name."""
+    import hashlib
+    import sys
+    import types
+
+    import pytest
+
+    from edgeft import models
+    from edgeft.errors import ModelSourceError
+
+    parts = []
+    for i, data in enumerate((b"GGUF" + b"a" * 100, b"b" * 77)):
+        parts.append(tmp_path / f"part{i}")
+        parts[-1].write_bytes(data)
+    fake = types.ModuleType(models.GEMMA3_PACKAGE)
+    fake.MODEL_NAME = "g.gguf"
+    fake.chunk_paths = lambda: parts
+    fake.EXPECTED_SHA256 = "0" * 64
+    monkeypatch.setitem(sys.modules, models.GEMMA3_PACKAGE, fake)
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
+    final = tmp_path / "cache" / "models" / "g.gguf"
+    with pytest.raises(ModelSourceError, match="sha256"):
+        models.gemma3_model_path()
+    assert not final.exists() and not list(final.parent.glob("*"))
+    fake.EXPECTED_SHA256 = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+    assert models.gemma3_model_path() == final and final.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    parts[0].unlink()
+    with pytest.raises(ModelSourceError, match="missing"):
+        models.gemma3_model_path()
