@@ -48,10 +48,10 @@ def _one_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
 def test_unsupported_architecture_cli(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
-    (model / "config.json").write_text('{"architectures": ["MistralForCausalLM"]}')
+    (model / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     proc = subprocess.run([sys.executable, "-m", "edgeft.cli", "build", "--no-distill", "--model", str(model), "--target", "onnx",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    _one_line(proc, "MistralForCausalLM", "LlamaForCausalLM")
+    _one_line(proc, "GPT2LMHeadModel", "LlamaForCausalLM")
     assert not (tmp_path / "out").exists()
 
 
