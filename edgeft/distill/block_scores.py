@@ -8,15 +8,12 @@ pruned model (a test pins them against it), for about half the layer passes."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from edgeft.distill import student as student_mod
+from edgeft.distill.evaluate import evaluate
 from edgeft.distill.logits import target_logits
-from edgeft.distill.records import IGNORE, Record, collate
-
-if TYPE_CHECKING:
-    import torch
-
+from edgeft.distill.records import Record, collate
 
 def _tail_start(keep: Sequence[int], n_teacher: int) -> int:
     """The first teacher layer the candidate computes differently from the teacher: the start of
@@ -48,13 +45,7 @@ def block_nlls(tmodel, candidates: Sequence[tuple[int, ...]], records: Sequence[
             for keep in candidates:
                 start = _tail_start(keep, n_teacher)
                 tail = student_mod.drop_layers(tmodel, tuple(i for i in keep if i >= start))
-                nll_sum, n = 0.0, 0
-                for b, hs in zip(batches, states):
-                    logits = target_logits(tail, b, inputs_embeds=hs[start])[0]
-                    sel = b["targets"] != IGNORE
-                    nll_sum += float(torch.nn.functional.cross_entropy(logits.float(), b["targets"][sel], reduction="sum"))
-                    n += int(sel.sum())
-                out.append(nll_sum / max(n, 1))
+                out.append(evaluate(tail, records, pad_id, batch_size, embeds=[hs[start] for hs in states]).nll)
                 del tail
                 if on_done is not None:
                     on_done()

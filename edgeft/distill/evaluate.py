@@ -29,8 +29,10 @@ class EvalResult:
         return {"perplexity": self.perplexity, "nll": self.nll, "tokens": self.tokens, "top1_agreement": self.agreement}
 
 
-def evaluate(model, records: Sequence[Record], pad_id: int, batch_size: int, teacher_top1: "torch.Tensor | None" = None) -> EvalResult:
-    """Run `model` (no grad, eval mode; a 4-bit base must have repacking disabled) over `records`."""
+def evaluate(model, records: Sequence[Record], pad_id: int, batch_size: int, teacher_top1: "torch.Tensor | None" = None,
+             embeds: "Sequence[torch.Tensor] | None" = None) -> EvalResult:
+    """Run `model` (no grad, eval mode; a 4-bit base must have repacking disabled) over `records`.
+    `embeds[i]`, when given, is the decoder's input for batch i instead of its token ids."""
     import torch
 
     was_training = model.training
@@ -38,10 +40,10 @@ def evaluate(model, records: Sequence[Record], pad_id: int, batch_size: int, tea
     nll_sum, n, tops = 0.0, 0, []
     try:
         with torch.no_grad():
-            for start in range(0, len(records), batch_size):
+            for i, start in enumerate(range(0, len(records), batch_size)):
                 batch = collate(records[start:start + batch_size], pad_id)
                 sel = batch["targets"] != IGNORE
-                picked = target_logits(model, batch)[0].float()  # [n, vocab]
+                picked = target_logits(model, batch, inputs_embeds=embeds[i] if embeds else None)[0].float()  # [n, vocab]
                 tgt = batch["targets"][sel]
                 nll_sum += float(torch.nn.functional.cross_entropy(picked, tgt, reduction="sum"))
                 n += int(tgt.numel())

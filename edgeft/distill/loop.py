@@ -10,9 +10,10 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from edgeft import models
 from edgeft.atomic_io import atomic_dir, atomic_path, write_json
@@ -326,6 +327,16 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
 
 # ---- the run -------------------------------------------------------------------------------
 
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the block's wall time under `key` (the phases distill.json's `timings` splits)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - t
+
+
 def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig(), *, resume: bool = False,
         cache_dir: Path | None = None) -> Path:
     """Distill `teacher` into a student on `data` (anything with .train/.eval JSONL paths);
@@ -346,54 +357,46 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     tsrc = models.resolve(teacher)
     tch = _Teacher(source=tsrc, hash=_source_hash(tsrc), tokenizer=models.load_tokenizer(tsrc))
     pad_id = _pad_id(tch.tokenizer)
-    t = time.perf_counter()
-    vocab = tch.model().config.vocab_size
-    load_s = time.perf_counter() - t
+    timings: dict[str, float] = {}  # seconds per phase, in distill.json
+    with _timed(timings, "teacher_load_s"):
+        vocab = tch.model().config.vocab_size
     train_recs = read_records(Path(data.train), vocab_size=vocab, max_length=config.max_length)
     eval_recs = read_records(Path(data.eval), vocab_size=vocab, max_length=config.max_length)
     if config.max_eval_records:
         eval_recs = eval_recs[: config.max_eval_records]
 
-    timings: dict[str, float] = {"teacher_load_s": load_s}
-    t = time.perf_counter()
-    student_dir, info = build_student(tch, config, out_dir, train_recs, pad_id)
-    timings["student_s"] = time.perf_counter() - t
+    with _timed(timings, "student_s"):
+        student_dir, info = build_student(tch, config, out_dir, train_recs, pad_id)
     cache, hit = None, None
     if config.use_teacher_cache and config.alpha > 0:
-        t = time.perf_counter()
-        cache, hit = teacher_cache.get_or_build(Path(cache_dir or out_dir / "teacher-cache"), tch.hash, tch.model, train_recs,
-                                                config.top_k, pad_id, config.eval_batch_size)
-        timings["teacher_cache_s"] = time.perf_counter() - t
+        with _timed(timings, "teacher_cache_s"):
+            cache, hit = teacher_cache.get_or_build(Path(cache_dir or out_dir / "teacher-cache"), tch.hash, tch.model, train_recs,
+                                                    config.top_k, pad_id, config.eval_batch_size)
         status(f"teacher cache: {'reused' if hit else 'built'} ({cache.ids.shape[0]} target tokens, top {cache.k})")
-    t = time.perf_counter()
-    t_eval = evaluate(tch.model(), eval_recs, pad_id, config.eval_batch_size)
-    timings["teacher_eval_s"] = time.perf_counter() - t
+    with _timed(timings, "teacher_eval_s"):
+        t_eval = evaluate(tch.model(), eval_recs, pad_id, config.eval_batch_size)
     if (config.use_teacher_cache or config.alpha == 0) and config.hidden_weight == 0:
         tch.release()  # the teacher is not needed again: free its memory for training
 
     torch.manual_seed(config.seed)
-    t = time.perf_counter()
-    engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
-    if engine is not None:
-        status(f"NF4 base through {engine}")
-    base = qlora.load_base(student_dir, quantize=True, engine=engine) if engine else qlora.load_base(student_dir, quantize=False)
-    model = qlora.add_lora(base, config)
-    timings["base_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
-    timings["eval_before_s"] = time.perf_counter() - t
+    with _timed(timings, "base_s"):
+        engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
+        if engine is not None:
+            status(f"NF4 base through {engine}")
+        base = qlora.load_base(student_dir, quantize=True, engine=engine) if engine else qlora.load_base(student_dir, quantize=False)
+        model = qlora.add_lora(base, config)
+    with _timed(timings, "eval_before_s"):
+        before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
 
-    t = time.perf_counter()
     live = not config.use_teacher_cache or config.hidden_weight > 0
     if config.hidden_weight > 0 and info.kept_layers is None:
         raise TrainingError("--hidden-weight needs a student pruned from the teacher (its layer map), not --student")
-    log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
-                layer_map=info.kept_layers)
-    timings["train_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
-    timings["eval_after_s"] = time.perf_counter() - t
+    with _timed(timings, "train_s"):
+        log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
+                    layer_map=info.kept_layers)
+    with _timed(timings, "eval_after_s"):
+        after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")
 
     adapter_dir = out_dir / "adapter"

@@ -21,9 +21,9 @@ def _read_nested_rope(self, config) -> None:
     full, local = params["full_attention"], params["sliding_attention"]
     for kind, p in (("full_attention", full), ("sliding_attention", local)):
         if p.get("rope_type", "default") not in ("default", "linear"):
-            raise NotImplementedError(f"Gemma 3 rope_parameters.{kind}.rope_type {p.get('rope_type')!r} is not supported")
+            raise ValueError(f"Gemma 3 rope_parameters.{kind}.rope_type {p.get('rope_type')!r} is not supported")
     if local.get("rope_type", "default") == "linear" and local.get("factor", 1.0) != 1.0:
-        raise NotImplementedError("Gemma 3 rope_parameters.sliding_attention: linear scaling of the local layers is not supported")
+        raise ValueError("Gemma 3 rope_parameters.sliding_attention: linear scaling of the local layers is not supported")
     self.rope_attrs["theta"] = full["rope_theta"]
     if full.get("rope_type", "default") == "linear":
         self.rope_attrs["rescale_factors"] = full["factor"]
