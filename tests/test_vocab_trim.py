@@ -1,0 +1,113 @@
+"""Vocabulary trimming on tiny models: the task's text tokenizes identically up to renumbering,
+other text still encodes (and decodes back), the trimmed model's logits are the full model's at
+the kept ids, and llama.cpp reads the trimmed tokenizer as transformers does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeft import vocab_trim
+from tiny_models import CORPUS
+
+TASK = [t for t in dict.fromkeys(CORPUS) if "def " in t or "Edge" in t or "quick" in t]
+OTHER = ["Hello, world! How are you today?", "天气很好，机器学习。", "café über 東京 🙂", "Zebra xylophone 42 quartz!"]
+
+
+def _trim(model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    full = AutoTokenizer.from_pretrained(model_dir)
+    seen = {i for t in TASK for i in full(t, add_special_tokens=False)["input_ids"]}
+    kept = vocab_trim.closure(model_dir / "tokenizer.json", seen)
+    record = vocab_trim.trim_model(model_dir, kept, tmp_path / "trimmed")
+    return full, AutoTokenizer.from_pretrained(tmp_path / "trimmed"), kept, record
+
+
+@pytest.fixture(params=["LlamaForCausalLM", "Gemma3ForCausalLM"], ids=["byte-level", "sentencepiece"])
+def trimmed(request, tiny_model_dirs, tmp_path):
+    model_dir = tiny_model_dirs[request.param]
+    return (model_dir, *_trim(model_dir, tmp_path))
+
+
+def test_task_text_tokenizes_identically_up_to_renumbering(trimmed):
+    model_dir, full, trim, kept, record = trimmed
+    assert vocab_trim.check_same(full, trim, kept, TASK) > 0
+    assert record["kept_vocab"] == len(kept) == len(trim) < len(full)
+    assert record["source_vocab"] == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+def test_text_outside_the_kept_set_still_encodes_and_decodes(trimmed):
+    _, full, trim, kept, _ = trimmed
+    for text in OTHER:
+        ids = trim(text, add_special_tokens=False)["input_ids"]
+        assert trim.unk_token_id not in ids  # bytes, never the unknown token
+        assert trim.decode(ids) == full.decode(full(text, add_special_tokens=False)["input_ids"])
+    # a trimmed vocabulary splits unseen words into more, smaller pieces: the trim really dropped something
+    assert sum(len(trim(t, add_special_tokens=False)["input_ids"]) for t in OTHER) > \
+        sum(len(full(t, add_special_tokens=False)["input_ids"]) for t in OTHER)
+
+
+def test_special_ids_and_the_chat_template_survive(trimmed):
+    _, full, trim, kept, _ = trimmed
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        assert getattr(trim, name) == getattr(full, name)
+        assert kept[getattr(trim, f"{name}_id")] == getattr(full, f"{name}_id")
+    messages = [{"role": "user", "content": TASK[0]}]
+    assert trim.apply_chat_template(messages, tokenize=False) == full.apply_chat_template(messages, tokenize=False)
+
+
+def test_trimmed_logits_are_the_full_models_at_the_kept_ids(trimmed, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model_dir, full, trim, kept, _ = trimmed
+    ids = trim(TASK[0], add_special_tokens=False)["input_ids"]
+    small = AutoModelForCausalLM.from_pretrained(tmp_path / "trimmed", dtype=torch.float32).eval()
+    big = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert small.config.vocab_size == len(kept)
+    assert small.config.eos_token_id == kept.index(big.config.eos_token_id)
+    with torch.no_grad():
+        got = small(torch.tensor([ids])).logits[0]
+        want = big(torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_every_kept_token_is_reachable_through_kept_merges(tiny_model_dirs):
+    """The closure property itself: BPE on each kept token's string, with only the kept merges,
+    ends in that token (else the trimmed tokenizer could never produce it)."""
+    model_dir = tiny_model_dirs["LlamaForCausalLM"]
+    data = json.loads((model_dir / "tokenizer.json").read_text())
+    kept = vocab_trim.first_n(model_dir / "tokenizer.json", 300)
+    assert len(kept) == 300
+    trimmed = vocab_trim.trimmed_tokenizer(data, kept)
+    vocab = trimmed["model"]["vocab"]
+    ranks = {tuple(m): r for r, m in reversed(list(enumerate(trimmed["model"]["merges"])))}
+    added = {a["content"] for a in trimmed["added_tokens"]}
+    for token in vocab:
+        if token not in added:
+            assert vocab_trim.bpe_pieces(token, ranks)[-1] == token
+
+
+def test_too_few_tokens_for_the_bytes_is_refused(tiny_model_dirs):
+    from edgeft.errors import EdgeftError
+
+    with pytest.raises(EdgeftError, match="byte, character and special tokens"):
+        vocab_trim.first_n(tiny_model_dirs["LlamaForCausalLM"] / "tokenizer.json", 10)
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Gemma3ForCausalLM"], ids=["byte-level", "sentencepiece"])
+def test_llama_cpp_reads_the_trimmed_tokenizer_as_transformers_does(arch, tiny_model_dirs, tmp_path):
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.backends.gguf.convert import convert
+
+    model_dir = tiny_model_dirs[arch]
+    _, trim, _, _ = _trim(model_dir, tmp_path)
+    out = convert(tmp_path / "trimmed", tmp_path / "t.gguf", "f32")
+    runner = LlamaCppRunner(out, threads=1, context=256)
+    try:
+        for text in TASK + OTHER:
+            assert runner.tokenize(text, special=False) == trim(text, add_special_tokens=False)["input_ids"], text
+    finally:
+        runner.close()
