@@ -90,6 +90,10 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="'auto': the largest pruning of the model (the model itself included) that meets the size, latency "
                    "and memory budget, measured before any training; or a model source to distill into.")
 @click.option("--student-layers", type=int, default=None, help="Force a student of N of the model's layers (the measured 'block' pick).")
+@click.option("--trim-vocab", default=None, metavar="DATA|N",
+              help="Keep only the tokens a task uses: those DATA (a data file; the teacher writes missing answers) "
+                   "tokenizes to, the merges that build them, and every byte and special token; or the first N by "
+                   "merge order. Rewrites tokenizer, embedding and head; quality is still judged against the full model.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Task data (JSONL/JSON/CSV/Parquet) for distillation [default: the shipped prompts; the teacher writes answers].")
 @click.option("--preset", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
@@ -98,8 +102,8 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="Text or prepared JSONL scored for perplexity [default: the data's held-out split, else a shipped text].")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
-          no_distill: bool, student: str, student_layers: int | None, data: Path | None, preset: str, eval_data: Path | None,
-          as_json: bool) -> None:
+          no_distill: bool, student: str, student_layers: int | None, trim_vocab: str | None, data: Path | None, preset: str,
+          eval_data: Path | None, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
@@ -123,7 +127,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
-                       data=data, preset=preset, student=student, student_layers=student_layers)
+                       data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab)
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.bench is None:

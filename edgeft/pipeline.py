@@ -97,7 +97,7 @@ AUTO_STUDENT = "auto"
 
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
           distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
-          student_layers: int | None = None) -> BuildResult:
+          student_layers: int | None = None, trim_vocab: str | None = None) -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
     distill -> merge produce the student that is compiled; without, the model is compiled as it is.
 
@@ -119,11 +119,20 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     hf_dir, stages["source"] = prepare_source(source, src_key, work)
     stages["source"]["seconds"] = round(time.perf_counter() - t, 2)
     source_hf = hf_dir  # the model the user gave, as an HF folder: what quality is judged against
+    if trim_vocab is not None:
+        # The trimmed folder's vocab_map.json names the untrimmed one: the bench scores that model.
+        hf_dir, src_key, stages["trim"] = trim_stage(model, hf_dir, src_key, trim_vocab, preset, work)
+        source_hf = hf_dir
+    if distill and trim_vocab is not None and (student_layers is not None or student != AUTO_STUDENT):
+        raise ConfigError([("--trim-vocab", "trimming before distillation is not wired yet; use --no-distill")])
     if distill:
         from edgeft.presets import build_preset
 
         chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset), data,
                               student, student_layers, stages)
+        if chosen is not None and trim_vocab is not None:
+            raise ConfigError([("--trim-vocab", "the budget needs a distilled student, and trimming before "
+                                                "distillation is not wired yet; use --no-distill or a looser budget")])
         if chosen is not None:
             hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
             eval_data = eval_data or held_out
@@ -165,6 +174,42 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         stages=stages,
     )
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
+
+
+def trim_stage(model: str, hf_dir: Path, src_key: str, trim: str, preset: str, work: Path) -> tuple[Path, str, dict]:
+    """`--trim-vocab DATA|N`: DATA goes through the data stage (the teacher writes missing answers, so
+    the tokens the model will answer with are kept too); the kept set is its tokens' closure."""
+    from edgeft import vocab_trim
+
+    t = time.perf_counter()
+    prepared = None
+    data_key = None
+    if not trim.isdigit():
+        from dataclasses import asdict
+
+        from edgeft.data.prepare import prepare
+        from edgeft.presets import build_preset
+
+        data_dir, config = work / "trim-data", build_preset(preset).data
+        data_key = _key("trim-data", file_key(Path(trim)), src_key, asdict(config))
+        if not _reusable(data_dir, data_key):
+            status(f"trim: preparing {trim} (the teacher writes missing answers) ...")
+            prepare(Path(trim), model, data_dir, config)
+            _stamp(data_dir, data_key)
+        prepared = vocab_trim.prepared_token_ids(data_dir)
+    out = work / "trimmed"
+    stage_key = _key("trimmed", src_key, trim if trim.isdigit() else data_key)
+    reused = _reusable(out, stage_key)
+    if not reused:
+        kept = vocab_trim.kept_for(trim, hf_dir, prepared)
+        status(f"trim: keeping {len(kept)} tokens and rewriting the tokenizer, embedding and head ...")
+        vocab_trim.trim_model(hf_dir, kept, out)
+        _stamp(out, stage_key)
+    record = json.loads((out / vocab_trim.MAP_NAME).read_text())
+    return out, stage_key, {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
+                            "by": "count" if trim.isdigit() else trim, "source_vocab": record["source_vocab"],
+                            "kept_vocab": record["kept_vocab"], "map": str((out / vocab_trim.MAP_NAME).relative_to(work.parent)),
+                            "map_sha256": sha256(out / vocab_trim.MAP_NAME)}
 
 
 def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str, preset: "BuildPreset",

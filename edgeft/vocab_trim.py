@@ -171,7 +171,8 @@ def _remap_config(config: dict[str, Any], old_to_new: dict[int, int], n: int) ->
 
 def trim_model(hf_dir: Path, kept: list[int], out_dir: Path) -> dict[str, Any]:
     """Write `hf_dir` with only the `kept` token ids into `out_dir` (atomically): tokenizer,
-    embedding rows, head rows (tied or not) and config ids. Returns the map recorded beside it."""
+    embedding rows, head rows (tied or not) and config ids. Returns the map recorded beside it,
+    which names the untrimmed folder: quality is judged against that model (`bench/source_model.py`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -214,7 +215,7 @@ def trim_model(hf_dir: Path, kept: list[int], out_dir: Path) -> dict[str, Any]:
         for key, value in _remap_config(model.generation_config.to_dict(), old_to_new, len(kept)).items():
             if key.endswith("_token_id") or key.endswith("_token_ids"):
                 setattr(model.generation_config, key, value)
-    record = {"source_vocab": full, "kept_vocab": len(kept), "kept": kept}
+    record = {"source": str(hf_dir.resolve()), "source_vocab": full, "kept_vocab": len(kept), "kept": kept}
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         for f in hf_dir.iterdir():  # tokenizer_config.json, chat template, special tokens map: by content, not id
@@ -236,3 +237,20 @@ def check_same(full_tok, trimmed_tok, kept: list[int], texts: Iterable[str]) -> 
             raise RuntimeError(f"the trimmed tokenizer splits {text[:40]!r} differently from the full one")
         checked += len(full)
     return checked
+
+
+def kept_for(trim: str, hf_dir: Path, prepared_ids: "Iterable[Iterable[int]] | None") -> list[int]:
+    """`--trim-vocab N` (a count) or the closure of the prepared task data's token ids."""
+    if trim.isdigit():
+        return first_n(hf_dir / "tokenizer.json", int(trim))
+    seen = {i for ids in prepared_ids or () for i in ids}
+    return closure(hf_dir / "tokenizer.json", seen)
+
+
+def prepared_token_ids(folder: Path) -> Iterable[list[int]]:
+    """Every record's input ids, both splits, of a prepared data folder (chat template included)."""
+    for name in ("train.jsonl", "eval.jsonl"):
+        with open(Path(folder) / name, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)["input_ids"]

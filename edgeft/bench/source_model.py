@@ -25,28 +25,46 @@ ANSWER_TOKENS = 48
 
 
 class SourceRunner:
-    """`tokenize`, `logits` and greedy chat answers of an HF folder, fp32, on the CPU."""
+    """`tokenize`, `logits` and greedy chat answers of an HF folder, fp32, on the CPU.
+
+    A vocabulary-trimmed folder (its vocab_map.json names the untrimmed one) is scored as the
+    untrimmed model: text is tokenized by the trimmed tokenizer (the artifact's ids), fed to the full
+    model as the old ids, and its logits are taken at the kept ids, so log-softmax renormalises the
+    full model's distribution over the kept tokens. Its chat answers are the full model's own."""
 
     def __init__(self, hf_dir: Path):
+        import json
+
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from edgeft.progress import quiet_libraries
+        from edgeft.vocab_trim import MAP_NAME
 
         quiet_libraries()
         torch.manual_seed(0)
         self.hf_dir = Path(hf_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.hf_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(self.hf_dir, dtype=torch.float32).eval()
+        self.kept: list[int] | None = None
+        self.artifact_tokenizer = AutoTokenizer.from_pretrained(self.hf_dir)
+        model_dir = self.hf_dir
+        if (self.hf_dir / MAP_NAME).is_file():
+            record = json.loads((self.hf_dir / MAP_NAME).read_text(encoding="utf-8"))
+            self.kept, model_dir = record["kept"], Path(record["source"])
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def _up(self, token_ids: list[int]) -> list[int]:
+        return token_ids if self.kept is None else [self.kept[i] for i in token_ids]
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.artifact_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def logits(self, token_ids: list[int]) -> "np.ndarray":
         import torch
 
         with torch.no_grad():
-            return self.model(input_ids=torch.tensor([token_ids])).logits[0].float().numpy()
+            out = self.model(input_ids=torch.tensor([self._up(token_ids)])).logits[0].float()
+        return (out if self.kept is None else out[:, self.kept]).numpy()
 
     def stop_ids(self) -> set[int]:
         """End-of-turn ids: the tokenizer's EOS and the model's generation EOS (one id or a list)."""
@@ -59,6 +77,7 @@ class SourceRunner:
         return ids
 
     def chat_ids(self, prompt: str) -> list[int]:
+        """The prompt rendered and tokenized as the artifact's ids."""
         if not self.tokenizer.chat_template:
             return self.tokenize(prompt)
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -75,9 +94,15 @@ class SourceRunner:
             kept.append(t)
         return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
 
+    def artifact_answer(self, tokens: list[int]) -> str:
+        """The artifact's generated ids (trimmed ids when trimmed) up to the first end-of-turn, as text."""
+        return self.answer(self._up(tokens))
+
     def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
+        """The source's own greedy answer (full-vocabulary ids) to the artifact's prompt ids."""
         import torch
 
+        ids = self._up(ids)
         with torch.no_grad():
             out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                       max_new_tokens=new_tokens, do_sample=False, eos_token_id=sorted(self.stop_ids()) or None,
@@ -97,6 +122,6 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
     for prompt in prompts:
         ids = source.chat_ids(prompt)
         src = source.answer(source.greedy(ids, new_tokens))
-        art = source.answer(artifact.generate(ids, new_tokens).tokens)
+        art = source.artifact_answer(artifact.generate(ids, new_tokens).tokens)
         rows.append({"prompt": prompt, "source": src, "artifact": art, "same": src == art})
     return rows
