@@ -71,6 +71,12 @@ def main(quiet: bool) -> None:
     mute_import_noise()
 
 
+def _parse_trim(value: str | None) -> int | Path | None:
+    from edgeft.vocab_trim import parse_trim
+
+    return None if value is None else parse_trim(value)
+
+
 def _load_target(target: str, quant: str | None, threads: int | None):
     from edgeft.config import load_target
 
@@ -90,7 +96,7 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="'auto': the largest pruning of the model (the model itself included) that meets the size, latency "
                    "and memory budget, measured before any training; or a model source to distill into.")
 @click.option("--student-layers", type=int, default=None, help="Force a student of N of the model's layers (the measured 'block' pick).")
-@click.option("--trim-vocab", default=None, metavar="DATA|N",
+@click.option("--trim-vocab", default=None, metavar="DATA|N", callback=lambda _ctx, _param, value: _parse_trim(value),
               help="Keep only the tokens a task uses: those DATA (a data file; the teacher writes missing answers) "
                    "tokenizes to, the merges that build them, and every byte and special token; or the first N by "
                    "merge order. Rewrites tokenizer, embedding and head; quality is still judged against the full model.")
@@ -102,7 +108,7 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="Text or prepared JSONL scored for perplexity [default: the data's held-out split, else a shipped text].")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
-          no_distill: bool, student: str, student_layers: int | None, trim_vocab: str | None, data: Path | None, preset: str,
+          no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
           eval_data: Path | None, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeft import models
+from edgeft import models, vocab_trim
 from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import get_backend
 from edgeft.config import AUTO_QUANT, Target, to_dict
-from edgeft.errors import ConfigError
+from edgeft.errors import ConfigError, EdgeftError
 from edgeft.manifest import sha256, source_entry, write_manifest
 from edgeft.progress import status
 from edgeft.stages import prepare_source, resolve_for, source_hash
@@ -97,7 +97,7 @@ AUTO_STUDENT = "auto"
 
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
           distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
-          student_layers: int | None = None, trim_vocab: str | None = None) -> BuildResult:
+          student_layers: int | None = None, trim_vocab: "int | Path | None" = None) -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
     distill -> merge produce the student that is compiled; without, the model is compiled as it is.
 
@@ -107,6 +107,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
                           file=target.source)
+    for path in (data, trim_vocab if isinstance(trim_vocab, Path) else None):
+        if path is not None and not path.is_file():  # before minutes of dequantizing, not after
+            raise EdgeftError("no such data file", file=path)
     source = resolve_for(model, [target.backend])
     backend = get_backend(target.backend)
     backend.check()
@@ -176,38 +179,37 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
 
 
-def trim_stage(model: str, hf_dir: Path, src_key: str, trim: str, preset: str, work: Path) -> tuple[Path, str, dict]:
+def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", preset: str, work: Path) -> tuple[Path, str, dict]:
     """`--trim-vocab DATA|N`: DATA goes through the data stage (the teacher writes missing answers, so
     the tokens the model will answer with are kept too); the kept set is its tokens' closure."""
-    from edgeft import vocab_trim
-
     t = time.perf_counter()
-    prepared = None
-    data_key = None
-    if not trim.isdigit():
+    prepared: list = []
+    by = "count" if isinstance(trim, int) else str(trim)
+    if not isinstance(trim, int):
         from dataclasses import asdict
 
         from edgeft.data.prepare import prepare
         from edgeft.presets import build_preset
 
         data_dir, config = work / "trim-data", build_preset(preset).data
-        data_key = _key("trim-data", file_key(Path(trim)), src_key, asdict(config))
+        data_key = _key("trim-data", file_key(trim), src_key, asdict(config))
         if not _reusable(data_dir, data_key):
             status(f"trim: preparing {trim} (the teacher writes missing answers) ...")
-            prepare(Path(trim), model, data_dir, config)
+            prepare(trim, model, data_dir, config)
             _stamp(data_dir, data_key)
         prepared = vocab_trim.prepared_token_ids(data_dir)
     out = work / "trimmed"
-    stage_key = _key("trimmed", src_key, trim if trim.isdigit() else data_key)
+    stage_key = _key("trimmed", src_key, trim if isinstance(trim, int) else data_key)
     reused = _reusable(out, stage_key)
     if not reused:
-        kept = vocab_trim.kept_for(trim, hf_dir, prepared)
+        tokenizer = vocab_trim.read_tokenizer(hf_dir)
+        kept = vocab_trim.kept_for(trim, tokenizer, prepared)
         status(f"trim: keeping {len(kept)} tokens and rewriting the tokenizer, embedding and head ...")
-        vocab_trim.trim_model(hf_dir, kept, out)
+        vocab_trim.trim_model(hf_dir, tokenizer, kept, out)
         _stamp(out, stage_key)
     record = json.loads((out / vocab_trim.MAP_NAME).read_text())
     return out, stage_key, {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
-                            "by": "count" if trim.isdigit() else trim, "source_vocab": record["source_vocab"],
+                            "by": by, "source_vocab": record["source_vocab"],
                             "kept_vocab": record["kept_vocab"], "map": str((out / vocab_trim.MAP_NAME).relative_to(work.parent)),
                             "map_sha256": sha256(out / vocab_trim.MAP_NAME)}
 

@@ -34,18 +34,23 @@ def _merge_pairs(model: dict[str, Any]) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in model.get("merges") or []]
 
 
-def _bpe_model(data: dict[str, Any], file: str) -> dict[str, Any]:
+def read_tokenizer(hf_dir: Path) -> dict[str, Any]:
+    """A folder's tokenizer.json, parsed once and checked to be a BPE that trimming supports."""
+    path = Path(hf_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise UnsupportedArchitecture("no tokenizer.json: vocabulary trimming needs a fast (tokenizers) tokenizer", file=hf_dir)
+    data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise UnsupportedArchitecture(f"vocabulary trimming needs a BPE tokenizer, not {model.get('type')}", file=file,
+        raise UnsupportedArchitecture(f"vocabulary trimming needs a BPE tokenizer, not {model.get('type')}", file=path,
                                       place="model.type")
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
-            raise UnsupportedArchitecture(f"vocabulary trimming does not support a BPE {key}", file=file, place=f"model.{key}")
+            raise UnsupportedArchitecture(f"vocabulary trimming does not support a BPE {key}", file=path, place=f"model.{key}")
     if model.get("dropout"):
-        raise UnsupportedArchitecture("vocabulary trimming needs deterministic BPE (dropout is set)", file=file,
+        raise UnsupportedArchitecture("vocabulary trimming needs deterministic BPE (dropout is set)", file=path,
                                       place="model.dropout")
-    return model
+    return data
 
 
 def bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -81,10 +86,10 @@ def _always_kept(data: dict[str, Any], model: dict[str, Any]) -> set[int]:
     return ids
 
 
-def closure(tokenizer_json: Path, seen_ids: Iterable[int]) -> list[int]:
-    """The ids to keep for text that tokenized to `seen_ids`, sorted: see the module docstring."""
-    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
-    model = _bpe_model(data, str(tokenizer_json))
+def closure(data: dict[str, Any], seen_ids: Iterable[int]) -> list[int]:
+    """The ids to keep for text that tokenized to `seen_ids`, sorted: see the module docstring.
+    `data` is `read_tokenizer`'s."""
+    model = data["model"]
     vocab: dict[str, int] = model["vocab"]
     by_id = {i: t for t, i in vocab.items()}
     ranks = {pair: r for r, pair in reversed(list(enumerate(_merge_pairs(model))))}
@@ -100,11 +105,10 @@ def closure(tokenizer_json: Path, seen_ids: Iterable[int]) -> list[int]:
     return sorted(keep)
 
 
-def first_n(tokenizer_json: Path, n: int) -> list[int]:
+def first_n(data: dict[str, Any], n: int) -> list[int]:
     """`--trim-vocab N`: the always-kept tokens, then merge results in merge order (the most frequent
     pairs of the tokenizer's training text first) while both parts are kept, up to N tokens."""
-    data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
-    model = _bpe_model(data, str(tokenizer_json))
+    model = data["model"]
     vocab: dict[str, int] = model["vocab"]
     keep = _always_kept(data, model)
     if model.get("byte_fallback"):  # single characters are the starting symbols of SentencePiece-style BPE
@@ -154,9 +158,9 @@ def trimmed_tokenizer(data: dict[str, Any], kept: list[int]) -> dict[str, Any]:
     return out
 
 
-def _remap_config(config: dict[str, Any], old_to_new: dict[int, int], n: int) -> dict[str, Any]:
-    """Every `*_token_id(s)` of a config renumbered (an id that was dropped becomes None), and the vocabulary size."""
-    out = dict(config)
+def _config_updates(config: dict[str, Any], old_to_new: dict[int, int], n: int) -> dict[str, Any]:
+    """A config's `*_token_id(s)` renumbered (an id that was dropped becomes None) and its vocabulary size."""
+    out: dict[str, Any] = {}
     for key, value in config.items():
         if not (key.endswith("_token_id") or key.endswith("_token_ids")):
             continue
@@ -169,8 +173,8 @@ def _remap_config(config: dict[str, Any], old_to_new: dict[int, int], n: int) ->
     return out
 
 
-def trim_model(hf_dir: Path, kept: list[int], out_dir: Path) -> dict[str, Any]:
-    """Write `hf_dir` with only the `kept` token ids into `out_dir` (atomically): tokenizer,
+def trim_model(hf_dir: Path, data: dict[str, Any], kept: list[int], out_dir: Path) -> dict[str, Any]:
+    """Write `hf_dir` (whose `read_tokenizer` is `data`) with only the `kept` token ids into `out_dir` (atomically): tokenizer,
     embedding rows, head rows (tied or not) and config ids. Returns the map recorded beside it,
     which names the untrimmed folder: quality is judged against that model (`bench/source_model.py`)."""
     import torch
@@ -181,11 +185,6 @@ def trim_model(hf_dir: Path, kept: list[int], out_dir: Path) -> dict[str, Any]:
 
     quiet_libraries()
     hf_dir = Path(hf_dir)
-    tok_path = hf_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise UnsupportedArchitecture("no tokenizer.json: vocabulary trimming needs a fast (tokenizers) tokenizer", file=hf_dir)
-    data = json.loads(tok_path.read_text(encoding="utf-8"))
-    _bpe_model(data, str(tok_path))
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype="auto")
     emb = model.get_input_embeddings()
     head = model.get_output_embeddings()
@@ -208,13 +207,10 @@ def trim_model(hf_dir: Path, kept: list[int], out_dir: Path) -> dict[str, Any]:
     old_to_new = {old: new for new, old in enumerate(kept)}
     if getattr(emb, "padding_idx", None) is not None:
         emb.padding_idx = old_to_new.get(emb.padding_idx)
-    for key, value in _remap_config(model.config.to_dict(), old_to_new, len(kept)).items():
-        if key.endswith("_token_id") or key.endswith("_token_ids") or key == "vocab_size":
-            setattr(model.config, key, value)
-    if getattr(model, "generation_config", None) is not None:
-        for key, value in _remap_config(model.generation_config.to_dict(), old_to_new, len(kept)).items():
-            if key.endswith("_token_id") or key.endswith("_token_ids"):
-                setattr(model.generation_config, key, value)
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None:
+            for key, value in _config_updates(config.to_dict(), old_to_new, len(kept)).items():
+                setattr(config, key, value)
     record = {"source": str(hf_dir.resolve()), "source_vocab": full, "kept_vocab": len(kept), "kept": kept}
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
@@ -239,18 +235,25 @@ def check_same(full_tok, trimmed_tok, kept: list[int], texts: Iterable[str]) -> 
     return checked
 
 
-def kept_for(trim: str, hf_dir: Path, prepared_ids: "Iterable[Iterable[int]] | None") -> list[int]:
-    """`--trim-vocab N` (a count) or the closure of the prepared task data's token ids."""
-    if trim.isdigit():
-        return first_n(hf_dir / "tokenizer.json", int(trim))
-    seen = {i for ids in prepared_ids or () for i in ids}
-    return closure(hf_dir / "tokenizer.json", seen)
+def parse_trim(value: str) -> "int | Path":
+    """`--trim-vocab`'s value: a count (digits) or a data file."""
+    return int(value) if value.isdigit() else Path(value)
+
+
+def kept_for(trim: "int | Path", data: dict[str, Any], prepared_ids: "Iterable[Iterable[int]]") -> list[int]:
+    """`--trim-vocab N` (the first N) or the closure of the prepared task data's token ids."""
+    if isinstance(trim, int):
+        return first_n(data, trim)
+    return closure(data, {i for ids in prepared_ids for i in ids})
 
 
 def prepared_token_ids(folder: Path) -> Iterable[list[int]]:
     """Every record's input ids, both splits, of a prepared data folder (chat template included)."""
-    for name in ("train.jsonl", "eval.jsonl"):
-        with open(Path(folder) / name, encoding="utf-8") as fh:
+    from edgeft.distill.records import open_prepared
+
+    splits = open_prepared(Path(folder))
+    for path in (splits.train, splits.eval):
+        with open(path, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
                     yield json.loads(line)["input_ids"]

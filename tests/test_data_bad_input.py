@@ -69,6 +69,14 @@ def test_missing_file_exits_2(tmp_path, tiny_llama_dir):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("flag", ["--data", "--trim-vocab"])
+def test_build_with_a_missing_data_file_exits_2_before_any_stage(flag, tmp_path, tiny_llama_dir):
+    out = tmp_path / "out"
+    proc = _cli(["build", "--model", str(tiny_llama_dir), flag, str(tmp_path / "nope.jsonl"), "--out", str(out)])
+    _assert_one_line_error(proc, "nope.jsonl", "no such data file")
+    assert not (out / "work").exists()  # refused before the source was even read
+
+
 # (file content, place, reason) -- each one bad record among good ones
 RECORD_CASES = {
     "malformed_line": (GOOD + b'{"input": "unterminated\n' + GOOD2, "line 2", "malformed JSON"),

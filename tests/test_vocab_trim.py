@@ -21,8 +21,8 @@ def _trim(model_dir, tmp_path):
 
     full = AutoTokenizer.from_pretrained(model_dir)
     seen = {i for t in TASK for i in full(t, add_special_tokens=False)["input_ids"]}
-    kept = vocab_trim.closure(model_dir / "tokenizer.json", seen)
-    record = vocab_trim.trim_model(model_dir, kept, tmp_path / "trimmed")
+    kept = vocab_trim.closure(vocab_trim.read_tokenizer(model_dir), seen)
+    record = vocab_trim.trim_model(model_dir, vocab_trim.read_tokenizer(model_dir), kept, tmp_path / "trimmed")
     return full, AutoTokenizer.from_pretrained(tmp_path / "trimmed"), kept, record
 
 
@@ -78,8 +78,8 @@ def test_every_kept_token_is_reachable_through_kept_merges(tiny_model_dirs):
     """The closure property itself: BPE on each kept token's string, with only the kept merges,
     ends in that token (else the trimmed tokenizer could never produce it)."""
     model_dir = tiny_model_dirs["LlamaForCausalLM"]
-    data = json.loads((model_dir / "tokenizer.json").read_text())
-    kept = vocab_trim.first_n(model_dir / "tokenizer.json", 300)
+    data = vocab_trim.read_tokenizer(model_dir)
+    kept = vocab_trim.first_n(data, 300)
     assert len(kept) == 300
     trimmed = vocab_trim.trimmed_tokenizer(data, kept)
     vocab = trimmed["model"]["vocab"]
@@ -94,7 +94,7 @@ def test_too_few_tokens_for_the_bytes_is_refused(tiny_model_dirs):
     from edgeft.errors import EdgeftError
 
     with pytest.raises(EdgeftError, match="byte, character and special tokens"):
-        vocab_trim.first_n(tiny_model_dirs["LlamaForCausalLM"] / "tokenizer.json", 10)
+        vocab_trim.first_n(vocab_trim.read_tokenizer(tiny_model_dirs["LlamaForCausalLM"]), 10)
 
 
 @pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Gemma3ForCausalLM"], ids=["byte-level", "sentencepiece"])
