@@ -50,6 +50,9 @@ class SourceRunner:
         if (self.hf_dir / MAP_NAME).is_file():
             record = json.loads((self.hf_dir / MAP_NAME).read_text(encoding="utf-8"))
             self.kept, model_dir = record["kept"], Path(record["source"])
+        # What the report names: the model scored, which for a trimmed folder is the untrimmed one.
+        self.label = str(model_dir) if self.kept is None else \
+            f"{model_dir}, untrimmed, renormalised over the {len(self.kept)} kept tokens"
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 

@@ -110,7 +110,7 @@ def run_quality(request: dict) -> dict:
         "quality": scores,
         "answers": answers,
         "eval": {"source": text_source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
-                 "reference": ref["path"] if ref else None, "source_model": request.get("source")},
+                 "reference": ref["path"] if ref else None, "source_model": source_model.label if source_model else None},
     }
 
 
