@@ -99,7 +99,8 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--trim-vocab", default=None, metavar="DATA|N", callback=lambda _ctx, _param, value: _parse_trim(value),
               help="Keep only the tokens a task uses: those DATA (a data file; the teacher writes missing answers) "
                    "tokenizes to, the merges that build them, and every byte and special token; or the first N by "
-                   "merge order. Rewrites tokenizer, embedding and head; quality is still judged against the full model.")
+                   "merge order. Rewrites tokenizer, embedding and head; with distillation the trimmed model is the "
+                   "teacher. Quality is still judged against the full model.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Task data (JSONL/JSON/CSV/Parquet) for distillation [default: the shipped prompts; the teacher writes answers].")
 @click.option("--preset", type=click.Choice(["demo", "full"]), default="demo", show_default=True,

@@ -64,6 +64,15 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
     from edgeft.distill.records import open_prepared
 
     prepared = open_prepared(data_dir)
+    if (hf_dir / vocab_trim.MAP_NAME).is_file():
+        # A trimmed teacher: the data was tokenized by the full one (whose answers it holds), so it is
+        # renumbered into the trimmed ids the student learns and the runtime sees.
+        trimmed_dir, trimmed_key = work / "data-trimmed", _key("data-trimmed", data_key, src_key)
+        if not _reusable(trimmed_dir, trimmed_key):
+            record = json.loads((hf_dir / vocab_trim.MAP_NAME).read_text(encoding="utf-8"))
+            vocab_trim.renumber_prepared(data_dir, trimmed_dir, vocab_trim.read_tokenizer(Path(record["source"])), record["kept"])
+            _stamp(trimmed_dir, trimmed_key)
+        prepared, data_key = open_prepared(trimmed_dir), trimmed_key
     stages["data"] = {"reused": reused, "key": data_key, "seconds": round(time.perf_counter() - t, 2),
                       "report": str((data_dir / REPORT_NAME).relative_to(work.parent))}
 
@@ -110,6 +119,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     for path in (data, trim_vocab if isinstance(trim_vocab, Path) else None):
         if path is not None and not path.is_file():  # before minutes of dequantizing, not after
             raise EdgeftError("no such data file", file=path)
+    if trim_vocab is not None and distill and student != AUTO_STUDENT:
+        raise ConfigError([("--student", "a given student has the full vocabulary; with --trim-vocab the student is a "
+                                         "pruning of the trimmed model (--student auto or --student-layers N)")])
     source = resolve_for(model, [target.backend])
     backend = get_backend(target.backend)
     backend.check()
@@ -124,18 +136,14 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     source_hf = hf_dir  # the model the user gave, as an HF folder: what quality is judged against
     if trim_vocab is not None:
         # The trimmed folder's vocab_map.json names the untrimmed one: the bench scores that model.
+        # Then it is the teacher (its distribution is the full one renormalised over the kept ids).
         hf_dir, src_key, stages["trim"] = trim_stage(model, hf_dir, src_key, trim_vocab, preset, work)
         source_hf = hf_dir
-    if distill and trim_vocab is not None and (student_layers is not None or student != AUTO_STUDENT):
-        raise ConfigError([("--trim-vocab", "trimming before distillation is not wired yet; use --no-distill")])
     if distill:
         from edgeft.presets import build_preset
 
         chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset), data,
                               student, student_layers, stages)
-        if chosen is not None and trim_vocab is not None:
-            raise ConfigError([("--trim-vocab", "the budget needs a distilled student, and trimming before "
-                                                "distillation is not wired yet; use --no-distill or a looser budget")])
         if chosen is not None:
             hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
             eval_data = eval_data or held_out

@@ -53,8 +53,8 @@ def read_tokenizer(hf_dir: Path) -> dict[str, Any]:
     return data
 
 
-def bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Every symbol BPE passes through on `word` (its characters, each merge's result), in order."""
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> tuple[list[str], list[str]]:
+    """BPE on `word`: its final symbols, and every symbol it passed through (characters, then each merge's result)."""
     symbols = list(word)
     seen = list(symbols)
     while len(symbols) > 1:
@@ -68,7 +68,16 @@ def bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
         merged = symbols[at] + symbols[at + 1]
         symbols[at:at + 2] = [merged]
         seen.append(merged)
-    return seen
+    return symbols, seen
+
+
+def bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Every symbol BPE passes through on `word` (its characters, each merge's result), in order."""
+    return _bpe(word, ranks)[1]
+
+
+def _ranks(model: dict[str, Any]) -> dict[tuple[str, str], int]:
+    return {pair: r for r, pair in reversed(list(enumerate(_merge_pairs(model))))}
 
 
 def _always_kept(data: dict[str, Any], model: dict[str, Any]) -> set[int]:
@@ -92,7 +101,7 @@ def closure(data: dict[str, Any], seen_ids: Iterable[int]) -> list[int]:
     model = data["model"]
     vocab: dict[str, int] = model["vocab"]
     by_id = {i: t for t, i in vocab.items()}
-    ranks = {pair: r for r, pair in reversed(list(enumerate(_merge_pairs(model))))}
+    ranks = _ranks(model)
     keep = _always_kept(data, model)
     for i in set(int(i) for i in seen_ids):
         keep.add(i)
@@ -220,6 +229,64 @@ def trim_model(hf_dir: Path, data: dict[str, Any], kept: list[int], out_dir: Pat
         (tmp / "tokenizer.json").write_text(json.dumps(trimmed_tokenizer(data, kept), ensure_ascii=False), encoding="utf-8")
         write_json(tmp / MAP_NAME, record)
     return record
+
+
+class Renumber:
+    """Full-vocabulary ids to trimmed ids, for records tokenized before the trim (distillation data).
+
+    A kept id is renumbered. A dropped one is re-encoded from its own string with the kept merges,
+    falling back to byte tokens: the same text, in the pieces the trimmed vocabulary has (for text
+    whose tokens were all kept, exactly the trimmed tokenizer's ids)."""
+
+    def __init__(self, data: dict[str, Any], kept: list[int]):
+        self.old_to_new = {old: new for new, old in enumerate(kept)}
+        trimmed = trimmed_tokenizer(data, kept)["model"]
+        self.vocab: dict[str, int] = trimmed["vocab"]
+        self.ranks = _ranks(trimmed)
+        self.token = {i: t for t, i in data["model"]["vocab"].items()}
+        self.byte_fallback = bool(data["model"].get("byte_fallback"))
+
+    def __call__(self, old_id: int) -> list[int]:
+        if old_id in self.old_to_new:
+            return [self.old_to_new[old_id]]
+        out: list[int] = []
+        for piece in _bpe(self.token[old_id], self.ranks)[0]:
+            if piece in self.vocab:
+                out.append(self.vocab[piece])
+            elif self.byte_fallback:
+                out.extend(self.vocab[f"<0x{b:02X}>"] for b in piece.encode("utf-8"))
+            else:  # byte-level BPE keeps all 256 byte characters, so every piece is in the vocabulary
+                raise RuntimeError(f"token {old_id} ({self.token[old_id]!r}) has a piece the trimmed vocabulary lacks")
+        return out
+
+
+def renumber_prepared(src: Path, dst: Path, data: dict[str, Any], kept: list[int]) -> None:
+    """A prepared data folder (train.jsonl, eval.jsonl) in trimmed ids, padding dropped (batches re-pad).
+    A dropped token's pieces take its label when it had one."""
+    from edgeft.atomic_io import atomic_dir
+    from edgeft.distill.records import IGNORE, open_prepared
+
+    renumber = Renumber(data, kept)
+    splits = open_prepared(Path(src))
+    with atomic_dir(Path(dst)) as tmp:
+        for path in (splits.train, splits.eval):
+            with open(path, encoding="utf-8") as fh, open(tmp / path.name, "w", encoding="utf-8") as out:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    mask = row.get("attention_mask") or [1] * len(row["input_ids"])
+                    ids: list[int] = []
+                    labels: list[int] = []
+                    for token, label, m in zip(row["input_ids"], row["labels"], mask):
+                        if not m:
+                            continue
+                        if label not in (IGNORE, token):
+                            raise RuntimeError(f"{path}: a label that is not its position's token ({label} at {token})")
+                        pieces = renumber(token)
+                        ids += pieces
+                        labels += [IGNORE] * len(pieces) if label == IGNORE else pieces
+                    out.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
 
 
 def check_same(full_tok, trimmed_tok, kept: list[int], texts: Iterable[str]) -> int:

@@ -72,3 +72,41 @@ def test_rebuild_reuses_data_distill_and_merge(distilled_build):
     assert second.exit_code == 0, second.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["data"]["reused"] and stages["distill"]["reused"] and stages["merge"]["reused"]
+
+
+def test_trim_then_distill_trains_the_student_in_trimmed_ids(tiny_llama_dir, tmp_path):
+    """`--trim-vocab N` with distillation: the teacher is the trimmed model, the data (tokenized by the
+    full tokenizer, some of its tokens dropped) is renumbered, and the student has the trimmed vocabulary."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"input": q, "target": a}) + "\n" for q, a in QA + _distinct_pairs(48)))
+    profile = tmp_path / "tiny.toml"
+    profile.write_text('backend = "gguf"\nquant = "q8_0"\nthreads = 1\n'
+                       "[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = 1\nwarmup = 0\ncontext = 256\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--data", str(data),
+                                  "--out", str(out), "--student-layers", "1", "--trim-vocab", "300"])
+    assert r.exit_code in (0, 1), r.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["trim"]["kept_vocab"] == 300 < stages["trim"]["source_vocab"]
+    assert json.loads((out / "work" / "merged" / "config.json").read_text())["vocab_size"] == 300
+
+    from transformers import AutoTokenizer
+
+    def rows(folder):
+        return [json.loads(line) for line in (out / "work" / folder / "train.jsonl").read_text().splitlines()]
+
+    full_tok, trim_tok = AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(out / "work" / "trimmed")
+    full, trimmed = rows("data"), rows("data-trimmed")
+    assert len(full) == len(trimmed)
+    longer = 0
+    for f, t in zip(full, trimmed):
+        ids = [i for i, m in zip(f["input_ids"], f.get("attention_mask") or [1] * len(f["input_ids"])) if m]
+        assert max(t["input_ids"]) < 300
+        assert trim_tok.decode(t["input_ids"]) == full_tok.decode(ids)  # the same text, renumbered
+        assert [x == -100 for x in t["labels"]].count(False) >= [x == -100 for x in f["labels"]].count(False) > 0
+        longer += len(t["input_ids"]) > len(ids)
+    assert longer  # 300 tokens drop some of the data's: those became several pieces
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["metrics"]["kl_vs_source_mean"] > 0  # the student scored against the untrimmed teacher
+    assert str(tiny_llama_dir) in bench["eval"]["source_model"] and "untrimmed" in bench["eval"]["source_model"]
+    assert stages["distill"]["eval"] is not None

@@ -50,6 +50,25 @@ def test_text_outside_the_kept_set_still_encodes_and_decodes(trimmed):
         sum(len(full(t, add_special_tokens=False)["input_ids"]) for t in OTHER)
 
 
+def test_renumbered_full_ids_are_the_trimmed_ids_on_task_text_and_the_same_text_elsewhere(trimmed):
+    """Distillation data tokenized before the trim: kept text maps exactly onto the trimmed
+    tokenizer's ids; a dropped token becomes kept pieces (bytes at worst) of the same text."""
+    model_dir, full, trim, kept, _ = trimmed
+    renumber = vocab_trim.Renumber(vocab_trim.read_tokenizer(model_dir), kept)
+
+    def mapped(text):
+        return [new for old in full(text, add_special_tokens=False)["input_ids"] for new in renumber(old)]
+
+    for text in TASK:
+        assert mapped(text) == trim(text, add_special_tokens=False)["input_ids"]
+    dropped = 0
+    for text in OTHER:
+        ids = mapped(text)
+        assert max(ids) < len(kept) and trim.decode(ids) == full.decode(full(text, add_special_tokens=False)["input_ids"])
+        dropped += len(ids) - len(full(text, add_special_tokens=False)["input_ids"])
+    assert dropped > 0  # some of OTHER's tokens were dropped and re-encoded
+
+
 def test_special_ids_and_the_chat_template_survive(trimmed):
     _, full, trim, kept, _ = trimmed
     for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
