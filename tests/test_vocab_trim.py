@@ -130,3 +130,31 @@ def test_llama_cpp_reads_the_trimmed_tokenizer_as_transformers_does(arch, tiny_m
             assert runner.tokenize(text, special=False) == trim(text, add_special_tokens=False)["input_ids"], text
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize("backend_name,profile", [("gguf", "gguf-f16"), ("onnx", "onnx-fp32")])
+def test_every_backend_runs_the_trimmed_model_through_the_backend_interface(backend_name, profile, tiny_model_dirs, tmp_path):
+    """A trimmed folder is an HF folder like any other: each backend's unquantized export of it has
+    the kept vocabulary, tokenizes the task text to the trimmed ids, and gives the trimmed model's
+    logits (which are the full model's at the kept ids)."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.backends.registry import get_backend
+    from edgeft.config import load_target
+
+    model_dir = tiny_model_dirs["LlamaForCausalLM"]
+    _, trim, kept, _ = _trim(model_dir, tmp_path)
+    backend = get_backend(backend_name)
+    target = load_target(profile).with_overrides(threads=1)
+    runner = backend.load(backend.reference(tmp_path / "trimmed", target, tmp_path / "ref", name="trimmed"), target)
+    try:
+        ids = trim(TASK[0], add_special_tokens=False)["input_ids"]
+        assert runner.tokenize(TASK[0], special=False) == ids
+        got = runner.logits(ids)
+    finally:
+        runner.close()
+    full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = full(input_ids=torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept].numpy()
+    assert got.shape == want.shape == (len(ids), len(kept))
+    assert abs(got - want).max() / abs(want).max() < 2e-2  # f16 weights for GGUF's reference, fp32 for ONNX
