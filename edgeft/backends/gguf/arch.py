@@ -227,14 +227,59 @@ class Phi3Family(ArchFamily):
     wants (`attn_qkv`; `ffn_up` holding gate then up, split by its SwiGLU); NEOX rope over the first
     `partial_rotary_factor` of each head, no permutation. A sliding window is refused: with
     `attention.sliding_window` written, llama.cpp 0.3.36's phi3 graph still attends past it (measured:
-    logits off by order 1 beyond the window). `longrope`/`su` scaling (the 128k variants) is refused by name."""
+    logits off by order 1 beyond the window).
+
+    `longrope` (`su` in older configs; the 128k variants) is written as llama.cpp's phi3 graph reads
+    it: the `rope_factors_long` and `rope_factors_short` divisors of each rotary frequency, the
+    original context, and the cos/sin scale as `rope.scaling.attn_factor` (the config's own
+    `attention_factor`, else sqrt(1 + ln(s) / ln(original)) for s = context / original, as
+    transformers computes it). One difference is llama.cpp's and stays: it picks the long factors
+    when the runtime's context exceeds the original one, transformers when the sequence does."""
 
     hf_name = "Phi3ForCausalLM"
     gguf_arch = "phi3"
+    ROPE_TYPES = ("default", "linear", "longrope", "su")
     NAMES: ClassVar[dict[str, str]] = {
         "self_attn.qkv_proj.weight": "attn_qkv.weight",
         "mlp.gate_up_proj.weight": "ffn_up.weight",
     }
+
+    def _longrope(self) -> dict[str, Any] | None:
+        """original context, attention factor and both factor lists of a longrope config; else None."""
+        import math
+
+        kind, params, key = self.rope_scaling()
+        if kind not in ("longrope", "su"):
+            return None
+        context = int(self.config.get("max_position_embeddings", 2048))
+        original = int(params.get("original_max_position_embeddings") or self.config.get("original_max_position_embeddings")
+                       or context)
+        factor = float(params.get("factor") or context / original)
+        attn = params.get("attention_factor")
+        if attn is None:
+            attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        half = self.rotary_dim() // 2
+        for name in ("long_factor", "short_factor"):
+            if len(params.get(name) or ()) != half:
+                raise UnsupportedArchitecture(f"longrope needs {half} {name} values (one per rotary frequency), "
+                                              f"not {len(params.get(name) or ())}", file="config.json", place=f"{key}.{name}")
+        return {"original": original, "attn_factor": float(attn), "long": params["long_factor"], "short": params["short_factor"]}
+
+    def extra_tensors(self) -> list[tuple[str, "np.ndarray"]]:
+        import numpy as np
+
+        rope = self._longrope()
+        if rope is None:
+            return []
+        return [("rope_factors_long.weight", np.asarray(rope["long"], dtype=np.float32)),
+                ("rope_factors_short.weight", np.asarray(rope["short"], dtype=np.float32))]
+
+    def write_hparams(self, w: "GGUFWriter", vocab_size: int) -> None:
+        super().write_hparams(w, vocab_size)
+        rope = self._longrope()
+        if rope is not None:
+            w.add_rope_scaling_orig_ctx_len(rope["original"])
+            w.add_rope_scaling_attn_factors(rope["attn_factor"])
 
     def rotary_dim(self) -> int:
         kind, params, _ = self.rope_scaling()
