@@ -134,3 +134,28 @@ def test_compare_across_backends_in_one_table(tiny_llama_dir, tmp_path):
     for r in rows:
         assert r["metrics"]["ppl"] > 0 and r["metrics"]["ttft_ms_p90"] > 0
     assert (out / "compare.png").stat().st_size > 0
+
+
+def test_several_models_in_one_table_each_against_its_own_source(tiny_model_dirs, tmp_path):
+    """`--models a,b`: one table and plot, a model column, each model's levels in its own folder and
+    scored against its own source, and a recommendation that names the model."""
+    llama, gemma = tiny_model_dirs["LlamaForCausalLM"], tiny_model_dirs["Gemma3ForCausalLM"]
+    profile = _profile(tmp_path, "package_mb = 350")
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["--quiet", "compare", "--models", f"{llama},{gemma}", "--target", str(profile),
+                                       "--quant", "q8_0,q4_0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["models"] == [str(llama), str(gemma)]
+    assert [(r["model"], r["quant"]) for r in data["rows"]] == [(str(m), q) for m in (llama, gemma) for q in ("q8_0", "q4_0")]
+    for r in data["rows"]:
+        assert str(out / llama.name) in r["artifact"] or str(out / gemma.name) in r["artifact"]
+        assert r["eval"]["source_model"].startswith(r["model"])  # its own source, not the other model
+        assert r["metrics"]["kl_vs_source_mean"] >= 0
+    assert data["same_eval_tokens"]  # within each model
+    assert data["recommended"]["model"] in data["models"] and data["recommended"]["model"] in data["verdict"]
+    header = (out / "compare.md").read_text().splitlines()[4]
+    assert header.startswith("| model | backend | level")
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(main, ["--quiet", "compare", "--model", str(llama), "--models", f"{llama},{gemma}", "--out", str(out)])
+    assert r.exit_code == 2 and "--models" in r.output

@@ -68,28 +68,34 @@ def _first_failure(row: dict) -> str | None:
     return failed[0] if failed else None
 
 
-def recommend(rows: list[dict]) -> tuple[dict | None, str]:
+def recommend(rows: list[dict], *, by_model: bool = False) -> tuple[dict | None, str]:
     """The smallest package that meets every budget; else which budget stops each level."""
+    def name(r: dict) -> str:
+        return f"{r['model']} {r['backend']} {r['quant']}" if by_model else f"{r['backend']} {r['quant']}"
+
     passing = [r for r in rows if r["pass"]]
     if passing:
         best = min(passing, key=lambda r: r["metrics"]["package_mb"])
-        return best, f"recommended: {best['backend']} {best['quant']} ({best['metrics']['package_mb']:.1f} MB), the smallest that meets every budget"
+        return best, f"recommended: {name(best)} ({best['metrics']['package_mb']:.1f} MB), the smallest that meets every budget"
     budgets = [b["budget"] for b in rows[0]["budget"]] if rows else []
     everywhere = [k for k in budgets if all(any(b["budget"] == k and b["status"] == "FAIL" for b in r["budget"]) for r in rows)]
     if everywhere:
         return None, f"no level meets every budget: {everywhere[0]} fails at every level"
-    return None, "no level meets every budget: " + ", ".join(f"{r['backend']} {r['quant']} fails {_first_failure(r)}" for r in rows)
+    return None, "no level meets every budget: " + ", ".join(f"{name(r)} fails {_first_failure(r)}" for r in rows)
 
 
-def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out_dir: Path, *,
-            eval_data: Path | None = None) -> CompareResult:
-    """Build every (target, level) once from one source, each backend's levels from its own
-    unquantized reference (made once), then bench each against that reference and the source on
-    the same evaluation tokens: the sweep `--quant auto` runs too (`edgeft.sweep`)."""
+def _slug(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(label).name).strip("-") or "model"
+
+
+def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]], out_dir: Path,
+                eval_data: Path | None) -> tuple[str, list[dict], dict[str, str]]:
+    """One model's (label, rows, each backend's reference): every level built from one conversion."""
     from edgeft.stages import prepare_source, resolve_for, source_hash
     from edgeft.sweep import bench_levels, compile_levels
 
-    started = time.perf_counter()
     source = resolve_for(model, [t.backend for t in targets])
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
@@ -108,28 +114,56 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
             level_dir = dirs[lv.artifact.quant]
             write_json(level_dir / "bench.json", result)
             references[target.backend] = str(lv.reference.path)
-            rows.append({"target": target.name, "backend": target.backend, "quant": lv.artifact.quant,
+            rows.append({"model": source.label, "target": target.name, "backend": target.backend, "quant": lv.artifact.quant,
                          "artifact": str(lv.artifact.path), "reference": str(lv.reference.path),
                          "bench_json": str(level_dir / "bench.json"),
                          "metrics": result["metrics"], "budget": result["budget"], "pass": result["pass"],
                          "eval": result["eval"], "machine": result["machine"], "versions": result["versions"]})
-    digests = {r["eval"]["sha256"] for r in rows if r.get("eval")}
-    best, verdict = recommend(rows)
+    return source.label, rows, references
+
+
+def compare(model: "str | list[str]", targets: list[Target], levels: dict[str, list[str]], out_dir: Path, *,
+            eval_data: Path | None = None) -> CompareResult:
+    """Build every (target, level) once from one source, each backend's levels from its own
+    unquantized reference (made once), then bench each against that reference and the source on
+    the same evaluation tokens: the sweep `--quant auto` runs too (`edgeft.sweep`).
+
+    Several models (a list) share one table and plot, each in its own subfolder and each measured
+    against its own source; their tokenizers differ, so the same text is scored as different tokens."""
+    started = time.perf_counter()
+    models = [model] if isinstance(model, str) else list(model)
+    if len(set(models)) != len(models):
+        raise ConfigError([("--models", f"a model is listed twice: {', '.join(models)}")])
+    labels: list[str] = []
+    rows: list[dict] = []
+    references: dict[str, str] = {}
+    same_tokens = True
+    for m in models:
+        label, model_rows, refs = _model_rows(m, targets, levels, out_dir if len(models) == 1 else out_dir / _slug(m),
+                                              eval_data)
+        labels.append(label)
+        rows += model_rows
+        references.update({b if len(models) == 1 else f"{label} {b}": p for b, p in refs.items()})
+        same_tokens &= len({r["eval"]["sha256"] for r in model_rows if r.get("eval")}) <= 1
+    best, verdict = recommend(rows, by_model=len(models) > 1)
     data = {
         "schema": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "edgeft": __version__,
-        "model": source.label,
+        "model": labels[0] if len(labels) == 1 else " vs ".join(labels),
+        "models": labels,
         # each backend's levels are measured against its own unquantized reference
         "reference": next(iter(references.values())) if len(set(references.values())) == 1 else None,
         "references": references,
-        "same_eval_tokens": len(digests) <= 1,
+        "same_eval_tokens": same_tokens,  # within each model: its levels scored the same tokens
         "budget": {t.name: {k: v for k, v in vars(t.budget).items() if v is not None} for t in targets},
         "rows": rows,
-        "recommended": {"backend": best["backend"], "quant": best["quant"], "artifact": best["artifact"]} if best else None,
+        "recommended": {"model": best["model"], "backend": best["backend"], "quant": best["quant"],
+                        "artifact": best["artifact"]} if best else None,
         "verdict": verdict,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = out_dir / "compare.json", out_dir / "compare.md", out_dir / "compare.png"
     write_json(json_path, data)
     write_text(md_path, markdown(data))
@@ -139,13 +173,20 @@ def compare(model: str, targets: list[Target], levels: dict[str, list[str]], out
     return CompareResult(data, json_path, md_path, png_path)
 
 
+def series(row: dict, data: dict) -> str:
+    """What a row is called in the table's first columns and the plot's legend: its backend, and its
+    model when several are compared."""
+    return f"{row['model']} {row['backend']}" if len(data.get("models") or ()) > 1 else row["backend"]
+
+
 def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     from edgeft.bench.report import SPREAD_WARN_CV
 
-    header = ["backend", "level", *[c[0] for c in COLUMNS], "spread", "budget"]
+    several = len(data.get("models") or ()) > 1
+    header = [*(["model"] if several else []), "backend", "level", *[c[0] for c in COLUMNS], "spread", "budget"]
     rows = []
     for r in data["rows"]:
-        cells = [r["backend"], r["quant"]]
+        cells = [*([r["model"]] if several else []), r["backend"], r["quant"]]
         for _, key, fmt in COLUMNS:
             value = r["metrics"].get(key)
             cells.append("-" if value is None else fmt.format(value))

@@ -16,8 +16,10 @@ def compare_plot(data: dict, out: Path) -> Path:
     matplotlib.use("Agg")  # no display needed, and never a window from a CLI
     import matplotlib.pyplot as plt
 
+    from edgeft.bench.compare import series
+
     rows = data["rows"]
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    backends = list(dict.fromkeys(series(r, data) for r in rows))
     budgets: dict = {}
     for b in data.get("budget", {}).values():
         budgets.update(b)
@@ -31,7 +33,7 @@ def compare_plot(data: dict, out: Path) -> Path:
     recommended = (data.get("recommended") or {}).get("artifact")
     for ax, key, label, budget_key in panels:
         for i, backend in enumerate(backends):
-            pts = [r for r in rows if r["backend"] == backend and r["metrics"].get(key) is not None]
+            pts = [r for r in rows if series(r, data) == backend and r["metrics"].get(key) is not None]
             xs = [r["metrics"]["package_mb"] for r in pts]
             ys = [r["metrics"][key] for r in pts]
             ax.scatter(xs, ys, s=60, marker=_MARKERS[i % len(_MARKERS)], color=_COLORS[i % len(_COLORS)],
@@ -68,7 +70,8 @@ def compare_plot(data: dict, out: Path) -> Path:
     ax_q.set_title("quality loss: lower is better")
     ax_t.set_title("latency: lower is better")
     pick = (data.get("recommended") or {})
-    fig.suptitle(f"{Path(str(data['model'])).name}: " + (f"pick {pick['backend']} {pick['quant']}" if pick else data["verdict"]),
+    title = " vs ".join(Path(str(m)).name for m in data.get("models") or [data["model"]])
+    fig.suptitle(f"{title}: " + (f"pick {series(pick, data)} {pick['quant']}" if pick else data["verdict"]),
                  fontsize=12)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
