@@ -106,7 +106,8 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--preset", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
               help="Data and distillation settings: 'demo' takes minutes on a laptop CPU, 'full' is a serious run.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
-              help="Text or prepared JSONL scored for perplexity [default: the data's held-out split, else a shipped text].")
+              help="Prepared JSONL (`input_ids`, the model's own ids: `edgeft data prepare`) scored for perplexity "
+                   "[default: the data's held-out split, else a shipped text].")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
           no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
@@ -570,6 +571,8 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
 @main.command("compare")
 @click.option("--model", "-m", default="default", show_default=True, help="Model source: a Hugging Face folder, a .gguf file, 'default' or 'gemma3-270m'.")
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile (its budget decides the recommendation).")
+@click.option("--models", default=None, help="Several model sources, comma-separated (e.g. default,gemma3-270m), in one "
+              "table and plot; each is measured against its own source.")
 @click.option("--targets", default=None, help="Several target profiles, comma-separated (e.g. gguf,onnx), compared in one table and plot.")
 @click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q4_k_m,q4_0 or, with "
               "--targets gguf,onnx, q4_k_m,q4_0,int8,int4: each target takes its backend's [default: the profile's].")
@@ -577,8 +580,8 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out JSONL with `input_ids` to score.")
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json instead of the table.")
-def compare_command(model: str, target: str, targets: str | None, quant: str | None, out: Path, eval_data: Path | None,
-                    threads: int | None, as_json: bool) -> None:
+def compare_command(model: str, models: str | None, target: str, targets: str | None, quant: str | None, out: Path,
+                    eval_data: Path | None, threads: int | None, as_json: bool) -> None:
     """Build several quantization levels from one conversion and benchmark them side by side.
 
     Writes compare.json, compare.md and compare.png into the output folder and names the
@@ -590,7 +593,10 @@ def compare_command(model: str, target: str, targets: str | None, quant: str | N
     names = [n.strip() for n in (targets or target).split(",") if n.strip()]
     loaded = [_load_target(n, None, threads) for n in names]
     levels = parse_levels(quant, loaded)
-    result = compare(model, loaded, levels, out, eval_data=eval_data)
+    several = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if several and model != "default":
+        raise EdgeftError("--model and --models name the models twice; give one", place="--models")
+    result = compare(several or model, loaded, levels, out, eval_data=eval_data)
     if as_json:
         click.echo(json.dumps(result.data, indent=2))
     else:

@@ -4,6 +4,7 @@ A finished stage is reused when its inputs' hashes match what it recorded last t
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -26,6 +27,8 @@ from edgeft.stages import stamp as _stamp
 from edgeft.sweep import compile_level, quantize_to_fit
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from edgeft.presets import BuildPreset
 
 
@@ -116,7 +119,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
                           file=target.source)
-    for path in (data, trim_vocab if isinstance(trim_vocab, Path) else None):
+    for path in (data, trim_vocab if isinstance(trim_vocab, Path) else None, eval_data):
         if path is not None and not path.is_file():  # before minutes of dequantizing, not after
             raise EdgeftError("no such data file", file=path)
     if trim_vocab is not None and distill and student != AUTO_STUDENT:
@@ -139,6 +142,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         # Then it is the teacher (its distribution is the full one renormalised over the kept ids).
         hf_dir, src_key, stages["trim"] = trim_stage(model, hf_dir, src_key, trim_vocab, preset, work)
         source_hf = hf_dir
+        if eval_data is not None:  # token ids of the model you gave: renumbered as the training data is
+            eval_data = vocab_trim.renumber_eval_file(eval_data, work / "eval-trimmed.jsonl", hf_dir)
     if distill:
         from edgeft.presets import build_preset
 
@@ -189,9 +194,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
 def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", preset: str, work: Path) -> tuple[Path, str, dict]:
     """`--trim-vocab DATA|N`: DATA goes through the data stage (the teacher writes missing answers, so
-    the tokens the model will answer with are kept too); the kept set is its tokens' closure."""
+    the tokens the model will answer with are kept too); the kept set is the closure of those tokens
+    and of every record's own prompt and target."""
     t = time.perf_counter()
-    prepared: list = []
+    prepared: "Iterable[list[int]]" = ()
     by = "count" if isinstance(trim, int) else str(trim)
     if not isinstance(trim, int):
         from dataclasses import asdict
@@ -205,7 +211,8 @@ def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", prese
             status(f"trim: preparing {trim} (the teacher writes missing answers) ...")
             prepare(trim, model, data_dir, config)
             _stamp(data_dir, data_key)
-        prepared = vocab_trim.prepared_token_ids(data_dir)
+        # The teacher's answers (as many as the preset lets it write), and every record's own text.
+        prepared = itertools.chain(vocab_trim.prepared_token_ids(data_dir), vocab_trim.data_token_ids(trim, hf_dir, config))
     out = work / "trimmed"
     stage_key = _key("trimmed", src_key, trim if isinstance(trim, int) else data_key)
     reused = _reusable(out, stage_key)

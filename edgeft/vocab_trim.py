@@ -260,33 +260,58 @@ class Renumber:
         return out
 
 
+def renumber_records(src: Path, dst: Path, renumber: Renumber) -> None:
+    """One prepared JSONL (input_ids, labels, attention_mask) in trimmed ids, padding dropped (batches
+    re-pad). A dropped token's pieces take its label when it had one; a file without labels (an
+    evaluation file) keeps none."""
+    from edgeft.distill.records import IGNORE
+
+    with open(src, encoding="utf-8") as fh, open(dst, "w", encoding="utf-8") as out:
+        for line in fh:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            tokens = row["input_ids"]
+            mask = row.get("attention_mask") or [1] * len(tokens)
+            labels = row.get("labels")
+            ids: list[int] = []
+            new_labels: list[int] = []
+            for n, (token, m) in enumerate(zip(tokens, mask)):
+                if not m:
+                    continue
+                pieces = renumber(token)
+                ids += pieces
+                if labels is not None:
+                    if labels[n] not in (IGNORE, token):
+                        raise RuntimeError(f"{src}: a label that is not its position's token ({labels[n]} at {token})")
+                    new_labels += [IGNORE] * len(pieces) if labels[n] == IGNORE else pieces
+            out.write(json.dumps({"input_ids": ids, **({"labels": new_labels} if labels is not None else {})}) + "\n")
+
+
 def renumber_prepared(src: Path, dst: Path, data: dict[str, Any], kept: list[int]) -> None:
-    """A prepared data folder (train.jsonl, eval.jsonl) in trimmed ids, padding dropped (batches re-pad).
-    A dropped token's pieces take its label when it had one."""
+    """A prepared data folder (train.jsonl, eval.jsonl) in trimmed ids, written atomically."""
     from edgeft.atomic_io import atomic_dir
-    from edgeft.distill.records import IGNORE, open_prepared
+    from edgeft.distill.records import open_prepared
 
     renumber = Renumber(data, kept)
     splits = open_prepared(Path(src))
     with atomic_dir(Path(dst)) as tmp:
         for path in (splits.train, splits.eval):
-            with open(path, encoding="utf-8") as fh, open(tmp / path.name, "w", encoding="utf-8") as out:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    mask = row.get("attention_mask") or [1] * len(row["input_ids"])
-                    ids: list[int] = []
-                    labels: list[int] = []
-                    for token, label, m in zip(row["input_ids"], row["labels"], mask):
-                        if not m:
-                            continue
-                        if label not in (IGNORE, token):
-                            raise RuntimeError(f"{path}: a label that is not its position's token ({label} at {token})")
-                        pieces = renumber(token)
-                        ids += pieces
-                        labels += [IGNORE] * len(pieces) if label == IGNORE else pieces
-                    out.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
+            renumber_records(path, tmp / path.name, renumber)
+
+
+def renumber_eval_file(src: Path, dst: Path, trimmed_dir: Path) -> Path:
+    """An evaluation JSONL in the untrimmed model's ids (a data stage's split) in a trimmed folder's
+    ids, written atomically; checked first, so a bad file is one line naming it."""
+    from edgeft.atomic_io import atomic_path
+    from edgeft.bench.perplexity import read_eval_data
+
+    read_eval_data(Path(src))
+    record = json.loads((Path(trimmed_dir) / MAP_NAME).read_text(encoding="utf-8"))
+    renumber = Renumber(read_tokenizer(Path(record["source"])), record["kept"])
+    with atomic_path(Path(dst)) as tmp:
+        renumber_records(Path(src), tmp, renumber)
+    return Path(dst)
 
 
 def check_same(full_tok, trimmed_tok, kept: list[int], texts: Iterable[str]) -> int:
@@ -312,6 +337,21 @@ def kept_for(trim: "int | Path", data: dict[str, Any], prepared_ids: "Iterable[I
     if isinstance(trim, int):
         return first_n(data, trim)
     return closure(data, {i for ids in prepared_ids for i in ids})
+
+
+def data_token_ids(data_file: Path, hf_dir: Path, config: Any) -> list[list[int]]:
+    """Every usable record's templated prompt and its own target, as the full tokenizer splits them:
+    the task text a trim keeps even where the teacher answered only some records (a preset's
+    synthesis cap). `config` is the data stage's `DataConfig`."""
+    from transformers import AutoTokenizer
+
+    from edgeft.data.prepare import analyze
+    from edgeft.data.tokenize import Templater
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    records = analyze(Path(data_file), lambda: tokenizer, config).records
+    targets = Templater(tokenizer, config.plain_format).encode_texts([r.target for r in records if r.target])
+    return [list(r.prompt_ids or ()) for r in records] + targets
 
 
 def prepared_token_ids(folder: Path) -> Iterable[list[int]]:

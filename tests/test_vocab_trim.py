@@ -158,3 +158,56 @@ def test_every_backend_runs_the_trimmed_model_through_the_backend_interface(back
         want = full(input_ids=torch.tensor([[kept[i] for i in ids]])).logits[0][:, kept].numpy()
     assert got.shape == want.shape == (len(ids), len(kept))
     assert abs(got - want).max() / abs(want).max() < 2e-2  # f16 weights for GGUF's reference, fp32 for ONNX
+
+
+def test_trim_data_keeps_every_records_text_not_only_the_answered_ones(tiny_model_dirs, tmp_path):
+    """The data stage's teacher answers only up to a preset's cap; the trim still keeps the text of
+    every record (its templated prompt) and every human target."""
+    from transformers import AutoTokenizer
+
+    from edgeft.data.prepare import DataConfig
+    from edgeft.data.tokenize import Templater
+
+    model_dir = tiny_model_dirs["LlamaForCausalLM"]
+    rows = [{"input": f"Question number {w} about the {w} river?"} for w in ("quartz", "falcon", "ember", "walnut")]
+    rows.append({"input": "Name a quiet lantern.", "target": "A velvet lantern glows."})
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = DataConfig(eval_fraction=0.0, min_input_tokens=1, min_target_tokens=1)
+    ids = vocab_trim.data_token_ids(data, model_dir, config)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    templater = Templater(tok, config.plain_format)
+    for r in rows:
+        assert templater.encode_prompts([(r["input"], None)])[0] in ids
+    assert tok(rows[-1]["target"], add_special_tokens=False)["input_ids"] in ids
+    assert len(ids) == len(rows) + 1
+
+
+def test_an_evaluation_file_in_full_ids_is_renumbered_and_a_bad_one_is_one_line(trimmed, tmp_path):
+    from edgeft.errors import EdgeftError
+
+    model_dir, full, trim, kept, _ = trimmed
+    src = tmp_path / "eval.jsonl"
+    src.write_text("".join(json.dumps({"input_ids": full(t, add_special_tokens=False)["input_ids"]}) + "\n" for t in TASK + OTHER))
+    out = vocab_trim.renumber_eval_file(src, tmp_path / "eval-trimmed.jsonl", tmp_path / "trimmed")
+    rows = [json.loads(line)["input_ids"] for line in out.read_text().splitlines()]
+    assert rows[: len(TASK)] == [trim(t, add_special_tokens=False)["input_ids"] for t in TASK]
+    for ids, text in zip(rows, TASK + OTHER):
+        assert max(ids) < len(kept) and trim.decode(ids) == full.decode(full(text, add_special_tokens=False)["input_ids"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_ids": [1, 2]}\n{"text": "no ids"}\n')
+    with pytest.raises(EdgeftError, match="line 2"):
+        vocab_trim.renumber_eval_file(bad, tmp_path / "bad-trimmed.jsonl", tmp_path / "trimmed")
+    assert not (tmp_path / "bad-trimmed.jsonl").exists()
+
+
+def test_the_source_answer_of_a_trimmed_build_is_the_full_models_own(trimmed, tmp_path):
+    """The side-by-side 'source' answer is the model you gave answering the prompt as its own
+    tokenizer splits it, not the trimmed pieces of that prompt."""
+    from edgeft.bench.source_model import SourceRunner
+
+    model_dir, *_ = trimmed
+    full, trim = SourceRunner(model_dir), SourceRunner(tmp_path / "trimmed")
+    prompt = OTHER[0]
+    assert trim.own_chat_ids(prompt) == full.own_chat_ids(prompt) != [trim.kept[i] for i in trim.chat_ids(prompt)]
+    assert trim.answer(trim.greedy(trim.own_chat_ids(prompt), 8)) == full.answer(full.greedy(full.own_chat_ids(prompt), 8))
