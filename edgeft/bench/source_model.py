@@ -79,13 +79,20 @@ class SourceRunner:
                 ids.update(int(v) for v in value)
         return ids
 
+    def _chat_text(self, prompt: str) -> str:
+        if not self.tokenizer.chat_template:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                  tokenize=False)
+
     def chat_ids(self, prompt: str) -> list[int]:
         """The prompt rendered and tokenized as the artifact's ids."""
-        if not self.tokenizer.chat_template:
-            return self.tokenize(prompt)
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                  tokenize=False)
-        return self.tokenize(text)
+        return self.tokenize(self._chat_text(prompt))
+
+    def own_chat_ids(self, prompt: str) -> list[int]:
+        """The prompt as the source model's own tokenizer splits it (for a trimmed artifact, not the
+        trimmed pieces): what the model you gave answers."""
+        return self.tokenizer(self._chat_text(prompt), add_special_tokens=False)["input_ids"]
 
     def answer(self, tokens: list[int]) -> str:
         """Generated ids up to the first end-of-turn, as text."""
@@ -102,10 +109,9 @@ class SourceRunner:
         return self.answer(self._up(tokens))
 
     def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
-        """The source's own greedy answer (full-vocabulary ids) to the artifact's prompt ids."""
+        """The source's greedy answer (full-vocabulary ids) to its own prompt ids (`own_chat_ids`)."""
         import torch
 
-        ids = self._up(ids)
         with torch.no_grad():
             out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                       max_new_tokens=new_tokens, do_sample=False, eos_token_id=sorted(self.stop_ids()) or None,
@@ -123,8 +129,7 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
     artifact to the same ids)."""
     rows = []
     for prompt in prompts:
-        ids = source.chat_ids(prompt)
-        src = source.answer(source.greedy(ids, new_tokens))
-        art = source.artifact_answer(artifact.generate(ids, new_tokens).tokens)
+        src = source.answer(source.greedy(source.own_chat_ids(prompt), new_tokens))
+        art = source.artifact_answer(artifact.generate(source.chat_ids(prompt), new_tokens).tokens)
         rows.append({"prompt": prompt, "source": src, "artifact": art, "same": src == art})
     return rows
