@@ -93,6 +93,8 @@ class LlamaCppRunner:
         self.seed = seed
         self.threads = threads
         self.context = context
+        self._adapter: tuple[Path, float] | None = None  # the active LoRA adapter and its scale
+        self._adapters: dict[tuple[int, Path], object] = {}  # (context, file) -> llama.cpp's loaded adapter
         self._gen = self._open(logits_all=False)
         self._scorer = None  # a second context with logits for every position, opened on first use
 
@@ -108,11 +110,44 @@ class LlamaCppRunner:
             # muted: llama.cpp prints some load notes (a sliding-window cache's size) whatever `verbose` says;
             # a load that fails raises, and its reason is the one line below
             with muted_native_stderr():
-                return Llama(model_path=str(self.path), n_ctx=self.context, n_batch=min(512, self.context),
-                             n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
-                             verbose=False, seed=self.seed)
+                llm = Llama(model_path=str(self.path), n_ctx=self.context, n_batch=min(512, self.context),
+                            n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
+                            verbose=False, seed=self.seed)
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"llama.cpp cannot load it ({exc})", file=self.path) from None
+        self._apply_adapter(llm)
+        return llm
+
+    def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
+        """Make the GGUF LoRA adapter at `path` the active one (None: the base alone), in every context
+        this runner has open or opens later. llama.cpp applies it at run time; the base's weights stay
+        as they are, so switching is a pointer swap, not a reload (each file is loaded once)."""
+        self._adapter = (Path(path), float(scale)) if path is not None else None
+        for llm in (self._gen, self._scorer):
+            if llm is not None:
+                self._apply_adapter(llm)
+
+    def _apply_adapter(self, llm) -> None:
+        import llama_cpp
+
+        from edgeft.progress import muted_native_stderr
+
+        if self._adapter is None:
+            llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+            return
+        path, scale = self._adapter
+        key = (id(llm), path)
+        if key not in self._adapters:
+            with muted_native_stderr():
+                handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode("utf-8"))
+            if not handle:  # freed with its model when the runner closes
+                raise ArtifactError("llama.cpp cannot load this LoRA adapter (not a GGUF adapter, or one for another "
+                                    "base)", file=path)
+            self._adapters[key] = handle
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[key])
+        scales = (ctypes.c_float * 1)(scale)
+        if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+            raise ArtifactError("llama.cpp refused to apply this LoRA adapter", file=path)
 
     @property
     def n_vocab(self) -> int:
@@ -198,6 +233,7 @@ class LlamaCppRunner:
             if llm is not None:
                 llm.close()
         self._scorer = None
+        self._adapters.clear()
 
 
 class GGUFBackend:
