@@ -211,3 +211,24 @@ def test_the_source_answer_of_a_trimmed_build_is_the_full_models_own(trimmed, tm
     prompt = OTHER[0]
     assert trim.own_chat_ids(prompt) == full.own_chat_ids(prompt) != [trim.kept[i] for i in trim.chat_ids(prompt)]
     assert trim.answer(trim.greedy(trim.own_chat_ids(prompt), 8)) == full.answer(full.greedy(full.own_chat_ids(prompt), 8))
+
+
+def test_quality_of_a_trimmed_artifact_is_the_same_text_against_the_source_on_its_own_tokens(trimmed, tmp_path):
+    """Same-ids perplexity hides a trim's cost (the source fed the split pieces suffers too); the
+    budget's `ppl_vs_source_pct` compares the text's likelihood, each model on its own tokens: never
+    worse on text the trim kept whole, worse where words were split."""
+    import shutil
+
+    from edgeft.bench.perplexity import score
+    from edgeft.bench.source_model import SourceRunner
+
+    plain = tmp_path / "artifact"  # the trimmed model as an artifact would run it: no map, its own vocabulary
+    shutil.copytree(tmp_path / "trimmed", plain)
+    (plain / vocab_trim.MAP_NAME).unlink()
+    artifact, source = SourceRunner(plain), SourceRunner(tmp_path / "trimmed")
+    kept_text = score(artifact, artifact.tokenize(" ".join(TASK)), 64, None, source)
+    assert kept_text["ppl_vs_source_pct"] <= 1e-6  # the kept ids' logits are the source's, renormalised
+    assert kept_text["source_tokens_scored"] == kept_text["tokens_scored"]
+    split = score(artifact, artifact.tokenize(" ".join(OTHER * 4)), 64, None, source)
+    assert split["source_tokens_scored"] < split["tokens_scored"]
+    assert split["ppl_vs_source_pct"] > 0 >= split["ppl_vs_source_same_ids_pct"]

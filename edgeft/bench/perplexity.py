@@ -128,6 +128,14 @@ def score(runner, ids: list[int], window: int, reference=None, source=None) -> d
         src_ppl, increase, kl_mean, kl_p99, top1 = against["source"].summary(ppl)
         result.update(source_ppl=src_ppl, ppl_vs_source_pct=increase, kl_vs_source_mean=kl_mean,
                       kl_vs_source_p99=kl_p99, top1_vs_source_pct=top1)
+        if getattr(source, "kept", None) is not None:
+            # A trimmed artifact splits words the kept vocabulary lacks into more pieces, and the source fed
+            # those pieces suffers too, so the same-ids perplexity hides the cost. Compared instead: the
+            # same text, the source on its own tokens; the artifact's total NLL over the source's token count.
+            own_total, own_count = source.own_nll(ids, window)
+            result.update(source_ppl=math.exp(own_total / own_count),
+                          ppl_vs_source_pct=(math.exp((float(np.sum(nll)) - own_total) / own_count) - 1.0) * 100.0,
+                          ppl_vs_source_same_ids_pct=increase, source_tokens_scored=own_count)
     return result
 
 

@@ -51,11 +51,15 @@ def source_quality(result: dict) -> str:
         return ("quality against the source: not measured (give the model it was built from: `--source HF_FOLDER`); "
                 "the numbers below compare the artifact with its own unquantized export only")
     ev = result.get("eval") or {}
-    return (f"quality against the source ({ev.get('source_model', 'the model you gave')}), {ev.get('tokens_scored', '?')} "
-            f"tokens of {ev.get('source', '?')}:\n"
-            f"  perplexity {_fmt(m['source_ppl'])} -> {_fmt(m['ppl'])} ({m['ppl_vs_source_pct']:+.1f} %), "
-            f"KL mean {m['kl_vs_source_mean']:.4f} p99 {m['kl_vs_source_p99']:.4f}, "
-            f"top-1 agreement {m['top1_vs_source_pct']:.1f} %")
+    head = (f"quality against the source ({ev.get('source_model', 'the model you gave')}), {ev.get('tokens_scored', '?')} "
+            f"tokens of {ev.get('source', '?')}:\n")
+    kl = (f"KL mean {m['kl_vs_source_mean']:.4f} p99 {m['kl_vs_source_p99']:.4f}, "
+          f"top-1 agreement {m['top1_vs_source_pct']:.1f} %")
+    if m.get("ppl_vs_source_same_ids_pct") is not None:  # trimmed: the text's likelihood, each model on its own tokens
+        return (head + f"  the same text: {m['ppl_vs_source_pct']:+.1f} % perplexity (per source token; the source on its "
+                f"own {m['source_tokens_scored']} tokens, perplexity {_fmt(m['source_ppl'])})\n"
+                f"  on the artifact's tokens: perplexity {m['ppl_vs_source_same_ids_pct']:+.1f} %, {kl}")
+    return head + f"  perplexity {_fmt(m['source_ppl'])} -> {_fmt(m['ppl'])} ({m['ppl_vs_source_pct']:+.1f} %), {kl}"
 
 
 def answers_block(result: dict, width: int = 100) -> str:

@@ -104,6 +104,25 @@ class SourceRunner:
             kept.append(t)
         return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
 
+    def own_nll(self, token_ids: list[int], window: int) -> tuple[float, int]:
+        """(total negative log-likelihood, tokens scored) of the text `token_ids` (artifact ids) spell,
+        as the source scores it on its own tokenization, in windows of `window` tokens. For a trimmed
+        artifact this is the honest comparison: the same text, each model on its own tokens."""
+        import numpy as np
+        import torch
+
+        from edgeft.bench.perplexity import log_softmax, windows
+
+        text = self.artifact_tokenizer.decode(token_ids)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        total, count = 0.0, 0
+        for chunk in windows(ids, window):
+            with torch.no_grad():
+                lp = log_softmax(self.model(input_ids=torch.tensor([chunk])).logits[0, :-1].float().numpy())
+            total += float(-lp[np.arange(len(chunk) - 1), chunk[1:]].sum())
+            count += len(chunk) - 1
+        return total, count
+
     def artifact_answer(self, tokens: list[int]) -> str:
         """The artifact's generated ids (trimmed ids when trimmed) up to the first end-of-turn, as text."""
         return self.answer(self._up(tokens))
