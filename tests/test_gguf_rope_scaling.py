@@ -51,10 +51,10 @@ def test_transformers_5_writes_rope_parameters(tmp_path):
     assert config.get("rope_parameters", {}).get("rope_type") == "llama3" or config.get("rope_scaling", {}).get("rope_type") == "llama3"
 
 
-def _rel_error(model_dir, gguf_path, ids) -> float:
+def _rel_error(model_dir, gguf_path, ids, context: int = 1024) -> float:
     from transformers import AutoModelForCausalLM
 
-    runner = LlamaCppRunner(gguf_path, threads=1, context=1024)
+    runner = LlamaCppRunner(gguf_path, threads=1, context=context)
     try:
         got = runner.logits(ids)
     finally:
@@ -120,20 +120,6 @@ def _phi3_longrope_model(out, *, original: int = 256, context: int = 1024):
     return out
 
 
-def _phi3_error(model_dir, gguf_path, ids, context) -> float:
-    from transformers import AutoModelForCausalLM
-
-    runner = LlamaCppRunner(gguf_path, threads=1, context=context)
-    try:
-        got = runner.logits(ids)
-    finally:
-        runner.close()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = model(torch.tensor([ids])).logits[0].numpy()
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
 def test_phi3_longrope_matches_transformers_with_long_and_short_factors(tmp_path, monkeypatch):
     """Long factors: a 300-token input on a 1,024-token context (both past the original 256). Short
     factors: a 200-token input on a 256-token context (neither past it; llama.cpp rounds a context up
@@ -149,11 +135,11 @@ def test_phi3_longrope_matches_transformers_with_long_and_short_factors(tmp_path
     assert {"rope_factors_long.weight", "rope_factors_short.weight"} <= {t.name for t in reader.tensors}
     attn = float(reader.fields["phi3.rope.scaling.attn_factor"].parts[-1][0])
     assert attn == pytest.approx(float(np.sqrt(1 + np.log(1024 / 256) / np.log(256))), rel=1e-6)
-    assert _phi3_error(model_dir, out, _ids(300), 1024) <= 1e-3
-    assert _phi3_error(model_dir, out, _ids(200), 256) <= 1e-3
+    assert _rel_error(model_dir, out, _ids(300), 1024) <= 1e-3
+    assert _rel_error(model_dir, out, _ids(200), 256) <= 1e-3
     monkeypatch.setattr(arch.Phi3Family, "extra_tensors", lambda self: [])
     plain = convert(model_dir, tmp_path / "plain.gguf", "f32")
-    assert _phi3_error(model_dir, plain, _ids(300), 1024) > 1e-2
+    assert _rel_error(model_dir, plain, _ids(300), 1024) > 1e-2
 
 
 def test_phi3_longrope_with_the_wrong_number_of_factors_is_refused_by_key(tmp_path):
