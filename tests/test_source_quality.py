@@ -75,3 +75,32 @@ def test_every_shipped_profile_budgets_quality_against_the_source():
 
     for name in shipped_targets():
         assert load_target(name).budget.ppl_vs_source_pct is not None, name
+
+
+def test_a_bare_prompt_gets_the_bos_its_tokenizer_adds(tiny_model_dirs, tmp_path):
+    """No chat template (Gemma 3 270M's GGUF has none): the side-by-side prompt starts with the BOS the
+    tokenizer adds by itself, as the model was trained; a templated prompt carries its own."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, processors
+
+    from edgeft.bench.source_model import SourceRunner
+
+    folder = tmp_path / "bare"
+    shutil.copytree(tiny_model_dirs["Gemma3ForCausalLM"], folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok.save(str(folder / "tokenizer.json"))
+    runner = SourceRunner(folder)
+    assert not runner.tokenizer.chat_template
+    assert runner.chat_ids("Hello there")[0] == bos == runner.own_chat_ids("Hello there")[0]
+    templated = SourceRunner(tiny_model_dirs["LlamaForCausalLM"])
+    assert templated.chat_ids("Hello there") == templated.tokenize(
+        templated.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True,
+                                                tokenize=False))

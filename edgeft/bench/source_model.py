@@ -79,20 +79,23 @@ class SourceRunner:
                 ids.update(int(v) for v in value)
         return ids
 
-    def _chat_text(self, prompt: str) -> str:
+    def _chat_ids(self, tokenizer, prompt: str) -> list[int]:
+        """A templated prompt carries its own BOS; a bare one (no chat template, as Gemma 3 270M's GGUF
+        has) gets the tokenizer's own special tokens, the BOS such a model is lost without."""
         if not self.tokenizer.chat_template:
-            return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+            return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                   tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def chat_ids(self, prompt: str) -> list[int]:
         """The prompt rendered and tokenized as the artifact's ids."""
-        return self.tokenize(self._chat_text(prompt))
+        return self._chat_ids(self.artifact_tokenizer, prompt)
 
     def own_chat_ids(self, prompt: str) -> list[int]:
         """The prompt as the source model's own tokenizer splits it (for a trimmed artifact, not the
         trimmed pieces): what the model you gave answers."""
-        return self.tokenizer(self._chat_text(prompt), add_special_tokens=False)["input_ids"]
+        return self._chat_ids(self.tokenizer, prompt)
 
     def answer(self, tokens: list[int]) -> str:
         """Generated ids up to the first end-of-turn, as text."""
