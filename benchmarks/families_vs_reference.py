@@ -57,6 +57,14 @@ def _llama_spm(out: Path) -> Path:
                      tie_word_embeddings=False)
 
 
+def _pre(gguf_path: Path) -> str | None:
+    """The BPE pre-tokenizer our file names: the one fact the reference cannot find for a tiny tokenizer."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_path).fields.get("tokenizer.ggml.pre")
+    return bytes(field.parts[-1]).decode() if field is not None else None
+
+
 def compare_family(name: str, build, tool: Path, work: Path) -> dict:
     from edgeft.backends.gguf.convert import convert
 
@@ -68,7 +76,7 @@ def compare_family(name: str, build, tool: Path, work: Path) -> dict:
         ours, ref = work / name / f"ours-{outtype}.gguf", work / name / f"ref-{outtype}.gguf"
         convert(hf, ours, outtype, quiet=True)
         try:
-            info = reference_convert(tool, hf, ref, outtype=outtype)
+            info = reference_convert(tool, hf, ref, outtype=outtype, pre=_pre(ours))
         except BenchError as exc:
             row["types"][outtype] = {"reference_failed": str(exc)}
             continue

@@ -91,7 +91,18 @@ def reference_tool(cache: Path, version: str) -> Path:
     return root
 
 
-def reference_convert(tool: Path, hf_dir: Path, out: Path, outtype: str = "f16") -> dict:
+# The reference names a BPE pre-tokenizer by hashing how the tokenizer splits a test string, so a
+# random tiny tokenizer is "not recognized". With `pre`, that one lookup answers the name instead.
+_PRE_WRAPPER = """import runpy, sys
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def reference_convert(tool: Path, hf_dir: Path, out: Path, outtype: str = "f16", *, pre: str | None = None) -> dict:
+    """llama.cpp's converter on `hf_dir`; `pre`: the pre-tokenizer name to give it (see _PRE_WRAPPER)."""
     from edgeft.atomic_io import atomic_path
 
     try:
@@ -102,10 +113,9 @@ def reference_convert(tool: Path, hf_dir: Path, out: Path, outtype: str = "f16")
     env.pop("NO_LOCAL_GGUF", None)
     with atomic_path(out) as tmp:
         t = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, str(tool / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)],
-            capture_output=True, text=True, env=env,
-        )
+        script = [str(tool / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(tmp)]
+        launcher = [sys.executable] if pre is None else [sys.executable, "-c", _PRE_WRAPPER.format(pre=pre)]
+        proc = subprocess.run([*launcher, *script], capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - t
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
