@@ -67,13 +67,12 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
     from edgeft.distill.records import open_prepared
 
     prepared = open_prepared(data_dir)
-    if (hf_dir / vocab_trim.MAP_NAME).is_file():
+    if vocab_trim.read_map(hf_dir) is not None:
         # A trimmed teacher: the data was tokenized by the full one (whose answers it holds), so it is
         # renumbered into the trimmed ids the student learns and the runtime sees.
         trimmed_dir, trimmed_key = work / "data-trimmed", _key("data-trimmed", data_key, src_key)
         if not _reusable(trimmed_dir, trimmed_key):
-            record = json.loads((hf_dir / vocab_trim.MAP_NAME).read_text(encoding="utf-8"))
-            vocab_trim.renumber_prepared(data_dir, trimmed_dir, vocab_trim.read_tokenizer(Path(record["source"])), record["kept"])
+            vocab_trim.renumber_prepared(data_dir, trimmed_dir, hf_dir)
             _stamp(trimmed_dir, trimmed_key)
         prepared, data_key = open_prepared(trimmed_dir), trimmed_key
     stages["data"] = {"reused": reused, "key": data_key, "seconds": round(time.perf_counter() - t, 2),
@@ -222,7 +221,7 @@ def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", prese
         status(f"trim: keeping {len(kept)} tokens and rewriting the tokenizer, embedding and head ...")
         vocab_trim.trim_model(hf_dir, tokenizer, kept, out)
         _stamp(out, stage_key)
-    record = json.loads((out / vocab_trim.MAP_NAME).read_text())
+    record = vocab_trim.read_map(out)
     return out, stage_key, {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
                             "by": by, "source_vocab": record["source_vocab"],
                             "kept_vocab": record["kept_vocab"], "map": str((out / vocab_trim.MAP_NAME).relative_to(work.parent)),

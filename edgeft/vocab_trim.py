@@ -34,6 +34,12 @@ def _merge_pairs(model: dict[str, Any]) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in model.get("merges") or []]
 
 
+def read_map(folder: Path) -> dict[str, Any] | None:
+    """A trimmed folder's vocab_map.json (`kept`, the untrimmed `source`, the sizes); None for any other folder."""
+    path = Path(folder) / MAP_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def read_tokenizer(hf_dir: Path) -> dict[str, Any]:
     """A folder's tokenizer.json, parsed once and checked to be a BPE that trimming supports."""
     path = Path(hf_dir) / "tokenizer.json"
@@ -246,6 +252,14 @@ class Renumber:
         self.token = {i: t for t, i in data["model"]["vocab"].items()}
         self.byte_fallback = bool(data["model"].get("byte_fallback"))
 
+    @classmethod
+    def for_trimmed(cls, trimmed_dir: Path) -> "Renumber":
+        """The renumbering into a trimmed folder's ids, from its map and its untrimmed source's tokenizer."""
+        record = read_map(trimmed_dir)
+        if record is None:
+            raise RuntimeError(f"{trimmed_dir} is not a trimmed folder (no {MAP_NAME})")
+        return cls(read_tokenizer(Path(record["source"])), record["kept"])
+
     def __call__(self, old_id: int) -> list[int]:
         if old_id in self.old_to_new:
             return [self.old_to_new[old_id]]
@@ -288,12 +302,12 @@ def renumber_records(src: Path, dst: Path, renumber: Renumber) -> None:
             out.write(json.dumps({"input_ids": ids, **({"labels": new_labels} if labels is not None else {})}) + "\n")
 
 
-def renumber_prepared(src: Path, dst: Path, data: dict[str, Any], kept: list[int]) -> None:
-    """A prepared data folder (train.jsonl, eval.jsonl) in trimmed ids, written atomically."""
+def renumber_prepared(src: Path, dst: Path, trimmed_dir: Path) -> None:
+    """A prepared data folder (train.jsonl, eval.jsonl) in `trimmed_dir`'s ids, written atomically."""
     from edgeft.atomic_io import atomic_dir
     from edgeft.distill.records import open_prepared
 
-    renumber = Renumber(data, kept)
+    renumber = Renumber.for_trimmed(trimmed_dir)
     splits = open_prepared(Path(src))
     with atomic_dir(Path(dst)) as tmp:
         for path in (splits.train, splits.eval):
@@ -307,8 +321,7 @@ def renumber_eval_file(src: Path, dst: Path, trimmed_dir: Path) -> Path:
     from edgeft.bench.perplexity import read_eval_data
 
     read_eval_data(Path(src))
-    record = json.loads((Path(trimmed_dir) / MAP_NAME).read_text(encoding="utf-8"))
-    renumber = Renumber(read_tokenizer(Path(record["source"])), record["kept"])
+    renumber = Renumber.for_trimmed(trimmed_dir)
     with atomic_path(Path(dst)) as tmp:
         renumber_records(Path(src), tmp, renumber)
     return Path(dst)

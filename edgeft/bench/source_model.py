@@ -33,13 +33,11 @@ class SourceRunner:
     full model's distribution over the kept tokens. Its chat answers are the full model's own."""
 
     def __init__(self, hf_dir: Path):
-        import json
-
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from edgeft.progress import quiet_libraries
-        from edgeft.vocab_trim import MAP_NAME
+        from edgeft.vocab_trim import read_map
 
         quiet_libraries()
         torch.manual_seed(0)
@@ -47,8 +45,8 @@ class SourceRunner:
         self.kept: list[int] | None = None
         self.artifact_tokenizer = AutoTokenizer.from_pretrained(self.hf_dir)
         model_dir = self.hf_dir
-        if (self.hf_dir / MAP_NAME).is_file():
-            record = json.loads((self.hf_dir / MAP_NAME).read_text(encoding="utf-8"))
+        record = read_map(self.hf_dir)
+        if record is not None:
             self.kept, model_dir = record["kept"], Path(record["source"])
         # What the report names: the model scored, which for a trimmed folder is the untrimmed one.
         self.label = str(model_dir) if self.kept is None else \
