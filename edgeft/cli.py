@@ -159,14 +159,15 @@ def _print_student(student: dict) -> None:
 
 def _print_levers(result) -> None:
     """When quality against the source fails after training, say which lever would move it."""
-    failed = [b for b in result.bench["budget"] if b["budget"] == "ppl_vs_source_pct" and b["status"] == "FAIL"]
+    failed = [b["budget"] for b in result.bench["budget"]
+              if b["budget"] in ("ppl_vs_source_pct", "answer_ppl_vs_source_pct") and b["status"] == "FAIL"]
     mode = (result.student or {}).get("mode")
     if failed and mode in ("distill", "fine-tune"):
-        click.echo("quality against the teacher: FAIL. Levers: more training (`--preset full`, or more steps with "
-                   "`edgeft distill --steps`), or a looser size/latency budget so that a larger student fits.")
+        click.echo(f"quality against the teacher: FAIL ({', '.join(failed)}). Levers: more training (`--preset full`, or "
+                   "more steps with `edgeft distill --steps`), or a looser size/latency budget so that a larger student fits.")
     elif failed:
-        click.echo("quality against the source: FAIL. Levers: a higher quantization level (`--quant q8_0`, or "
-                   "`--quant auto`), or a looser `ppl_vs_source_pct`.")
+        click.echo(f"quality against the source: FAIL ({', '.join(failed)}). Levers: a higher quantization level "
+                   "(`--quant q8_0`, or `--quant auto`), or a looser limit in the profile's [budget].")
 
 
 def _print_bench(result: dict, as_json: bool) -> None:

@@ -57,6 +57,10 @@ DEFAULT_TARGET = "gguf"
 AUTO_QUANT = "auto"
 
 
+# Budget keys for which 0 is a meaningful limit (no loss at all), where every other limit must be positive.
+QUALITY_ZERO_OK = ("ppl_increase_pct", "ppl_vs_source_pct", "answer_ppl_vs_source_pct")
+
+
 @dataclass(frozen=True)
 class Budget:
     """Limits a build must meet; a key left as None is not checked."""
@@ -68,6 +72,9 @@ class Budget:
     ppl_increase_pct: float | None = None  # against the artifact's own unquantized export: quantization loss alone
     # Against the source model the user gave (the teacher when distilling): everything the build did to it.
     ppl_vs_source_pct: float | None = None
+    # The fixed chat prompts' greedy answers, scored by the source: how much more perplexing it finds the
+    # shipped file's answer than its own, % increase, on the worst prompt (`source_model.side_by_side`).
+    answer_ppl_vs_source_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,7 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
     )
     budget_values = _number_table(
         raw, "budget", Budget, problems, integer=False,
-        invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k not in ("ppl_increase_pct", "ppl_vs_source_pct")) else None,
+        invalid=lambda k, v: f"must be positive, got {v}" if v < 0 or (v == 0 and k not in QUALITY_ZERO_OK) else None,
     )
     options = parse_options(backend, _table(raw, backend, problems), problems) if backend in backend_names() else None
     regression_values = _number_table(

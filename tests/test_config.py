@@ -16,11 +16,12 @@ def test_shipped_profiles_load(name):
     # The product budget, except the tight profile that forces pruning (below every level of the default model).
     assert target.budget.package_mb == (85 if name == "gguf-small" else 350)
     assert target.budget.ppl_vs_source_pct is not None  # quality against the source, on every profile
+    assert target.budget.answer_ppl_vs_source_pct is not None  # and the answers a person would see
 
 
 def test_shipped_profiles_cover_the_walking_skeleton():
     assert {"gguf", "gguf-q8", "gguf-q4_0", "gguf-f16"} <= set(shipped_targets())
-    assert load_target("gguf").quant == "q4_k_m"
+    assert load_target("gguf").quant == "q8_0"
 
 
 def test_profile_by_path(tmp_path):

@@ -19,7 +19,10 @@ def _report_is_honest(out, output: str) -> dict:
     m = bench["metrics"]
     assert m["source_ppl"] > 0 and m["kl_vs_source_mean"] > 0 and 0 < m["top1_vs_source_pct"] < 100
     assert "ppl_vs_source_pct" in {b["budget"] for b in bench["budget"]}
-    assert len(bench["answers"]) == 4 and all(a["source"] for a in bench["answers"])
+    from edgeft.bench.source_model import CHAT_PROMPTS
+
+    assert len(bench["answers"]) == len(CHAT_PROMPTS) and all(a["source"] for a in bench["answers"])
+    assert "answer_ppl_vs_source_pct" in {b["budget"] for b in bench["budget"]}  # the answers are judged, not only shown
     assert output.index("quality against the source") < output.index("time to first token")
     assert "source:   The capital of France is Paris" in output  # the teacher's own answer, shown beside the artifact's
     return bench
@@ -43,7 +46,7 @@ def test_default_profile_compiles_the_source_as_it_is(tmp_path):
     assert "data" not in stages and "distill" not in stages  # the default prompts have no targets: nothing to learn
     assert "nothing is pruned" in result.output and "nothing to learn" in result.output
     bench = _report_is_honest(out, result.output)
-    assert bench["metrics"]["ppl_vs_source_pct"] < 25  # quantization alone: q4_k_m of the source
+    assert bench["metrics"]["ppl_vs_source_pct"] < 25  # quantization alone: the profile's level of the source
 
 
 def test_tight_profile_prunes_and_distills_the_largest_student_that_fits(tmp_path):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from edgeft.bench import budgets, perplexity
 from edgeft.cli import main
 from edgeft.config import Budget
+from edgeft.bench.source_model import SourceRunner
 from tiny_models import tiny_profile
 
 
@@ -49,7 +50,8 @@ def test_every_build_reports_quality_against_the_source_first_with_answers(tiny_
     out, result = tiny_q4
     bench = json.loads((out / "bench.json").read_text())
     m = bench["metrics"]
-    for key in ("source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct"):
+    for key in ("source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct",
+                "answer_ppl_vs_source_pct", "answer_ppl_vs_source_mean_pct", "answers_same"):
         assert key in m, key
     assert m["kl_vs_source_mean"] > 0 and m["ppl_increase_pct"] is not None  # both comparisons, each named
     assert bench["eval"]["source_model"] == str(tiny_llama_dir)
@@ -75,6 +77,7 @@ def test_every_shipped_profile_budgets_quality_against_the_source():
 
     for name in shipped_targets():
         assert load_target(name).budget.ppl_vs_source_pct is not None, name
+        assert load_target(name).budget.answer_ppl_vs_source_pct is not None, name
 
 
 def test_a_bare_prompt_gets_the_bos_its_tokenizer_adds(tiny_model_dirs, tmp_path):
@@ -104,3 +107,55 @@ def test_a_bare_prompt_gets_the_bos_its_tokenizer_adds(tiny_model_dirs, tmp_path
     assert templated.chat_ids("Hello there") == templated.tokenize(
         templated.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True,
                                                 tokenize=False))
+
+
+class _Says:
+    """An artifact runner that answers every prompt with fixed ids: what a shipped file says, pinned."""
+
+    def __init__(self, answer: list[int] | None = None, source=None):
+        self.answer, self.source = answer, source
+
+    def generate(self, token_ids, new_tokens):
+        from edgeft.backends.base import Generation
+
+        tokens = self.answer if self.answer is not None else self.source.greedy(token_ids, new_tokens)
+        return Generation(prompt_tokens=len(token_ids), tokens=list(tokens)[:new_tokens], token_times=[0.0] * new_tokens)
+
+
+def test_an_answer_the_source_would_never_give_is_scored_far_off_and_its_own_answer_zero(tiny_llama_dir):
+    """The default q4_k_m answered "La femme de France" for the capital of France while perplexity over a
+    text passed (+7 %): the source's own scoring of each answer is what sees it. The source's own answer
+    scores exactly 0; the ids it finds least likely score far above any budget."""
+    import numpy as np
+
+    from edgeft.bench.source_model import answer_metrics, side_by_side
+
+    source = SourceRunner(tiny_llama_dir)
+    prompts = ("Hello there", "The quick brown fox")
+    itself = side_by_side(source, _Says(source=source), prompts, new_tokens=12)
+    assert all(r["same"] and r["ppl_vs_source_pct"] == 0.0 for r in itself)
+    assert answer_metrics(itself)["answer_ppl_vs_source_pct"] == 0.0
+
+    prompt_ids = source.own_chat_ids(prompts[0])
+    unlikely = int(np.argmin(source.logits(prompt_ids)[-1]))
+    off = side_by_side(source, _Says(answer=[unlikely] * 12), prompts, new_tokens=12)
+    assert not any(r["same"] for r in off)
+    assert all(r["artifact_nll_per_token"] > r["source_nll_per_token"] for r in off)
+    metrics = answer_metrics(off)
+    assert metrics["answer_ppl_vs_source_pct"] > 100 and metrics["answers_same"] == 0
+    assert metrics["answer_ppl_vs_source_pct"] == max(r["ppl_vs_source_pct"] for r in off)
+    assert budgets.check(metrics, Budget(answer_ppl_vs_source_pct=50))[0].status == "FAIL"
+    assert budgets.check(answer_metrics(itself), Budget(answer_ppl_vs_source_pct=50))[0].status == "PASS"
+
+
+def test_an_answer_is_scored_up_to_and_with_its_end_of_turn(tiny_llama_dir):
+    """What a chat app shows stops at the first end-of-turn, and stopping is part of the answer: the
+    ids after it are not scored, the end-of-turn itself is."""
+    source = SourceRunner(tiny_llama_dir)
+    stop = min(source.stop_ids())
+    assert source.until_stop([5, 6, stop, 7, 8]) == [5, 6, stop]
+    assert source.until_stop([5, 6]) == [5, 6]
+    prompt = source.own_chat_ids("Hello there")
+    total, n = source.answer_nll(prompt, [5, 6, stop])
+    assert n == 3 and total > 0
+    assert source.answer_nll(prompt, []) == (0.0, 0)

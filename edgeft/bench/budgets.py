@@ -14,9 +14,10 @@ BUDGET_METRICS = {
     "peak_rss_mb": "peak_rss_mb",
     "ppl_increase_pct": "ppl_increase_pct",
     "ppl_vs_source_pct": "ppl_vs_source_pct",
+    "answer_ppl_vs_source_pct": "answer_ppl_vs_source_pct",
 }
 # Budgets on quality: judged on the finished artifact, never on an untrained candidate (`student_auto`).
-QUALITY_BUDGETS = ("ppl_increase_pct", "ppl_vs_source_pct")
+QUALITY_BUDGETS = ("ppl_increase_pct", "ppl_vs_source_pct", "answer_ppl_vs_source_pct")
 
 
 @dataclass(frozen=True)

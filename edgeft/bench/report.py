@@ -72,12 +72,21 @@ def answers_block(result: dict, width: int = 100) -> str:
         text = " ".join(text.split()) or "(nothing)"
         return text if len(text) <= width else text[: width - 3] + "..."
 
-    lines = ["answers (greedy, chat template): the source model, then the shipped file"]
+    m = result.get("metrics", {})
+    lines = ["answers (greedy, chat template): the source model, then the shipped file, with how much more "
+             "perplexing the source finds the shipped file's answer than its own"]
     for row in rows:
         lines.append(f"  > {row['prompt']}")
         lines.append(f"    source:   {cut(row['source'])}")
-        lines.append(f"    artifact: {cut(row['artifact'])}" + ("  (same)" if row["same"] else ""))
+        increase = row.get("ppl_vs_source_pct")  # absent in a bench.json from before answers were scored
+        verdict = "(same)" if row["same"] else "" if increase is None else f"({increase:+.0f} % to the source)"
+        lines.append(f"    artifact: {cut(row['artifact'])}  {verdict}")
+    if m.get("answer_ppl_vs_source_pct") is not None:
+        lines.append(f"  {m['answers_same']} of {m['answers_total']} answers the same; worst answer "
+                     f"{m['answer_ppl_vs_source_pct']:+.0f} %, mean {m['answer_ppl_vs_source_mean_pct']:+.0f} % "
+                     "(budget key answer_ppl_vs_source_pct: the worst)")
     return "\n".join(lines)
+
 
 
 def gate_table(lines: list[dict]) -> str:

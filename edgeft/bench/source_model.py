@@ -7,6 +7,7 @@ Used inside the quality worker (`bench/worker.py`), never in the CLI process.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,12 +15,15 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Fixed chat prompts whose greedy answers the report shows for the source and the artifact side by
-# side, so a person sees what the shipped file says before it ships.
+# side, so a person sees what the shipped file says before it ships, and the budget's answer line
+# scores. Short factual questions are in on purpose: one wrong early token there is a wrong answer.
 CHAT_PROMPTS = (
     "What is the capital of France?",
     "Give me three tips for staying focused while studying.",
     "Explain in one sentence what a CPU does.",
     "Write a short, friendly reply to: 'Thanks for your help yesterday!'",
+    "How many days are there in a week?",
+    "What color is the sky on a clear day?",
 )
 ANSWER_TOKENS = 48
 
@@ -54,7 +58,8 @@ class SourceRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
-    def _up(self, token_ids: list[int]) -> list[int]:
+    def full_ids(self, token_ids: list[int]) -> list[int]:
+        """Artifact ids as the source's own (the same ids unless the artifact's vocabulary was trimmed)."""
         return token_ids if self.kept is None else [self.kept[i] for i in token_ids]
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -64,7 +69,7 @@ class SourceRunner:
         import torch
 
         with torch.no_grad():
-            out = self.model(input_ids=torch.tensor([self._up(token_ids)])).logits[0].float()
+            out = self.model(input_ids=torch.tensor([self.full_ids(token_ids)])).logits[0].float()
         return (out if self.kept is None else out[:, self.kept]).numpy()
 
     def stop_ids(self) -> set[int]:
@@ -124,10 +129,6 @@ class SourceRunner:
             count += len(chunk) - 1
         return total, count
 
-    def artifact_answer(self, tokens: list[int]) -> str:
-        """The artifact's generated ids (trimmed ids when trimmed) up to the first end-of-turn, as text."""
-        return self.answer(self._up(tokens))
-
     def greedy(self, ids: list[int], new_tokens: int) -> list[int]:
         """The source's greedy answer (full-vocabulary ids) to its own prompt ids (`own_chat_ids`)."""
         import torch
@@ -138,6 +139,31 @@ class SourceRunner:
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return out[0, len(ids):].tolist()
 
+    def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
+        """(total negative log-likelihood, tokens) the source gives `answer_ids` (full-vocabulary ids)
+        after its own prompt ids: how likely the model you gave finds an answer."""
+        import numpy as np
+        import torch
+
+        from edgeft.bench.perplexity import log_softmax
+
+        if not answer_ids:
+            return 0.0, 0
+        ids = list(prompt_ids) + list(answer_ids)
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([ids])).logits[0, len(prompt_ids) - 1:-1].float().numpy()
+        lp = log_softmax(out)
+        return float(-lp[np.arange(len(answer_ids)), answer_ids].sum()), len(answer_ids)
+
+    def until_stop(self, tokens: list[int]) -> list[int]:
+        """Generated full-vocabulary ids up to and including the first end-of-turn: the answer a chat
+        app shows, and the decision to stop, which is part of it."""
+        stop = self.stop_ids()
+        for i, t in enumerate(tokens):
+            if t in stop:
+                return list(tokens[: i + 1])
+        return list(tokens)
+
     def close(self) -> None:
         self.model = None
 
@@ -146,10 +172,32 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
                  new_tokens: int = ANSWER_TOKENS) -> list[dict[str, object]]:
     """Greedy answers of the source (transformers) and of the artifact (its own runtime) to the same
     chat prompts, rendered and tokenized once with the source's tokenizer (the export check holds the
-    artifact to the same ids)."""
+    artifact to the same ids).
+
+    Each answer is also scored by the source: the per-token NLL it gives the artifact's answer and its
+    own, after the same prompt. Their difference is how much more surprising the model you gave finds
+    what the shipped file says than what it says itself: 0 for the same answer, small for a near-tie
+    taken the other way (the rest is then the source's own continuation), large for an answer the
+    source would never give ("La femme de France" for the capital of France). Perplexity over a
+    text cannot see that: the answer can go wrong on one early token the text barely weighs."""
     rows = []
     for prompt in prompts:
-        src = source.answer(source.greedy(source.own_chat_ids(prompt), new_tokens))
-        art = source.artifact_answer(artifact.generate(source.chat_ids(prompt), new_tokens).tokens)
-        rows.append({"prompt": prompt, "source": src, "artifact": art, "same": src == art})
+        own_prompt = source.own_chat_ids(prompt)
+        src_ids = source.until_stop(source.greedy(own_prompt, new_tokens))
+        art_ids = source.until_stop(source.full_ids(artifact.generate(source.chat_ids(prompt), new_tokens).tokens))
+        src_nll, src_n = source.answer_nll(own_prompt, src_ids)
+        art_nll, art_n = source.answer_nll(own_prompt, art_ids)
+        src_mean, art_mean = src_nll / max(src_n, 1), art_nll / max(art_n, 1)
+        rows.append({"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
+                     "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
+                     "source_tokens": src_n, "artifact_tokens": art_n,
+                     "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0})
     return rows
+
+
+def answer_metrics(rows: list[dict[str, object]]) -> dict[str, float]:
+    """The answers' figures for bench.json and the budget: the worst prompt is the budget's line (one
+    broken answer is what a person notices), the mean is shown beside it."""
+    increases = [float(r["ppl_vs_source_pct"]) for r in rows]
+    return {"answer_ppl_vs_source_pct": max(increases), "answer_ppl_vs_source_mean_pct": sum(increases) / len(increases),
+            "answers_same": sum(bool(r["same"]) for r in rows), "answers_total": len(rows)}

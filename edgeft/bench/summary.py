@@ -35,7 +35,8 @@ def markdown(result: dict, gate: list[dict] | None = None) -> str:
     for key in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"):
         lines.append(f"| {key} | {_cell(m.get(f'{key}_p50'))} | {_cell(m.get(f'{key}_p90'))} | {m.get(f'{key}_cv', 0):.0%} |")
     for key in ("peak_rss_mb", "package_mb", "model_mb", "ppl", "ppl_increase_pct", "kl_mean", "kl_p99", "top1_agree_pct",
-                "source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct"):
+                "source_ppl", "ppl_vs_source_pct", "kl_vs_source_mean", "kl_vs_source_p99", "top1_vs_source_pct",
+                "answer_ppl_vs_source_pct", "answer_ppl_vs_source_mean_pct", "answers_same"):
         if m.get(key) is not None:
             lines.append(f"| {key} | {_cell(m[key])} | | |")
     if result["budget"]:

@@ -98,9 +98,10 @@ def run_quality(request: dict) -> dict:
         if ref and reference is None:  # the artifact is its own reference
             scores.update(ref_ppl=scores["ppl"], ppl_increase_pct=0.0, kl_mean=0.0, kl_p99=0.0, top1_agree_pct=100.0)
         if source_model is not None:
-            from edgeft.bench.source_model import side_by_side
+            from edgeft.bench.source_model import answer_metrics, side_by_side
 
             answers = side_by_side(source_model, runner)
+            scores.update(answer_metrics(answers))
     finally:
         runner.close()
         for other in (reference, source_model):
