@@ -14,7 +14,7 @@ import click
 from edgeft import __version__
 from edgeft.config import DEFAULT_TARGET
 from edgeft.distill.config import NF4_ENGINES
-from edgeft.errors import EdgeftError
+from edgeft.errors import ConfigError, EdgeftError
 
 QUANT_HELP = "Override the profile's quantization level (e.g. q4_k_m, q8_0, f16), or 'auto': the smallest level that meets every budget."
 
@@ -108,10 +108,20 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Prepared JSONL (`input_ids`, the model's own ids: `edgeft data prepare`) scored for perplexity "
                    "[default: the data's held-out split, else a shipped text].")
+@click.option("--task", "tasks", multiple=True, metavar="NAME=FILE",
+              help="A task of a multi-task package (repeatable): the model built is the shared base, and each task "
+                   "gets its own LoRA adapter trained on FILE, shipped in the backend's adapter format and benched on "
+                   "that base. Examples ship in edgeft/assets/tasks (intent, extract, reply).")
+@click.option("--task-modules", multiple=True, metavar="NAME=KIND",
+              help="Which layers a task's adapter trains: attention, mlp or all [default: all].")
+@click.option("--no-teacher", is_flag=True,
+              help="Task adapters learn their records' targets alone (SFT), not the teacher's logits beside them; "
+                   "every record must then have a target.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
           no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
-          eval_data: Path | None, as_json: bool) -> None:
+          eval_data: Path | None, tasks: tuple[str, ...], task_modules: tuple[str, ...], no_teacher: bool,
+          as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
@@ -131,11 +141,16 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     stages under work/ are reused while their inputs are unchanged. Exit code 1 when a budget fails.
     """
     from edgeft.pipeline import build as run_build
+    from edgeft.tasks.spec import parse_tasks
 
+    specs = parse_tasks(tasks, task_modules)
+    if (task_modules or no_teacher) and not specs:
+        raise ConfigError([("--task-modules/--no-teacher", "go with --task NAME=FILE")])
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
-                       data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab)
+                       data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab,
+                       tasks=specs, teacher=not no_teacher)
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.bench is None:
@@ -187,6 +202,11 @@ def _print_bench(result: dict, as_json: bool) -> None:
     click.echo("")
     click.echo(budget_table(result))
     click.echo("")
+    if result.get("tasks"):
+        from edgeft.tasks.bench import table as task_table
+
+        click.echo(task_table(result["tasks"]))
+        click.echo("")
     click.echo("budget: PASS" if result["pass"] else "budget: FAIL")
 
 

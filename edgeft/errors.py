@@ -48,6 +48,10 @@ class ArtifactError(EdgeftError):
     """A built artifact that is missing, truncated or corrupt."""
 
 
+class AdaptersUnsupported(EdgeftError):
+    """Task adapters asked of a backend that has no run-time adapter format."""
+
+
 class BackendUnavailable(EdgeftError):
     """A backend that cannot run on this machine; the reason says why in one line."""
 

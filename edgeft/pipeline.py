@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgeft import models, vocab_trim
 from edgeft.atomic_io import write_json, write_text
-from edgeft.backends.registry import get_backend
+from edgeft.backends.registry import get_backend, info
 from edgeft.config import AUTO_QUANT, Target, to_dict
 from edgeft.errors import ConfigError, EdgeftError
 from edgeft.manifest import sha256, source_entry, write_manifest
@@ -27,9 +27,10 @@ from edgeft.stages import stamp as _stamp
 from edgeft.sweep import compile_level, quantize_to_fit
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from edgeft.presets import BuildPreset
+    from edgeft.tasks.spec import TaskSpec
 
 
 @dataclass
@@ -108,12 +109,16 @@ AUTO_STUDENT = "auto"
 
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
           distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
-          student_layers: int | None = None, trim_vocab: "int | Path | None" = None) -> BuildResult:
+          student_layers: int | None = None, trim_vocab: "int | Path | None" = None, tasks: "Sequence[TaskSpec]" = (),
+          teacher: bool = True) -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
     distill -> merge produce the student that is compiled; without, the model is compiled as it is.
 
     `student` "auto" (with no `student_layers`) distills only as much as the budget needs: see
-    `plan_student`. `student_layers` or a student model source force the choice."""
+    `plan_student`. `student_layers` or a student model source force the choice.
+
+    With `tasks`, the compiled model is the shared base and every task gets its own LoRA adapter in
+    the backend's adapter format (`tasks/train.py`), benchmarked on that base (`tasks/bench.py`)."""
     started = time.perf_counter()
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
@@ -124,6 +129,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if trim_vocab is not None and distill and student != AUTO_STUDENT:
         raise ConfigError([("--student", "a given student has the full vocabulary; with --trim-vocab the student is a "
                                          "pruning of the trimmed model (--student auto or --student-layers N)")])
+    if tasks:
+        _check_tasks(target, trim_vocab, tasks, teacher)
     source = resolve_for(model, [target.backend])
     backend = get_backend(target.backend)
     backend.check()
@@ -166,8 +173,18 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
                          "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path)}
     stages["export_check"] = export_check_stage(hf_dir, artifact, target)
 
+    entries: list[dict] = []
+    if tasks:
+        from edgeft.presets import build_preset
+        from edgeft.tasks.train import train_adapters
+
+        t = time.perf_counter()
+        entries = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend,
+                                 info(target.backend).adapter_suffix or "", work, out_dir, teacher=teacher)
+        stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
+
     write_text(out_dir / "target.toml", target.to_toml())
-    outputs = [*artifact.package_files(), out_dir / "target.toml"]  # a folder artifact lists every file
+    outputs = [*artifact.package_files(), *(Path(e["adapter"]) for e in entries), out_dir / "target.toml"]
     if run_bench:
         from edgeft.bench.run import bench
 
@@ -175,6 +192,12 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         if result is None:  # quant=auto benchmarked the kept level already
             status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
             result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf)
+        if entries:
+            from edgeft.tasks.bench import bench_tasks
+
+            status(f"benchmarking {len(entries)} task adapter(s) on the base ...")
+            result["tasks"] = bench_tasks(artifact, reference, target, entries, hf_dir)
+            result["pass"] = result["pass"] and result["tasks"]["pass"]
         write_json(out_dir / "bench.json", result)
         outputs.append(out_dir / "bench.json")
         stages["bench"] = {"seconds": round(time.perf_counter() - t, 2)}
@@ -189,6 +212,27 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         stages=stages,
     )
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
+
+
+def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool) -> None:
+    """Before any stage: a backend without adapters, options task adapters are not wired with, or
+    records without a target when nobody may write one."""
+    from edgeft.errors import AdaptersUnsupported
+    from edgeft.tasks.train import check_targets
+
+    spec = info(target.backend)
+    if spec.adapter_suffix is None:
+        raise AdaptersUnsupported(f"the {spec.name} backend cannot ship task adapters: {spec.no_adapters_because}",
+                                  file=target.source or target.name, place="--task")
+    problems = []
+    if trim_vocab is not None:
+        problems.append(("--trim-vocab", "task adapters on a trimmed base are not wired yet"))
+    if target.quant == AUTO_QUANT:
+        problems.append(("quant", "task adapters are measured on one base level: name it (--quant q8_0, ...)"))
+    if problems:
+        raise ConfigError(problems, file=target.source)
+    for task in tasks:
+        check_targets(task, teacher)
 
 
 def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", preset: str, work: Path) -> tuple[Path, str, dict]:

@@ -131,12 +131,12 @@ def _spread_weights(model: "object", seed: int) -> None:
 
 
 def tiny_profile(folder: Path, *, backend: str = "gguf", quant: str = "q8_0", runs: int = 3, bench_extra: str = "",
-                 budget: str = "package_mb = 350", extra: str = "", name: str = "tiny.toml") -> Path:
+                 budget: str = "package_mb = 350", extra: str = "", name: str = "tiny.toml", context: int = 128) -> Path:
     """A target profile sized for tiny models: 16 prompt tokens, 8 new, one thread, a short context."""
     path = folder / name
     path.write_text(
         f'backend = "{backend}"\nquant = "{quant}"\nthreads = 1\n'
-        f"[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = {runs}\nwarmup = 1\ncontext = 128\n{bench_extra}"
+        f"[bench]\nprompt_tokens = 16\nnew_tokens = 8\nruns = {runs}\nwarmup = 1\ncontext = {context}\n{bench_extra}"
         f"[budget]\n{budget}\n{extra}"
     )
     return path

@@ -103,6 +103,13 @@ class Runner(Protocol):
         ...
 
 
+class AdapterRunner(Runner, Protocol):
+    """The runner of a backend with task adapters (`BackendInfo.adapter_suffix`)."""
+
+    def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
+        """Make the adapter file at `path` the active one (None: the base alone), without a reload."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How a teacher samples an answer (temperature 0: greedy)."""
@@ -145,6 +152,11 @@ class Backend(Protocol):
 
     def load(self, artifact: Artifact, target: "Target") -> Runner:
         ...
+
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+        """A peft LoRA adapter trained on the HF folder `base_dir`, written (atomically) as one file in
+        this backend's adapter format (`BackendInfo.adapter_suffix`), which its runner switches at run
+        time; `AdaptersUnsupported` for a backend without one."""
 
 
 class TeacherBackend(Backend, Protocol):

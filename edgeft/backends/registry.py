@@ -46,6 +46,10 @@ class BackendInfo:
     teacher: bool = False
     # The quant level of a file or folder this backend made (read from it), or None when it is not one.
     identify: Callable[[Path], str | None] = lambda path: None
+    # Task adapters: the file suffix of one adapter in this backend's own format (".gguf": llama.cpp's
+    # LoRA adapter), or why this backend has none (a sentence for the one-line refusal).
+    adapter_suffix: str | None = None
+    no_adapters_because: str = "it has no run-time adapter format"
 
     def accepts(self, architecture: str) -> bool:
         return self.architectures is None or architecture in self.architectures()

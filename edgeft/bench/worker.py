@@ -28,6 +28,10 @@ def peak_rss_mb() -> float:
 def run(request: dict) -> dict:
     if request.get("mode") == "quality":
         return run_quality(request)
+    if request.get("mode") == "tasks":
+        from edgeft.tasks.measure import measure
+
+        return measure(request)
     from edgeft.backends.base import Artifact
     from edgeft.backends.registry import get_backend
     from edgeft.bench.prompt import prompt_ids

@@ -91,4 +91,5 @@ register(BackendInfo(
     options=GGUFOptions,
     teacher=True,
     identify=identify,
+    adapter_suffix=".gguf",
 ))

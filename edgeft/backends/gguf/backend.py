@@ -298,6 +298,11 @@ class GGUFBackend:
         check_gguf_file(artifact.path)
         return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)
 
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+        from edgeft.backends.gguf.lora import export_lora
+
+        return export_lora(adapter_dir, base_dir, out_path)
+
     def teacher(self, source: "ModelSource", cache_dir: Path, *, context: int, threads: int, seed: int) -> LlamaCppRunner:
         """A GGUF teacher is run as it is; an HF one is converted to f16 once (cached by its hash)."""
         from edgeft.data.synthesize import teacher_hash

@@ -37,4 +37,5 @@ register(BackendInfo(
     architectures=lambda: ARCHITECTURES,
     options=OnnxOptions,
     identify=identify,
+    no_adapters_because="edgeft does not yet write its base graph with adapter inputs and .onnx_adapter files",
 ))

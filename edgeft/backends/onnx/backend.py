@@ -80,6 +80,12 @@ class OnnxBackend:
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+        from edgeft.backends.registry import info
+        from edgeft.errors import AdaptersUnsupported
+
+        raise AdaptersUnsupported(f"the {self.name} backend cannot ship task adapters: {info(self.name).no_adapters_because}")
+
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
         from edgeft.backends.onnx.runner import OnnxRunner
 

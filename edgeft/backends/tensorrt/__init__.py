@@ -58,4 +58,5 @@ register(BackendInfo(
     architectures=lambda: ARCHITECTURES,
     options=TensorRTOptions,
     identify=identify,
+    no_adapters_because="its engines are built with every weight folded in, and edgeft writes no run-time LoRA for them",
 ))

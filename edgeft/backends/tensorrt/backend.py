@@ -101,6 +101,12 @@ class TensorRTBackend:
                      calibration_ids(reference.path, target.options.calibration_records), marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
 
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+        from edgeft.backends.registry import info
+        from edgeft.errors import AdaptersUnsupported
+
+        raise AdaptersUnsupported(f"the {self.name} backend cannot ship task adapters: {info(self.name).no_adapters_because}")
+
     def load(self, artifact: Artifact, target: "Target") -> "EngineRunner":
         from edgeft.backends.tensorrt.engine import EngineRunner, build_engine
 

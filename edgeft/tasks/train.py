@@ -1,0 +1,77 @@
+"""One LoRA adapter per task on one shared base, each exported in the backend's own adapter format.
+
+The base is made once (the distilled student, or the model as it is with `--no-distill`); each task's
+records go through the data stage (the teacher writes the targets a record lacks), then train a LoRA
+on the base: against the teacher's logits beside the targets (KD, the build's preset), or on the
+targets alone with `--no-teacher` (SFT). Every stage is reused while its inputs are unchanged."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from edgeft.errors import EdgeftError
+from edgeft.manifest import sha256
+from edgeft.progress import status
+from edgeft.stages import key, reusable, stamp
+from edgeft.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from edgeft.backends.base import Backend
+    from edgeft.presets import BuildPreset
+
+
+def check_targets(task: TaskSpec, teacher: bool) -> None:
+    """With `--no-teacher` nobody writes a missing target: every record must bring its own."""
+    if teacher:
+        return
+    from edgeft.data.prepare import human_target_count
+    from edgeft.data.readers import read_raw
+
+    have = human_target_count(task.data)
+    total = sum(1 for raw in read_raw(task.data) if raw.problem is None)
+    if have < total:
+        raise EdgeftError(f"task {task.name}: {total - have} of {total} records have no target, and --no-teacher leaves "
+                          "nobody to write them (drop --no-teacher, or give every record a target)", file=task.data)
+
+
+def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
+                   preset: "BuildPreset", backend: "Backend", suffix: str, work: Path, out_dir: Path,
+                   *, teacher: bool = True) -> list[dict]:
+    """Train and export every task's adapter; returns one manifest entry per task. `model` is the
+    teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base."""
+    from edgeft import distill
+    from edgeft.data.prepare import prepare
+    from edgeft.distill.records import open_prepared
+
+    entries = []
+    for task in tasks:
+        t = time.perf_counter()
+        root = work / "tasks" / task.name
+        data_dir = root / "data"
+        data_key = key("task-data", sha256(task.data), base_key, asdict(preset.data))
+        if not reusable(data_dir, data_key):
+            status(f"task {task.name}: cleaning, splitting and letting the teacher write missing answers ...")
+            prepare(task.data, model, data_dir, preset.data)
+            stamp(data_dir, data_key)
+        prepared = open_prepared(data_dir)
+        config = replace(preset.distill, student=str(base_dir), student_layers=None, keep_layers=None,
+                         target_modules=task.target_modules(), alpha=preset.distill.alpha if teacher else 0.0,
+                         hidden_weight=0.0)
+        distill_dir = root / "distill"
+        distill_key = key("task-adapter", data_key, str(teacher_dir), config.to_dict())
+        reused = reusable(distill_dir, distill_key)
+        if not reused:
+            status(f"task {task.name}: training its LoRA adapter on the base "
+                   f"({'against the teacher' if teacher else 'on the targets alone'}, modules: {task.modules}) ...")
+            distill.run(str(teacher_dir), prepared, distill_dir, config)
+            stamp(distill_dir, distill_key)
+        adapter = out_dir / "adapters" / f"{task.name}{suffix}"
+        backend.export_adapter(distill_dir / "adapter", base_dir, adapter)
+        entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
+                        "modules": task.modules, "method": "kd" if teacher else "sft", "adapter": str(adapter),
+                        "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),
+                        "base_key": base_key, "reused": reused, "seconds": round(time.perf_counter() - t, 2)})
+    return entries

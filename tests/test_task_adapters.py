@@ -1,0 +1,143 @@
+"""Task adapters on one base (issue 18): `build --task NAME=FILE` trains one LoRA per task on the shared
+base, ships each in the backend's adapter format beside it, and benches every adapter on that base,
+with the proof that the runtime applies it (the merged weights' logits with it, other ones without)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from edgeft.tasks import examples
+from tiny_models import tiny_profile, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("task-data")
+    return {"intent": write_jsonl(tmp / "intent.jsonl", examples.task_rows("intent", 60)),
+            "extract": write_jsonl(tmp / "extract.jsonl", examples.task_rows("extract", 60))}
+
+
+@pytest.fixture(scope="module")
+def task_build(tiny_llama_dir, task_files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("task-build")
+    profile = tiny_profile(tmp, context=256)
+    out = tmp / "out"
+    result = CliRunner().invoke(main, ["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(profile),
+                                       "--out", str(out), "--task", f"intent={task_files['intent']}",
+                                       "--task", f"extract={task_files['extract']}", "--task-modules", "extract=attention"])
+    return out, result
+
+
+def test_every_task_ships_an_adapter_listed_in_the_manifest(task_build, task_files):
+    from edgeft.manifest import sha256
+
+    out, result = task_build
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    outputs = {o["path"]: o for o in manifest["outputs"]}
+    entries = {e["task"]: e for e in manifest["stages"]["tasks"]["adapters"]}
+    assert set(entries) == {"intent", "extract"}
+    for task, entry in entries.items():
+        path = out / "adapters" / f"{task}.gguf"
+        assert outputs[f"adapters/{task}.gguf"]["sha256"] == sha256(path)
+        assert outputs[f"adapters/{task}.gguf"]["bytes"] == path.stat().st_size > 0
+        assert entry["data_sha256"] == sha256(task_files[task])
+    assert entries["extract"]["modules"] == "attention" and entries["intent"]["modules"] == "all"
+    # attention only is fewer matrices than every linear layer
+    assert (out / "adapters" / "extract.gguf").stat().st_size < (out / "adapters" / "intent.gguf").stat().st_size
+
+
+def test_the_bench_proves_each_adapter_is_applied_and_budgets_the_whole_package(task_build):
+    out, result = task_build
+    tasks = json.loads((out / "bench.json").read_text())["tasks"]
+    assert [r["task"] for r in tasks["tasks"]] == ["intent", "extract"]
+    for row in tasks["tasks"]:
+        p = row["proof"]
+        assert p["matches"] and p["applied"], p
+        assert p["kl_adapter_vs_merged"] < p["bound"] < p["kl_base_vs_merged"]
+        assert row["quality"]["metric"] == {"intent": "label_accuracy_pct", "extract": "field_match_pct"}[row["task"]]
+        assert row["ttft_ms_p90"] > 0 and row["adapter_bytes"] > 0
+    assert tasks["package_bytes"] == tasks["base_bytes"] + sum(r["adapter_bytes"] for r in tasks["tasks"])
+    assert tasks["switch_ms"] is not None and tasks["switch_ms"] >= 0
+    assert {(b["task"], b["budget"]) for b in tasks["budget"]} >= {("intent", "adapter_applied"), ("extract", "adapter_applied"),
+                                                                   ("base + every adapter", "package_mb")}
+    assert "task adapters on one base" in result.output and "runtime vs merged" in result.output
+
+
+def test_an_adapter_that_changes_nothing_or_another_adapter_fails_the_proof(tiny_llama_dir, tmp_path):
+    """An adapter that loads and changes nothing is an error, not a pass; nor is a file whose effect is
+    not the merged weights' (another adapter)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.backends.gguf.convert import convert
+    from edgeft.backends.gguf.lora import export_lora
+    from edgeft.tasks.measure import proof
+
+    def adapter(name: str, scale: float):
+        torch.manual_seed(len(name))
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False, lora_dropout=0.0))
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05).mul_(scale)
+        peft_model.save_pretrained(tmp_path / name)
+        return tmp_path / name, export_lora(tmp_path / name, tiny_llama_dir, tmp_path / f"{name}.gguf")
+
+    reference = convert(tiny_llama_dir, tmp_path / "ref.gguf", "f16")
+    records = [{"prompt": [5, 17, 42, 99], "target": [7, 250, 31, 64, 12, 3, 77, 150]}]
+    runner = LlamaCppRunner(reference, threads=1, context=128)
+    try:
+        real_dir, real = adapter("real", 1.0)
+        nothing_dir, nothing = adapter("nothing", 0.0)
+        other_dir, other = adapter("other-one", 1.0)
+        ok = proof(runner, tiny_llama_dir, real_dir, real, records)
+        none = proof(runner, tiny_llama_dir, nothing_dir, nothing, records)
+        wrong = proof(runner, tiny_llama_dir, real_dir, other, records)
+    finally:
+        runner.close()
+    assert ok["matches"] and ok["applied"], ok
+    assert not none["applied"], none  # B = 0: the merged model is the base
+    assert not wrong["matches"], wrong
+    assert np.isfinite(ok["export_floor"]) and ok["export_floor"] < ok["bound"]
+
+
+def _refused(args, tmp_path, *, text: str):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert text in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (out / "adapters").exists() and not (out / "manifest.json").exists()
+
+
+def test_an_unknown_task_name_is_one_line(tiny_llama_dir, task_files, tmp_path):
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--task", f"intent={task_files['intent']}",
+              "--task-modules", "reply=mlp"], tmp_path, text="unknown task name 'reply'")
+
+
+def test_a_backend_without_adapters_is_one_line(tiny_llama_dir, task_files, tmp_path):
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", "onnx", "--task",
+              f"intent={task_files['intent']}"], tmp_path, text="cannot ship task adapters")
+
+
+def test_no_teacher_needs_a_target_on_every_record(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "reply.jsonl", examples.task_rows("reply", 10))
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", str(tiny_profile(tmp_path)),
+              "--task", f"reply={data}", "--no-teacher"], tmp_path, text="10 of 10 records have no target")
+
+
+@pytest.mark.parametrize("args, text", [(["--task", "intent"], "expected NAME=VALUE"),
+                                        (["--task", "Bad Name=x.jsonl"], "must be lower-case"),
+                                        (["--task", "a=missing.jsonl"], "no such data file")])
+def test_malformed_task_flags_are_one_line(tiny_llama_dir, tmp_path, args, text):
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), *args], tmp_path, text=text)
