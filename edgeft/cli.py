@@ -682,10 +682,21 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--quant", default=None, help="Quantization level used for the size estimate (e.g. q4_k_m).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher top-k cache folder [default: OUT/teacher-cache].")
+@click.option("--continue", "continue_from", type=click.Path(path_type=Path), default=None, metavar="ADAPTER_DIR",
+              help="Keep training this adapter (OUT/adapter of an earlier run) on --data, on its own base.")
+@click.option("--ewc", "ewc_lambda", type=float, default=None, metavar="LAMBDA",
+              help="With --continue: add LAMBDA * sum F (theta - theta*)^2, the Fisher F and the parameters theta* "
+                   "stored with the adapter, so what the old task relied on stays put (fixed for the run).")
+@click.option("--replay", "replay_ratio", type=float, default=None, metavar="RATIO",
+              help="With --continue: mix RATIO old training records into the new ones per new record (e.g. 0.25).")
+@click.option("--fisher-records", type=int, default=None, metavar="N",
+              help="After training, estimate the diagonal Fisher on N training records and store it with the adapter, "
+                   "for a later --continue --ewc.")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
 def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out, preset, steps, batch_size, grad_accum, lr,
             warmup_steps, alpha, hidden_weight, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules,
-            no_quantize_base, nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, as_json) -> None:
+            no_quantize_base, nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, continue_from,
+            ewc_lambda, replay_ratio, fisher_records, as_json) -> None:
     """Teach a small student the teacher's distributions (KD + QLoRA); write a LoRA adapter.
 
     Writes OUT/adapter (PEFT), OUT/student (the base), distill.json, train_log.csv, eval.csv
@@ -701,7 +712,13 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
         temperature=temperature, top_k=top_k, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
         quantize_base=False if no_quantize_base else None, nf4_engine=nf4_engine, grad_checkpointing=grad_checkpointing,
-        save_every=save_every, seed=seed, target_quant=quant)
+        save_every=save_every, seed=seed, target_quant=quant,
+        continue_from=str(continue_from) if continue_from else None, ewc_lambda=ewc_lambda, replay_ratio=replay_ratio,
+        fisher_records=fisher_records)
+    if continue_from is not None:
+        from edgeft.merge import read_adapter_meta
+
+        read_adapter_meta(continue_from)  # one line before any work if it is not an adapter folder
     adapter = run(teacher, open_data(data, teacher, out), out, config, resume=resume, cache_dir=cache_dir)
     report = json.loads((out / "distill.json").read_text(encoding="utf-8"))
     if as_json:

@@ -68,6 +68,11 @@ class DistillConfig:
     keep_checkpoints: int = 2
     eval_batch_size: int = 8
     max_eval_records: int = 64  # eval split records used before/after training; 0: all
+    # continual updates (`edgeft distill --continue`)
+    continue_from: str | None = None  # an adapter folder to keep training (on its own base) instead of a new LoRA
+    ewc_lambda: float = 0.0  # λ of the EWC penalty λ·ΣF(θ−θ*)², fixed for the whole run; 0: off
+    replay_ratio: float = 0.0  # old-task training records mixed in, per new record (0.25: one old for four new)
+    fisher_records: int = 0  # training records the diagonal Fisher is estimated on after training, stored with the adapter
 
     def with_overrides(self, **changes: Any) -> "DistillConfig":
         """Apply CLI flags (None = not given) and validate the result as a whole."""
@@ -104,6 +109,13 @@ class DistillConfig:
         elif self.nf4_engine != "auto" and not self.quantize_base:
             problems.append(("nf4_engine", f"{self.nf4_engine} quantizes an NF4 base, but the base is not quantized "
                                            "(drop --no-quantize-base or --nf4-engine)"))
+        if self.ewc_lambda < 0 or self.replay_ratio < 0 or self.fisher_records < 0:
+            problems.append(("ewc", "--ewc, --replay and --fisher-records must not be negative"))
+        if (self.ewc_lambda > 0 or self.replay_ratio > 0) and self.continue_from is None:
+            problems.append(("ewc", "--ewc and --replay update an existing adapter: give it with --continue ADAPTER_DIR"))
+        if self.continue_from is not None and (self.student is not None or self.student_layers is not None
+                                               or self.keep_layers is not None):
+            problems.append(("continue_from", "--continue trains the adapter on its own base; drop --student/--student-layers/--keep-layers"))
         if self.keep_checkpoints < 1:
             problems.append(("keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}"))
         if self.layer_pick not in LAYER_PICKS:

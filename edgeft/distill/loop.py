@@ -6,6 +6,7 @@ accumulation, clipping, checkpoints) -> evaluate -> write the adapter atomically
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -13,10 +14,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from edgeft import models
 from edgeft.atomic_io import atomic_dir, atomic_path, write_json
+from edgeft.distill import ewc
 from edgeft.distill import student as student_mod
 from edgeft.distill import teacher_cache
 from edgeft.distill.block_scores import block_nlls
@@ -33,7 +35,7 @@ from edgeft.progress import status
 if TYPE_CHECKING:
     import torch
 
-from edgeft.merge import ADAPTER_META  # noqa: E402  (one name for the file, shared with merge)
+from edgeft.merge import ADAPTER_META, nf4_engine, read_adapter_meta  # noqa: E402  (one name for the file, shared with merge)
 
 
 class TrainingError(EdgeftError):
@@ -234,11 +236,13 @@ def hidden_state_loss(s_hidden, t_hidden, layer_map: Sequence[int], mask) -> "to
 
 
 def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad_id: int, config: DistillConfig,
-          ckpt_root: Path, resume: bool, layer_map: Sequence[int] | None = None) -> list[dict]:
+          ckpt_root: Path, resume: bool, layer_map: Sequence[int] | None = None,
+          penalty: "Callable[[], torch.Tensor] | None" = None) -> list[dict]:
     """Optimize the adapters for `config.steps` optimizer steps; returns the per-step log.
 
     With `config.hidden_weight` > 0, `teacher` runs live for its hidden states and `layer_map[i]` is
-    the teacher layer the student's layer i was copied from."""
+    the teacher layer the student's layer i was copied from. `penalty` (EWC) is added once per
+    optimizer step."""
     import torch
 
     from edgeft.distill.qlora import packed_layers
@@ -267,7 +271,7 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
     try:
         for step in range(start, config.steps):
             t_step = time.perf_counter()
-            tokens, sums = 0, {"loss": 0.0, "kd": 0.0, "ce": 0.0, "hidden": 0.0}
+            tokens, sums = 0, {"loss": 0.0, "kd": 0.0, "ce": 0.0, "hidden": 0.0, "ewc": 0.0}
             for a in range(config.grad_accum):
                 idx = _micro_batch(records, step * config.grad_accum + a, config)
                 batch = collate([records[i] for i in idx], pad_id)
@@ -294,6 +298,10 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
                     h_loss = hidden_state_loss(out.hidden_states, t_out.hidden_states, layer_map, batch["attention_mask"].bool())
                     total = total + config.hidden_weight * h_loss
                     sums["hidden"] += float(h_loss.detach()) / config.grad_accum
+                if penalty is not None:  # each micro-batch's loss is divided by grad_accum: whole, it counts once a step
+                    p_loss = penalty()
+                    total = total + p_loss
+                    sums["ewc"] += float(p_loss.detach()) / config.grad_accum
                 if not torch.isfinite(total.detach()):
                     raise TrainingError(f"the loss became {total.item()} at step {step + 1} (micro-batch {a + 1}); "
                                         "lower --lr or check the data; the last checkpoint is still usable")
@@ -311,7 +319,8 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
             lr = optimizer.param_groups[0]["lr"]
             _optimizer_step(optimizer, scheduler)
             dt = time.perf_counter() - t_step
-            log.append({"step": step + 1, "loss": sums["loss"], "kd": sums["kd"], "ce": sums["ce"], "hidden": sums["hidden"], "lr": lr,
+            log.append({"step": step + 1, "loss": sums["loss"], "kd": sums["kd"], "ce": sums["ce"], "hidden": sums["hidden"],
+                        "ewc": sums["ewc"], "lr": lr,
                         "grad_norm": norm, "tokens": tokens, "tok_per_s": tokens / dt if dt > 0 else 0.0,
                         "elapsed_s": time.perf_counter() - t0})
             if bar is not None:
@@ -323,6 +332,55 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
         if bar is not None:
             bar.close()
     return log
+
+
+# ---- continual updates ---------------------------------------------------------------------
+
+def _with_replay(new: list[Record], previous: dict, config: DistillConfig, vocab: int, adapter_dir: Path) -> tuple[list[Record], int]:
+    """The new records and `replay_ratio` old ones per new record, drawn (seeded) from the training
+    split the adapter was trained on, shuffled together."""
+    import random
+
+    old_path = Path(previous.get("train_data") or "")
+    if not old_path.is_file():
+        raise EdgeftError(f"--replay needs the adapter's old training split, and {old_path or 'none'} is not there",
+                          file=adapter_dir / ADAPTER_META, place="train_data")
+    old = read_records(old_path, vocab_size=vocab, max_length=config.max_length)
+    rng = random.Random(config.seed)
+    k = min(len(old), round(config.replay_ratio * len(new)))
+    mixed = list(new) + rng.sample(old, k)
+    rng.shuffle(mixed)
+    return mixed, k
+
+
+def _ewc_penalty(model, adapter_dir: Path, lam: float) -> "Callable[[], torch.Tensor]":
+    """λ·ΣF(θ−θ*)² over the loaded adapter's parameters, F and θ* as stored when it was trained."""
+    fisher, anchor = ewc.load(adapter_dir)
+    params = _trainable(model)
+    missing = sorted(set(fisher) - set(params))
+    if missing:
+        raise EdgeftError(f"the stored Fisher names {len(missing)} parameters this adapter does not train "
+                          f"(first: {missing[0]})", file=adapter_dir / ewc.FISHER_FILE)
+    return lambda: ewc.penalty(params, anchor, fisher, lam)
+
+
+def _fisher(model, records: Sequence[Record], pad_id: int) -> dict[str, "torch.Tensor"]:
+    """The diagonal Fisher of the trainable parameters on `records`, one record per backward pass: the
+    loss is the record's mean NLL of its target tokens, as the model now predicts them."""
+    import torch
+
+    def loss_of(record: Record):
+        def run() -> "torch.Tensor":
+            batch = collate([record], pad_id)
+            logits, _ = target_logits(model, batch)
+            return torch.nn.functional.cross_entropy(logits.float(), batch["targets"][batch["targets"] != IGNORE])
+        return run
+
+    model.eval()  # no dropout in the estimate
+    try:
+        return ewc.fisher_diagonal(_trainable(model), (loss_of(r) for r in records))
+    finally:
+        model.train()
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -364,9 +422,14 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     eval_recs = read_records(Path(data.eval), vocab_size=vocab, max_length=config.max_length)
     if config.max_eval_records:
         eval_recs = eval_recs[: config.max_eval_records]
+    previous = read_adapter_meta(Path(config.continue_from)) if config.continue_from else None
+    replayed = 0
+    if config.replay_ratio > 0:
+        train_recs, replayed = _with_replay(train_recs, previous, config, vocab, Path(config.continue_from))
 
     with _timed(timings, "student_s"):
-        student_dir, info = build_student(tch, config, out_dir, train_recs, pad_id)
+        build_config = dataclasses.replace(config, student=previous["student_dir"]) if previous else config
+        student_dir, info = build_student(tch, build_config, out_dir, train_recs, pad_id)
     cache, hit = None, None
     if config.use_teacher_cache and config.alpha > 0:
         with _timed(timings, "teacher_cache_s"):
@@ -380,11 +443,20 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
 
     torch.manual_seed(config.seed)
     with _timed(timings, "base_s"):
-        engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
+        if previous is not None:  # the adapter's own base, quantized as it was trained
+            engine = nf4_engine(previous)
+        else:
+            engine = qlora.resolve_engine(config.nf4_engine) if config.quantize_base else None
         if engine is not None:
             status(f"NF4 base through {engine}")
         base = qlora.load_base(student_dir, quantize=True, engine=engine) if engine else qlora.load_base(student_dir, quantize=False)
-        model = qlora.add_lora(base, config)
+        if previous is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, str(config.continue_from), is_trainable=True)
+        else:
+            model = qlora.add_lora(base, config)
+    penalty = _ewc_penalty(model, Path(config.continue_from), config.ewc_lambda) if config.ewc_lambda > 0 else None
     with _timed(timings, "eval_before_s"):
         before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"before: teacher ppl {t_eval.perplexity:.2f}; student ppl {before.perplexity:.2f}, top-1 agreement {before.agreement:.1%}")
@@ -394,16 +466,23 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         raise TrainingError("--hidden-weight needs a student pruned from the teacher (its layer map), not --student")
     with _timed(timings, "train_s"):
         log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
-                    layer_map=info.kept_layers)
+                    layer_map=info.kept_layers, penalty=penalty)
     with _timed(timings, "eval_after_s"):
         after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")
 
+    fisher = None
+    if config.fisher_records:
+        with _timed(timings, "fisher_s"):
+            fisher = _fisher(model, train_recs[: config.fisher_records], pad_id)
     adapter_dir = out_dir / "adapter"
     with atomic_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp)
-        write_json(tmp / ADAPTER_META, {"student_dir": str(Path(student_dir).resolve()), "quantized_base": config.quantize_base,
-                                        "nf4_engine": engine, "teacher": tsrc.label, "config": config.to_dict()})
+        write_json(tmp / ADAPTER_META, {"student_dir": str(Path(student_dir).resolve()), "quantized_base": engine is not None,
+                                        "nf4_engine": engine, "teacher": tsrc.label, "config": config.to_dict(),
+                                        "train_data": str(Path(data.train).resolve()), "continued_from": config.continue_from})
+        if fisher is not None:
+            ewc.save(tmp, fisher, _trainable(model), records=min(config.fisher_records, len(train_recs)))
     evals = {"teacher": t_eval.to_dict(), "student_before": before.to_dict(), "student_after": after.to_dict()}
     write_csv(out_dir / "train_log.csv", log)
     write_csv(out_dir / "eval.csv", [{"model": k, **v} for k, v in evals.items()])
@@ -413,6 +492,8 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         "teacher": tsrc.label, "student": info.to_dict() | {"path": str(student_dir)}, "adapter": str(adapter_dir),
         "config": config.to_dict(), "nf4_engine": engine, "eval": evals, "train_records": len(train_recs), "eval_records": len(eval_recs),
         "teacher_cache_hit": hit, "timings": timings, "train_tokens": train_tokens,
+        "continual": {"continued_from": config.continue_from, "ewc_lambda": config.ewc_lambda, "replayed_records": replayed,
+                      "fisher_records": min(config.fisher_records, len(train_recs)) if fisher is not None else 0},
         "train_tok_per_s": train_tokens / timings["train_s"] if log and timings["train_s"] > 0 else None,
         "final_loss": log[-1]["loss"] if log else None,
     })

@@ -18,6 +18,10 @@ from edgeft.progress import status
 from edgeft.stages import key, reusable, stamp
 from edgeft.tasks.spec import TaskSpec
 
+# Records the diagonal Fisher is estimated on and stored with every task adapter, so that a later
+# `edgeft distill --continue ADAPTER --ewc LAMBDA` can hold it to what this task relied on.
+FISHER_RECORDS = 32
+
 if TYPE_CHECKING:
     from edgeft.backends.base import Backend
     from edgeft.presets import BuildPreset
@@ -59,7 +63,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
         prepared = open_prepared(data_dir)
         config = replace(preset.distill, student=str(base_dir), student_layers=None, keep_layers=None,
                          target_modules=task.target_modules(), alpha=preset.distill.alpha if teacher else 0.0,
-                         hidden_weight=0.0)
+                         hidden_weight=0.0, fisher_records=FISHER_RECORDS)
         distill_dir = root / "distill"
         distill_key = key("task-adapter", data_key, str(teacher_dir), config.to_dict())
         reused = reusable(distill_dir, distill_key)
