@@ -24,15 +24,15 @@ sys.path.insert(0, str(HERE))
 from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
 
 
-def mixed_training_file(entries: list[dict], path: Path) -> Path:
-    """Every task's training records (the teacher's answers included), one file, tasks interleaved."""
-    rows = []
-    for e in entries:
-        records = Path(e["eval_split"]).with_name("train.records.jsonl").read_text(encoding="utf-8").splitlines()
-        rows.append([json.loads(line) for line in records if line.strip()])
+def mixed_file(tasks: list, path: Path) -> Path:
+    """Every task's records in one file, tasks interleaved. The data stage splits by a hash of each
+    record's own input, so every record lands on the same side as in its task's own build: the
+    shared adapter trains on exactly the union of the per-task training splits, and each task's
+    held-out records stay held out."""
+    rows = [[line for line in t.data.read_text(encoding="utf-8").splitlines() if line.strip()] for t in tasks]
     mixed = [r for group in zip(*rows) for r in group] + [r for group in rows for r in group[min(map(len, rows)):]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({k: r[k] for k in ("input", "target", "metadata") if k in r}) + "\n" for r in mixed))
+    path.write_text("".join(line + "\n" for line in mixed), encoding="utf-8")
     return path
 
 
@@ -68,7 +68,7 @@ def main() -> int:
     reference = Artifact(path=Path(manifest["stages"]["compile"]["reference"]), backend=target.backend,
                          quant=info(target.backend).reference_level(target.quant))
 
-    mixed = mixed_training_file(entries, args.out / "work" / "shared.jsonl")
+    mixed = mixed_file(tasks, args.out / "work" / "shared.jsonl")
     shared = train_adapters(args.model, base_dir, base_dir, entries[0]["base_key"], [TaskSpec("shared", mixed)],
                             build_preset("demo"), get_backend(target.backend), info(target.backend).adapter_suffix,
                             args.out / "work", args.out)[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.bench.perplexity import log_softmax
 from edgeft.distill.records import IGNORE
 from edgeft.errors import EdgeftError
 from edgeft.tasks.metrics import kind_of, score
@@ -29,15 +30,9 @@ PROOF_RECORDS = 3
 ANSWER_TOKENS = 48
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def kl_mean(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """Mean over positions of KL(p || q), nats."""
-    lp, lq = _log_softmax(p_logits), _log_softmax(q_logits)
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 
 
@@ -78,7 +73,7 @@ def task_quality(runner, records: list[dict], kind: str, eos: set[int]) -> dict:
         total, count = 0.0, 0
         for r in records:
             ids = r["prompt"] + r["target"]
-            lp = _log_softmax(runner.logits(ids))
+            lp = log_softmax(runner.logits(ids))
             total -= float(sum(lp[len(r["prompt"]) + i - 1, t] for i, t in enumerate(r["target"])))
             count += len(r["target"])
         return {"metric": "target_ppl", "value": float(np.exp(total / max(count, 1))), "records": len(records)}
