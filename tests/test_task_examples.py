@@ -38,16 +38,34 @@ def test_every_task_has_200_distinct_records_that_the_data_reader_accepts(task):
 
 def test_intent_labels_are_balanced_and_from_the_fixed_set():
     rows = examples.task_rows("intent")
-    labels = [r["target"] for r in rows]
+    labels = [r["messages"][-1]["content"] for r in rows]
     assert set(labels) == set(examples.INTENT_LABELS)
     assert max(labels.count(x) for x in set(labels)) - min(labels.count(x) for x in set(labels)) <= 1
 
 
 def test_extract_targets_are_json_with_the_fields_named_in_the_prompt():
     for row in examples.task_rows("extract", 20):
-        fields = json.loads(row["target"])
-        assert set(fields) == set(examples.EXTRACT_FIELDS)
-        assert all(v in row["input"] for v in fields.values())  # every value is in the message: extractable
+        system, user, answer = (m["content"] for m in row["messages"])
+        fields = json.loads(answer)
+        assert set(fields) == set(examples.EXTRACT_FIELDS) and all(f in system for f in fields)
+        assert all(v in user for v in fields.values())  # every value is in the message: extractable
+
+
+@pytest.mark.parametrize("task", list(examples.TASKS))
+def test_the_data_stages_near_duplicate_filter_keeps_at_least_200_records(task):
+    """Templated records share their instruction: it is the system turn, so the filter (on each
+    record's input and target) compares what varies. With the instruction in the input it kept 54 of
+    240 intent records."""
+    from edgeft.data.dedup import near_duplicates
+    from edgeft.data.prepare import DataConfig
+    from edgeft.data.schema import to_record
+
+    config = DataConfig()
+    records = [to_record(r) for r in examples.task_rows(task)]
+    dupes = near_duplicates([f"{r.input}\n{r.target or ''}" for r in records], threshold=config.near_dup_threshold,
+                            num_perm=config.near_dup_num_perm, shingle=config.near_dup_shingle)
+    assert len(records) - len(dupes) >= 200
+    assert all(r.metadata.get("system") for r in records)
 
 
 def test_label_scoring_takes_the_first_word_exactly():

@@ -74,18 +74,19 @@ REPLY_ASKS = ("What can you do?", "Can you help?", "Please advise.", "Just wante
               "How long will it take?")
 
 
-def intent_prompt(request: str) -> str:
-    return (f"Classify the user's request into one intent. Intents: {', '.join(INTENT_LABELS)}.\n"
-            f"Request: {request}\nAnswer with the intent only.")
+# Each task's instruction is its system turn, the record's own text its user turn: what varies between
+# records is then the record itself, which the data stage's near-duplicate filter compares.
+INTENT_SYSTEM = (f"Classify the user's request into one intent. Intents: {', '.join(INTENT_LABELS)}. "
+                 "Answer with the intent only.")
+EXTRACT_SYSTEM = f"Extract the fields {', '.join(EXTRACT_FIELDS)} from the user's message as one JSON object."
+REPLY_SYSTEM = "You are customer support. Write a short, friendly reply to the customer's message."
 
 
-def extract_prompt(message: str) -> str:
-    return (f"Extract the fields {', '.join(EXTRACT_FIELDS)} from the message as one JSON object.\n"
-            f"Message: {message}")
-
-
-def reply_prompt(message: str) -> str:
-    return f"Write a short, friendly reply from customer support to this message: \"{message}\""
+def _record(system: str, user: str, target: str | None, task: str, domain: str) -> dict:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if target is not None:
+        messages.append({"role": "assistant", "content": target})
+    return {"messages": messages, "metadata": {"task_type": task, "domain": domain, "language": "en"}}
 
 
 def _fill(rng: random.Random, template: str) -> str:
@@ -104,8 +105,7 @@ def intent_records(rng: random.Random, n: int) -> list[dict]:
         if request in seen:
             continue
         seen.add(request)
-        out.append({"input": intent_prompt(request), "target": label,
-                    "metadata": {"task_type": "intent", "domain": "assistant", "language": "en"}})
+        out.append(_record(INTENT_SYSTEM, request, label, "intent", "assistant"))
     return out
 
 
@@ -117,8 +117,7 @@ def extract_records(rng: random.Random, n: int) -> list[dict]:
         if message in seen:
             continue
         seen.add(message)
-        out.append({"input": extract_prompt(message), "target": json.dumps(fields),
-                    "metadata": {"task_type": "extract", "domain": "calendar", "language": "en"}})
+        out.append(_record(EXTRACT_SYSTEM, message, json.dumps(fields), "extract", "calendar"))
     return out
 
 
@@ -129,7 +128,7 @@ def reply_records(rng: random.Random, n: int) -> list[dict]:
         if message in seen:
             continue
         seen.add(message)
-        out.append({"input": reply_prompt(message), "metadata": {"task_type": "reply", "domain": "support", "language": "en"}})
+        out.append(_record(REPLY_SYSTEM, message, None, "reply", "support"))
     return out
 
 
