@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edgeft import models, vocab_trim
 from edgeft.atomic_io import write_json, write_text
-from edgeft.backends.registry import get_backend, info
+from edgeft.backends.registry import adapter_suffix, get_backend
 from edgeft.config import AUTO_QUANT, Target, to_dict
 from edgeft.errors import ConfigError, EdgeftError
 from edgeft.manifest import sha256, source_entry, write_manifest
@@ -180,7 +180,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
         t = time.perf_counter()
         entries = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend,
-                                 info(target.backend).adapter_suffix or "", work, out_dir, teacher=teacher)
+                                 adapter_suffix(target.backend), work, out_dir, teacher=teacher)
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
 
     write_text(out_dir / "target.toml", target.to_toml())
@@ -217,13 +217,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool) -> None:
     """Before any stage: a backend without adapters, options task adapters are not wired with, or
     records without a target when nobody may write one."""
-    from edgeft.errors import AdaptersUnsupported
     from edgeft.tasks.train import check_targets
 
-    spec = info(target.backend)
-    if spec.adapter_suffix is None:
-        raise AdaptersUnsupported(f"the {spec.name} backend cannot ship task adapters: {spec.no_adapters_because}",
-                                  file=target.source or target.name, place="--task")
+    adapter_suffix(target.backend, file=target.source or target.name, place="--task")
     problems = []
     if trim_vocab is not None:
         problems.append(("--trim-vocab", "task adapters on a trimmed base are not wired yet"))

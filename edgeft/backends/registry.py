@@ -16,6 +16,7 @@ from edgeft.backends.options import NoOptions
 
 if TYPE_CHECKING:
     from edgeft.backends.base import Backend
+    from edgeft.errors import AdaptersUnsupported
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,19 @@ def get_backend(name: str) -> "Backend":
 
 def parse_options(name: str, raw: Mapping[str, Any], problems: list[tuple[str, str]]) -> Any:
     return info(name).options.parse(raw, problems, table=name)
+
+
+def no_adapters(name: str, *, file: str | Path | None = None, place: str | None = None) -> "AdaptersUnsupported":
+    """The one-line refusal of task adapters by backend `name`, which has no adapter format."""
+    from edgeft.errors import AdaptersUnsupported
+
+    return AdaptersUnsupported(f"the {name} backend cannot ship task adapters: {info(name).no_adapters_because}",
+                               file=file, place=place)
+
+
+def adapter_suffix(name: str, *, file: str | Path | None = None, place: str | None = None) -> str:
+    """The file suffix of backend `name`'s task adapters; refused in one line when it has none."""
+    suffix = info(name).adapter_suffix
+    if suffix is None:
+        raise no_adapters(name, file=file, place=place)
+    return suffix

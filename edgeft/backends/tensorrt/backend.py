@@ -102,10 +102,9 @@ class TensorRTBackend:
         return self._artifact(folder, target.quant)
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
-        from edgeft.backends.registry import info
-        from edgeft.errors import AdaptersUnsupported
+        from edgeft.backends.registry import no_adapters
 
-        raise AdaptersUnsupported(f"the {self.name} backend cannot ship task adapters: {info(self.name).no_adapters_because}")
+        raise no_adapters(self.name, file=adapter_dir)
 
     def load(self, artifact: Artifact, target: "Target") -> "EngineRunner":
         from edgeft.backends.tensorrt.engine import EngineRunner, build_engine
