@@ -81,7 +81,7 @@ def main() -> int:
         config = replace(preset, continue_from=old["peft_adapter"], ewc_lambda=lam, replay_ratio=ratio, layer_pick="even",
                          student=None)
         adapter_dir = distill.run(str(base_dir), open_prepared(Path(new["eval_split"]).parent), folder, config)
-        gguf = backend.export_adapter(adapter_dir, base_dir, folder / "adapter.gguf")
+        gguf = backend.export_adapter(adapter_dir, base_dir, folder / "adapter.gguf", base=artifact)
         after = scores(gguf)
         summary = json.loads((folder / "distill.json").read_text())
         results["variants"][name] = {"ewc_lambda": lam, "replay_ratio": ratio, "after": after,

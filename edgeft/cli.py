@@ -494,10 +494,14 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 @click.option("--seed", type=int, default=0, show_default=True, help="--against: seed of the per-round A/B order.")
 @click.option("--allow-fingerprint-mismatch", is_flag=True,
               help="--baseline: compare with a baseline measured on another CPU, runtime build or library versions (warns).")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Measure with this task adapter active (a build's adapters/NAME.gguf); refused when it was exported "
+                   "for another base.")
 def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: Path | None, tolerance: str | None,
                   reference: Path | None, source: Path | None, eval_data: Path | None, summary: Path | None,
                   junit: Path | None, threads: int | None, against_path: Path | None, rounds: int, max_seconds: float | None,
-                  adaptive: bool, inconclusive_exit: str, plot: Path | None, seed: int, allow_fingerprint_mismatch: bool) -> None:
+                  adaptive: bool, inconclusive_exit: str, plot: Path | None, seed: int, allow_fingerprint_mismatch: bool,
+                  adapter: Path | None) -> None:
     """Benchmark a built artifact: latency, memory, size, quality; budgets and the CI gate.
 
     \b
@@ -525,11 +529,14 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     if against_path is not None:
         if baseline is not None:
             raise EdgeftError("--against and --baseline are two gates; give one", place="--against")
+        if adapter is not None:
+            raise EdgeftError("--against compares two bases; bench an adapter without it", place="--adapter")
         _bench_against(artifact, against_path, resolved, tolerance_pct, rounds, max_seconds, adaptive, int(inconclusive_exit),
                        plot, seed, eval_data, json_out, summary, junit)
         return
     result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline,
-                        tolerance_pct=tolerance_pct, source=source, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+                        tolerance_pct=tolerance_pct, source=source, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+                        adapter=adapter)
     gate = result.get("regression")
     if json_out is not None:
         write_json(json_out, result)

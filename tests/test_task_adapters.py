@@ -154,3 +154,26 @@ def test_a_backend_declares_adapters_exactly_when_it_exports_them(tmp_path):
             with pytest.raises(AdaptersUnsupported, match=f"the {name} backend cannot ship task adapters"):
                 get_backend(name).export_adapter(tmp_path, tmp_path, tmp_path / "x")
     assert info("gguf").adapter_suffix == ".gguf"
+
+
+def test_bench_with_an_adapter_and_an_adapter_for_another_base(task_build, tiny_llama_dir, tmp_path):
+    """`edgeft bench BASE --adapter FILE` measures with the adapter active; the same adapter beside another
+    base (here the same model at another level: same shapes, so llama.cpp would load it silently) is one
+    line, exit 2, and no bench.json is written."""
+    out, _ = task_build
+    profile = out / "target.toml"
+    mine = tmp_path / "mine.json"
+    r = CliRunner().invoke(main, ["bench", str(out / "model-q8_0.gguf"), "--target", str(profile), "--adapter",
+                                  str(out / "adapters" / "intent.gguf"), "--json", str(mine)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(mine.read_text())["artifact"]["adapter"] == str(out / "adapters" / "intent.gguf")
+
+    other = tmp_path / "other"
+    assert CliRunner().invoke(main, ["--quiet", "compile", str(tiny_llama_dir), "--target", str(profile), "--quant", "q4_0",
+                                     "--out", str(other)]).exit_code == 0
+    theirs = tmp_path / "theirs.json"
+    r = CliRunner().invoke(main, ["bench", str(other / "model-q4_0.gguf"), "--target", str(profile), "--adapter",
+                                  str(out / "adapters" / "intent.gguf"), "--json", str(theirs)])
+    assert r.exit_code == 2, r.output
+    assert "exported for another base" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not theirs.exists()

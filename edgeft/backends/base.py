@@ -153,10 +153,13 @@ class Backend(Protocol):
     def load(self, artifact: Artifact, target: "Target") -> Runner:
         ...
 
-    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         """A peft LoRA adapter trained on the HF folder `base_dir`, written (atomically) as one file in
         this backend's adapter format (`BackendInfo.adapter_suffix`), which its runner switches at run
-        time; `AdaptersUnsupported` for a backend without one."""
+        time, recording the shipped `base` it belongs to; `AdaptersUnsupported` for a backend without one."""
+
+    def check_adapter(self, adapter: Path, base: Artifact) -> None:
+        """Refuse, in one line, an adapter file exported for another base than `base`."""
 
 
 class TeacherBackend(Backend, Protocol):

@@ -15,18 +15,19 @@ MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
 
 
 def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = None, eval_data: Path | None = None,
-          quality: bool = True, source: Path | None = None) -> dict:
+          quality: bool = True, source: Path | None = None, adapter: Path | None = None) -> dict:
     """Latency and memory in one child process, then quality in another: perplexity; KL, top-1 and the
     perplexity increase against `reference` (the unquantized export: quantization loss alone) and
     against `source` (the HF folder of the model the user gave), with both models' greedy answers to
     a few chat prompts side by side."""
-    raw = latency.run_worker(artifact, target)
+    active = {"adapter": str(adapter)} if adapter is not None else {}  # a task adapter active in both processes
+    raw = latency.run_worker(artifact, target, **active)
     metrics, per_run = latency.latency_metrics(raw)
     evaluation = None
     answers = None
     if quality:
         q = latency.run_worker(
-            artifact, target, mode="quality",
+            artifact, target, mode="quality", **active,
             reference=reference.to_json() if reference else None,
             source=str(source) if source else None,
             eval_data=str(eval_data) if eval_data else None,
@@ -47,6 +48,7 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
             "quant": artifact.quant,
             "package_bytes": artifact.package_bytes(),
             "files": [str(p) for p in artifact.package_files()],
+            "adapter": str(adapter) if adapter is not None else None,
         },
         "target": {"name": target.name, **to_dict(target), "threads_used": target.resolved_threads()},
         "machine": {**machine.describe(target.resolved_threads()), "runtime": raw.get("runtime")},
@@ -72,6 +74,7 @@ def _identified(path: Path, *, default_backend: str) -> Artifact:
 
 
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
+               adapter: Path | None = None,
                baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None,
                allow_fingerprint_mismatch: bool = False) -> dict:
     """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it; with `source`
@@ -82,13 +85,17 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     from edgeft.errors import ArtifactError
 
     old = gate.load_bench(baseline) if baseline is not None else None
-    for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model")):
+    for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model"), (adapter, "adapter")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
     artifact = _identified(Path(artifact_path), default_backend=target.backend)
     # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.
     ref = _identified(Path(reference), default_backend=target.backend) if reference is not None else None
-    result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source)
+    if adapter is not None:
+        from edgeft.backends.registry import adapter_suffix
+
+        adapter_suffix(artifact.backend, file=adapter, place="--adapter")
+    result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source, adapter=adapter)
     if old is not None:
         differences = gate.fingerprint_differences(old, result)
         if differences and not allow_fingerprint_mismatch:

@@ -25,6 +25,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def use_adapter(backend, runner, artifact, adapter: str | None) -> None:
+    """`bench --adapter FILE`: the artifact is measured with that task adapter active, once the backend
+    has checked it belongs to this very base."""
+    if adapter is None:
+        return
+    backend.check_adapter(Path(adapter), artifact)
+    runner.use_adapter(Path(adapter))
+
+
 def run(request: dict) -> dict:
     if request.get("mode") == "quality":
         return run_quality(request)
@@ -42,6 +51,7 @@ def run(request: dict) -> dict:
     backend = get_backend(artifact.backend)
     rss_before_load = peak_rss_mb()
     runner = backend.load(artifact, target)
+    use_adapter(backend, runner, artifact, request.get("adapter"))
     try:
         ids = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
         runs = []
@@ -81,7 +91,9 @@ def run_quality(request: dict) -> dict:
 
     target = load_target(request["target"])
     artifact = Artifact.from_json(request["artifact"])
-    runner = get_backend(artifact.backend).load(artifact, target)
+    backend = get_backend(artifact.backend)
+    runner = backend.load(artifact, target)
+    use_adapter(backend, runner, artifact, request.get("adapter"))
     reference = source_model = None
     answers = None
     try:

@@ -149,6 +149,8 @@ def measure(request: dict) -> dict:
         eos = {int(runner.metadata().eos_token_id)}
         ids = prompt_ids(runner.tokenize, target.bench.prompt_tokens)
         adapters = [Path(t["adapter"]) for t in request["tasks"]]
+        for path in dict.fromkeys(adapters):  # each must belong to this very base file
+            backend.check_adapter(path, artifact)
         load_ms = {}
         for path in adapters:  # each file loaded once; later switches are what an app pays
             t = time.perf_counter()

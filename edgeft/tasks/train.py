@@ -23,7 +23,7 @@ from edgeft.tasks.spec import TaskSpec
 FISHER_RECORDS = 32
 
 if TYPE_CHECKING:
-    from edgeft.backends.base import Backend
+    from edgeft.backends.base import Artifact, Backend
     from edgeft.presets import BuildPreset
 
 
@@ -43,9 +43,10 @@ def check_targets(task: TaskSpec, teacher: bool) -> None:
 
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", suffix: str, work: Path, out_dir: Path,
-                   *, teacher: bool = True) -> list[dict]:
+                   *, base: "Artifact", teacher: bool = True) -> list[dict]:
     """Train and export every task's adapter; returns one manifest entry per task. `model` is the
-    teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base."""
+    teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base,
+    `base` the compiled base the adapters ship beside."""
     from edgeft import distill
     from edgeft.data.prepare import prepare
     from edgeft.distill.records import open_prepared
@@ -73,7 +74,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
             distill.run(str(teacher_dir), prepared, distill_dir, config)
             stamp(distill_dir, distill_key)
         adapter = out_dir / "adapters" / f"{task.name}{suffix}"
-        backend.export_adapter(distill_dir / "adapter", base_dir, adapter)
+        backend.export_adapter(distill_dir / "adapter", base_dir, adapter, base=base)
         entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
                         "modules": task.modules, "method": "kd" if teacher else "sft", "adapter": str(adapter),
                         "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),

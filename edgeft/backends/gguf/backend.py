@@ -298,10 +298,16 @@ class GGUFBackend:
         check_gguf_file(artifact.path)
         return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)
 
-    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         from edgeft.backends.gguf.lora import export_lora
+        from edgeft.manifest import sha256
 
-        return export_lora(adapter_dir, base_dir, out_path)
+        return export_lora(adapter_dir, base_dir, out_path, base_sha256=sha256(base.path))
+
+    def check_adapter(self, adapter: Path, base: Artifact) -> None:
+        from edgeft.backends.gguf.lora import check_base
+
+        check_base(adapter, base.path)
 
     def teacher(self, source: "ModelSource", cache_dir: Path, *, context: int, threads: int, seed: int) -> LlamaCppRunner:
         """A GGUF teacher is run as it is; an HF one is converted to f16 once (cached by its hash)."""

@@ -62,8 +62,33 @@ def adapter_alpha(adapter_dir: Path) -> tuple[float, int]:
     return (alpha * math.sqrt(rank) if config.get("use_rslora") else alpha), rank
 
 
-def export_lora(adapter_dir: Path, base_hf_dir: Path, out_path: Path) -> Path:
-    """Write `out_path` (atomically): the adapter in `adapter_dir`, trained on `base_hf_dir`, as GGUF."""
+# Our own key in the adapter file: the sha256 of the shipped base GGUF it was exported for. llama.cpp
+# reads only its own keys, so the file still loads anywhere; we refuse it beside another base.
+BASE_SHA256_KEY = "edgeft.base.sha256"
+
+
+def check_base(adapter: Path, base: Path) -> None:
+    """An adapter must have been exported for this very base file (its sha256): llama.cpp itself checks
+    only the architecture and tensor shapes, so another base of the same shape would load silently."""
+    from edgeft.backends.gguf.backend import check_gguf_file
+    from edgeft.backends.gguf.header import read_header
+    from edgeft.errors import ArtifactError
+    from edgeft.manifest import sha256
+
+    check_gguf_file(Path(adapter))
+    recorded = read_header(Path(adapter)).fields.get(BASE_SHA256_KEY)
+    if recorded is None:
+        raise ArtifactError(f"no {BASE_SHA256_KEY}: not an adapter edgeft exported for a base, so nothing says which "
+                            "base it belongs to", file=adapter)
+    actual = sha256(Path(base))
+    if recorded != actual:
+        raise ArtifactError(f"this adapter was exported for another base (sha256 {str(recorded)[:12]}...), not "
+                            f"{Path(base).name} (sha256 {actual[:12]}...)", file=adapter)
+
+
+def export_lora(adapter_dir: Path, base_hf_dir: Path, out_path: Path, *, base_sha256: str | None = None) -> Path:
+    """Write `out_path` (atomically): the adapter in `adapter_dir`, trained on `base_hf_dir`, as GGUF;
+    `base_sha256` names the shipped base file it belongs to (`check_base`)."""
     import gguf
     import numpy as np
 
@@ -86,6 +111,8 @@ def export_lora(adapter_dir: Path, base_hf_dir: Path, out_path: Path) -> Path:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        if base_sha256 is not None:
+            writer.add_string(BASE_SHA256_KEY, base_sha256)
         for name, array in tensors:
             writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
         writer.write_header_to_file()

@@ -80,10 +80,15 @@ class OnnxBackend:
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
-    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         from edgeft.backends.registry import no_adapters
 
         raise no_adapters(self.name, file=adapter_dir)
+
+    def check_adapter(self, adapter: Path, base: Artifact) -> None:
+        from edgeft.backends.registry import no_adapters
+
+        raise no_adapters(self.name, file=adapter)
 
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
         from edgeft.backends.onnx.runner import OnnxRunner

@@ -101,10 +101,15 @@ class TensorRTBackend:
                      calibration_ids(reference.path, target.options.calibration_records), marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
 
-    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path) -> Path:
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         from edgeft.backends.registry import no_adapters
 
         raise no_adapters(self.name, file=adapter_dir)
+
+    def check_adapter(self, adapter: Path, base: Artifact) -> None:
+        from edgeft.backends.registry import no_adapters
+
+        raise no_adapters(self.name, file=adapter)
 
     def load(self, artifact: Artifact, target: "Target") -> "EngineRunner":
         from edgeft.backends.tensorrt.engine import EngineRunner, build_engine
