@@ -146,13 +146,17 @@ def test_malformed_task_flags_are_one_line(tiny_llama_dir, tmp_path, args, text)
 def test_a_backend_declares_adapters_exactly_when_it_exports_them(tmp_path):
     """The registry's adapter suffix and the backend's export agree: every backend without one refuses
     in one line; GGUF, which has one, is the one the build tests above export through."""
+    from edgeft.backends.base import Artifact
     from edgeft.backends.registry import backend_names, get_backend, info
     from edgeft.errors import AdaptersUnsupported
 
     for name in backend_names():
         if info(name).adapter_suffix is None:
+            base = Artifact(path=tmp_path / "base", backend=name, quant="x")
             with pytest.raises(AdaptersUnsupported, match=f"the {name} backend cannot ship task adapters"):
-                get_backend(name).export_adapter(tmp_path, tmp_path, tmp_path / "x")
+                get_backend(name).export_adapter(tmp_path, tmp_path, tmp_path / "x", base=base)
+            with pytest.raises(AdaptersUnsupported, match=f"the {name} backend cannot ship task adapters"):
+                get_backend(name).check_adapter(tmp_path / "x", base)
     assert info("gguf").adapter_suffix == ".gguf"
 
 
