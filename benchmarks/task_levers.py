@@ -1,0 +1,83 @@
+"""Two levers of task adapters, measured (issue 18): KD beside the targets against SFT (`--no-teacher`) on
+a task with human labels, and an NF4 training base (QLoRA) against an fp32 one for adapters applied to
+a q8_0 base.
+
+Starts from `benchmarks/task_adapters.py`'s output folder; each variant trains one adapter on the
+default model with the demo preset changed in that one setting, and is benched on the task's held-out
+split through the build's code.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/task_levers.py [--tasks-out out/bench-tasks]
+
+JSON in benchmarks/results/task_levers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
+
+# name -> (task, teacher (KD) or not (SFT), NF4 training base)
+VARIANTS = {
+    "intent KD, NF4 (the build's)": ("intent", True, True),
+    "intent SFT, NF4": ("intent", False, True),
+    "intent SFT, fp32": ("intent", False, False),
+    "reply KD, NF4 (the build's)": ("reply", True, True),
+    "reply KD, fp32": ("reply", True, False),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks-out", type=Path, default=Path("out/bench-tasks"))
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "task_levers.json")
+    args = parser.parse_args()
+
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.registry import adapter_suffix, get_backend
+    from edgeft.config import load_target
+    from edgeft.presets import build_preset
+    from edgeft.tasks import examples
+    from edgeft.tasks.bench import bench_tasks
+    from edgeft.tasks.spec import TaskSpec
+    from edgeft.tasks.train import train_adapters
+
+    header = run_header()
+    manifest = json.loads((args.tasks_out / "manifest.json").read_text())
+    target = load_target(str(args.tasks_out / "target.toml"))
+    base_dir = args.tasks_out / "work" / "source-hf"
+    base_key = manifest["stages"]["tasks"]["adapters"][0]["base_key"]
+    artifact = Artifact(path=args.tasks_out / manifest["stages"]["compile"]["artifact"], backend=target.backend, quant=target.quant)
+    reference = Artifact(path=Path(manifest["stages"]["compile"]["reference"]), backend=target.backend, quant="f16")
+    work = args.tasks_out / "work" / "levers"
+    rows, results = [], {"run": header, "variants": {}}
+    for name, (task, teacher, nf4) in VARIANTS.items():
+        preset = build_preset("demo")
+        preset = replace(preset, distill=replace(preset.distill, quantize_base=nf4))
+        slug = name.split(" (")[0].replace(", ", "-").replace(" ", "-").lower()
+        entry = train_adapters("default", base_dir, base_dir, base_key, [TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl")],
+                               preset, get_backend(target.backend), adapter_suffix(target.backend), work, work,
+                               base=artifact, teacher=teacher)[0]
+        row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
+        q = row["quality"]
+        results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "metric": q["metric"],
+                                     "value": q["value"], "base": row["base_quality"]["value"], "records": q["records"],
+                                     "examples": q.get("examples")}
+        rows.append([name, q["metric"], f"{row['base_quality']['value']:.2f}", f"{q['value']:.2f}", str(q["records"])])
+    results["environment"] = environment_at_end(header)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1, default=str))
+    print(table(rows, ["variant", "metric", "base alone", "with adapter", "records"]))
+    print(busy_line(results["environment"]))
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
