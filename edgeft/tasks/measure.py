@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from edgeft.bench.perplexity import log_softmax
 from edgeft.distill.records import IGNORE
 from edgeft.errors import EdgeftError
 from edgeft.tasks.metrics import kind_of, score
+
+if TYPE_CHECKING:
+    from edgeft.backends.base import AdapterRunner, Runner
+    from edgeft.config import BenchSettings
 
 # The proof's bound: KL (nats/token, mean) between the runtime with the adapter and the merged weights.
 # The reference export is f16 and the adapter is applied in f32 beside it: what separates them is f16
@@ -66,7 +71,7 @@ def fitting(records: list[dict], context: int) -> list[dict]:
     return [r for r in records if len(r["prompt"]) + max(len(r["target"]), ANSWER_TOKENS) <= context]
 
 
-def task_quality(runner, records: list[dict], kind: str, eos: set[int]) -> dict:
+def task_quality(runner: "Runner", records: list[dict], kind: str, eos: set[int]) -> dict:
     """The task's metric from greedy answers (label, fields), or the perplexity of the held-out targets
     (the teacher's answers for a generation task)."""
     if kind == "likelihood":
@@ -84,7 +89,7 @@ def task_quality(runner, records: list[dict], kind: str, eos: set[int]) -> dict:
                                                                    for r, a in zip(records[:3], answers[:3])]}
 
 
-def _latency(runner, ids: list[int], settings) -> list[dict]:
+def _latency(runner: "Runner", ids: list[int], settings: "BenchSettings") -> list[dict]:
     runs = []
     for i in range(settings.warmup + settings.runs):
         gen = runner.generate(ids, settings.new_tokens)
@@ -93,7 +98,7 @@ def _latency(runner, ids: list[int], settings) -> list[dict]:
     return runs
 
 
-def switch_ms(runner, adapters: list[Path], rounds: int = 20) -> float | None:
+def switch_ms(runner: "AdapterRunner", adapters: list[Path], rounds: int = 20) -> float | None:
     """Median time to make another adapter the active one (each file loaded before the clock runs)."""
     if len(adapters) < 2:
         return None
@@ -106,7 +111,7 @@ def switch_ms(runner, adapters: list[Path], rounds: int = 20) -> float | None:
     return float(np.median(times))
 
 
-def proof(reference_runner, base_dir: Path, peft_dir: Path, adapter: Path, records: list[dict]) -> dict:
+def proof(reference_runner: "AdapterRunner", base_dir: Path, peft_dir: Path, adapter: Path, records: list[dict]) -> dict:
     """The adapter on the runtime against the same adapter merged into the weights, on the held-out
     records' own text (prompt and target)."""
     import torch
