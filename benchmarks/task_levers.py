@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +56,10 @@ def main() -> int:
     work = args.tasks_out / "work" / "levers"
     rows, results = [], {"run": header, "variants": {}}
     for name, (task, teacher, nf4) in VARIANTS.items():
-        preset = build_preset("demo")
-        preset = replace(preset, distill=replace(preset.distill, quantize_base=nf4))
         slug = name.split(" (")[0].replace(", ", "-").replace(" ", "-").lower()
         entry = train_adapters("default", base_dir, base_dir, base_key, [TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl")],
-                               preset, get_backend(target.backend), adapter_suffix(target.backend), work, work,
-                               base=artifact, teacher=teacher)[0]
+                               build_preset("demo"), get_backend(target.backend), adapter_suffix(target.backend), work, work,
+                               base=artifact, teacher=teacher, nf4_base=nf4)[0]
         row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
         q = row["quality"]
         results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "metric": q["metric"],

@@ -27,26 +27,49 @@ if TYPE_CHECKING:
     from edgeft.presets import BuildPreset
 
 
+def _targets(task: TaskSpec) -> tuple[int, int]:
+    """(records with their own target, records)."""
+    from edgeft.data.prepare import human_target_count
+    from edgeft.data.readers import read_raw
+
+    return human_target_count(task.data), sum(1 for raw in read_raw(task.data) if raw.problem is None)
+
+
 def check_targets(task: TaskSpec, teacher: bool) -> None:
     """With `--no-teacher` nobody writes a missing target: every record must bring its own."""
     if teacher:
         return
-    from edgeft.data.prepare import human_target_count
-    from edgeft.data.readers import read_raw
-
-    have = human_target_count(task.data)
-    total = sum(1 for raw in read_raw(task.data) if raw.problem is None)
+    have, total = _targets(task)
     if have < total:
         raise EdgeftError(f"task {task.name}: {total - have} of {total} records have no target, and --no-teacher leaves "
                           "nobody to write them (drop --no-teacher, or give every record a target)", file=task.data)
 
 
+def method_for(task: TaskSpec, teacher: bool, base_is_teacher: bool) -> str:
+    """"kd" (the teacher's logits beside the targets) or "sft" (the targets alone). When the base is the
+    teacher itself (`--no-distill`), the logit term only pulls an adapter back toward the base's own
+    answers: on human targets SFT is used (intent: 72 % exact labels against 33 % with KD,
+    benchmarks/README.md, task_levers.py); teacher-written targets keep KD."""
+    if not teacher:
+        return "sft"
+    if base_is_teacher:
+        have, total = _targets(task)
+        if have == total:
+            return "sft"
+    return "kd"
+
+
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", suffix: str, work: Path, out_dir: Path,
-                   *, base: "Artifact", teacher: bool = True) -> list[dict]:
+                   *, base: "Artifact", teacher: bool = True, nf4_base: bool = False) -> list[dict]:
     """Train and export every task's adapter; returns one manifest entry per task. `model` is the
     teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base,
-    `base` the compiled base the adapters ship beside."""
+    `base` the compiled base the adapters ship beside.
+
+    The adapters train on the base at fp32 unless `nf4_base`: the shipped file is made from those
+    weights, and an adapter trained on an NF4 base also learns to correct NF4's error, which the
+    shipped file does not have (reply: 6.09 perplexity with an NF4 base, 5.15 with fp32, 5.63 for
+    the base alone; benchmarks/README.md, task_levers.py)."""
     from edgeft import distill
     from edgeft.data.prepare import prepare
     from edgeft.distill.records import open_prepared
@@ -62,21 +85,23 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
             prepare(task.data, model, data_dir, preset.data)
             stamp(data_dir, data_key)
         prepared = open_prepared(data_dir)
+        method = method_for(task, teacher, Path(base_dir).resolve() == Path(teacher_dir).resolve())
         config = replace(preset.distill, student=str(base_dir), student_layers=None, keep_layers=None,
-                         target_modules=task.target_modules(), alpha=preset.distill.alpha if teacher else 0.0,
-                         hidden_weight=0.0, fisher_records=FISHER_RECORDS)
+                         target_modules=task.target_modules(), alpha=preset.distill.alpha if method == "kd" else 0.0,
+                         hidden_weight=0.0, fisher_records=FISHER_RECORDS, quantize_base=nf4_base)
         distill_dir = root / "distill"
         distill_key = key("task-adapter", data_key, str(teacher_dir), config.to_dict())
         reused = reusable(distill_dir, distill_key)
         if not reused:
             status(f"task {task.name}: training its LoRA adapter on the base "
-                   f"({'against the teacher' if teacher else 'on the targets alone'}, modules: {task.modules}) ...")
+                   f"({'against the teacher' if method == 'kd' else 'on the targets alone'}, modules: {task.modules}, "
+                   f"{'NF4' if nf4_base else 'fp32'} base) ...")
             distill.run(str(teacher_dir), prepared, distill_dir, config)
             stamp(distill_dir, distill_key)
         adapter = out_dir / "adapters" / f"{task.name}{suffix}"
         backend.export_adapter(distill_dir / "adapter", base_dir, adapter, base=base)
         entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
-                        "modules": task.modules, "method": "kd" if teacher else "sft", "adapter": str(adapter),
+                        "modules": task.modules, "method": method, "nf4_base": nf4_base, "adapter": str(adapter),
                         "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),
                         "base_key": base_key, "reused": reused, "seconds": round(time.perf_counter() - t, 2)})
     return entries
