@@ -22,6 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _task_build import read_task_build  # noqa: E402
 from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
 
 VARIANTS = {  # name -> (ewc lambda, replay ratio)
@@ -41,22 +42,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgeft import distill
-    from edgeft.backends.base import Artifact
     from edgeft.backends.registry import get_backend
-    from edgeft.config import load_target
     from edgeft.distill.records import open_prepared
     from edgeft.presets import build_preset
     from edgeft.tasks.measure import fitting, split_records, task_quality
     from edgeft.tasks.metrics import kind_of
 
     header = run_header()
-    manifest = json.loads((args.tasks_out / "manifest.json").read_text())
-    target = load_target(str(args.tasks_out / "target.toml"))
-    entries = {e["task"]: e for e in manifest["stages"]["tasks"]["adapters"]}
-    old, new = entries["intent"], entries["extract"]
-    base_dir = args.tasks_out / "work" / "source-hf"
+    built = read_task_build(args.tasks_out)
+    target, artifact, base_dir = built.target, built.artifact, built.base_dir
+    old, new = built.entries["intent"], built.entries["extract"]
     backend = get_backend(target.backend)
-    artifact = Artifact(path=args.tasks_out / manifest["stages"]["compile"]["artifact"], backend=target.backend, quant=target.quant)
 
     def scores(adapter: Path | None) -> dict:
         runner = backend.load(artifact, target)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _task_build import read_task_build  # noqa: E402
 from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
 
 # name -> (task, teacher (KD) or not (SFT), NF4 training base). The build's own setting (KD, NF4) for
@@ -37,9 +38,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "task_levers.json")
     args = parser.parse_args()
 
-    from edgeft.backends.base import Artifact
     from edgeft.backends.registry import adapter_suffix, get_backend
-    from edgeft.config import load_target
     from edgeft.presets import build_preset
     from edgeft.tasks import examples
     from edgeft.tasks.bench import bench_tasks
@@ -47,12 +46,8 @@ def main() -> int:
     from edgeft.tasks.train import train_adapters
 
     header = run_header()
-    manifest = json.loads((args.tasks_out / "manifest.json").read_text())
-    target = load_target(str(args.tasks_out / "target.toml"))
-    base_dir = args.tasks_out / "work" / "source-hf"
-    base_key = manifest["stages"]["tasks"]["adapters"][0]["base_key"]
-    artifact = Artifact(path=args.tasks_out / manifest["stages"]["compile"]["artifact"], backend=target.backend, quant=target.quant)
-    reference = Artifact(path=Path(manifest["stages"]["compile"]["reference"]), backend=target.backend, quant="f16")
+    built = read_task_build(args.tasks_out)
+    target, artifact, reference, base_dir, base_key = built.target, built.artifact, built.reference, built.base_dir, built.base_key
     work = args.tasks_out / "work" / "levers"
     rows, results = [], {"run": header, "variants": {}}
     for name, (task, teacher, nf4) in VARIANTS.items():
