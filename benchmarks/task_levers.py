@@ -1,6 +1,6 @@
-"""Two levers of task adapters, measured (issue 18): KD beside the targets against SFT (`--no-teacher`) on
-a task with human labels, and an NF4 training base (QLoRA) against an fp32 one for adapters applied to
-a q8_0 base.
+"""Levers of task adapters, measured (issue 18): KD beside the targets against SFT (`--no-teacher`) on a
+task with human labels, an NF4 training base (QLoRA) against an fp32 one for adapters applied to a q8_0
+base, and which layers an adapter trains (attention, MLP or both).
 
 Starts from `benchmarks/task_adapters.py`'s output folder; each variant trains one adapter on the
 default model with the demo preset changed in that one setting, and is benched on the task's held-out
@@ -23,12 +23,18 @@ sys.path.insert(0, str(HERE))
 from _task_build import read_task_build  # noqa: E402
 from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
 
-# name -> (task, teacher (KD) or not (SFT), NF4 training base). The build's own setting (KD, NF4) for
-# both tasks is in task_adapters.py's result, which the table below reads beside these.
+# name -> (task, teacher (KD) or not (SFT), NF4 training base, modules). The settings of the first
+# three against the build's earlier defaults (KD, NF4) are in task_adapters.py's result; the rest ask
+# which layers a task's adapter should train (attention, MLP or both), measured instead of assumed.
 VARIANTS = {
-    "intent SFT, NF4": ("intent", False, True),
-    "reply KD, fp32": ("reply", True, False),
-    "intent SFT, fp32": ("intent", False, False),
+    "intent SFT, NF4": ("intent", False, True, "all"),
+    "reply KD, fp32": ("reply", True, False, "all"),
+    "intent SFT, fp32": ("intent", False, False, "all"),
+    "intent SFT, fp32, attention": ("intent", False, False, "attention"),
+    "intent SFT, fp32, mlp": ("intent", False, False, "mlp"),
+    "extract SFT, fp32": ("extract", False, False, "all"),
+    "extract SFT, fp32, attention": ("extract", False, False, "attention"),
+    "extract SFT, fp32, mlp": ("extract", False, False, "mlp"),
 }
 
 
@@ -50,14 +56,16 @@ def main() -> int:
     target, artifact, reference, base_dir, base_key = built.target, built.artifact, built.reference, built.base_dir, built.base_key
     work = args.tasks_out / "work" / "levers"
     rows, results = [], {"run": header, "variants": {}}
-    for name, (task, teacher, nf4) in VARIANTS.items():
-        slug = name.split(" (")[0].replace(", ", "-").replace(" ", "-").lower()
-        entry = train_adapters("default", base_dir, base_dir, base_key, [TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl")],
+    for name, (task, teacher, nf4, modules) in VARIANTS.items():
+        slug = name.replace(", ", "-").replace(" ", "-").lower()
+        spec = TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl", modules)
+        entry = train_adapters("default", base_dir, base_dir, base_key, [spec],
                                build_preset("demo"), get_backend(target.backend), adapter_suffix(target.backend), work, work,
                                base=artifact, teacher=teacher, nf4_base=nf4)[0]
         row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
         q = row["quality"]
-        results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "metric": q["metric"],
+        results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "modules": modules,
+                                     "adapter_bytes": row["adapter_bytes"], "metric": q["metric"],
                                      "value": q["value"], "base": row["base_quality"]["value"], "records": q["records"],
                                      "examples": q.get("examples")}
         rows.append([name, q["metric"], f"{row['base_quality']['value']:.2f}", f"{q['value']:.2f}", str(q["records"])])
