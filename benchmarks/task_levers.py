@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "task_levers.json")
     args = parser.parse_args()
 
-    from edgeft.backends.registry import adapter_suffix, get_backend
+    from edgeft.backends.registry import get_backend
     from edgeft.presets import build_preset
     from edgeft.tasks import examples
     from edgeft.tasks.bench import bench_tasks
@@ -60,7 +60,7 @@ def main() -> int:
         slug = name.replace(", ", "-").replace(" ", "-").lower()
         spec = TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl", modules)
         entry = train_adapters("default", base_dir, base_dir, base_key, [spec],
-                               build_preset("demo"), get_backend(target.backend), adapter_suffix(target.backend), work, work,
+                               build_preset("demo"), get_backend(target.backend), work, work,
                                base=artifact, teacher=teacher, nf4_base=nf4)[0]
         row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
         q = row["quality"]

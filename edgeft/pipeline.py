@@ -179,8 +179,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         from edgeft.tasks.train import train_adapters
 
         t = time.perf_counter()
-        entries = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend,
-                                 adapter_suffix(target.backend), work, out_dir, base=artifact, teacher=teacher)
+        entries = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
+                                 base=artifact, teacher=teacher)
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
 
     write_text(out_dir / "target.toml", target.to_toml())

@@ -2,8 +2,8 @@
 
 The base is made once (the distilled student, or the model as it is with `--no-distill`); each task's
 records go through the data stage (the teacher writes the targets a record lacks), then train a LoRA
-on the base: against the teacher's logits beside the targets (KD, the build's preset), or on the
-targets alone with `--no-teacher` (SFT). Every stage is reused while its inputs are unchanged."""
+on the fp32 base: against the teacher's logits beside the targets (KD), or on the targets alone (SFT;
+`method_for` says when). Every stage is reused while its inputs are unchanged."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def check_targets(task: TaskSpec, teacher: bool) -> None:
 def method_for(task: TaskSpec, teacher: bool, base_is_teacher: bool) -> str:
     """"kd" (the teacher's logits beside the targets) or "sft" (the targets alone). When the base is the
     teacher itself (`--no-distill`), the logit term only pulls an adapter back toward the base's own
-    answers: on human targets SFT is used (intent: 72 % exact labels against 33 % with KD,
-    benchmarks/README.md, task_levers.py); teacher-written targets keep KD."""
+    answers: on human targets SFT is used (measured: benchmarks/README.md, task_levers.py);
+    teacher-written targets keep KD."""
     if not teacher:
         return "sft"
     if base_is_teacher:
@@ -60,7 +60,7 @@ def method_for(task: TaskSpec, teacher: bool, base_is_teacher: bool) -> str:
 
 
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
-                   preset: "BuildPreset", backend: "Backend", suffix: str, work: Path, out_dir: Path,
+                   preset: "BuildPreset", backend: "Backend", work: Path, out_dir: Path,
                    *, base: "Artifact", teacher: bool = True, nf4_base: bool = False) -> list[dict]:
     """Train and export every task's adapter; returns one manifest entry per task. `model` is the
     teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base,
@@ -68,11 +68,13 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
 
     The adapters train on the base at fp32 unless `nf4_base`: the shipped file is made from those
     weights, and an adapter trained on an NF4 base also learns to correct NF4's error, which the
-    shipped file does not have (reply: 6.09 perplexity with an NF4 base, 5.15 with fp32, 5.63 for
-    the base alone; benchmarks/README.md, task_levers.py)."""
+    shipped file does not have (measured: benchmarks/README.md, task_levers.py)."""
     from edgeft import distill
+    from edgeft.backends.registry import adapter_suffix
     from edgeft.data.prepare import prepare
     from edgeft.distill.records import open_prepared
+
+    suffix = adapter_suffix(backend.name)
 
     entries = []
     for task in tasks:
