@@ -186,7 +186,7 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
         src_ids = source.until_stop(source.greedy(own_prompt, new_tokens))
         art_ids = source.until_stop(source.full_ids(artifact.generate(source.chat_ids(prompt), new_tokens).tokens))
         src_nll, src_n = source.answer_nll(own_prompt, src_ids)
-        art_nll, art_n = source.answer_nll(own_prompt, art_ids)
+        art_nll, art_n = (src_nll, src_n) if art_ids == src_ids else source.answer_nll(own_prompt, art_ids)
         src_mean, art_mean = src_nll / max(src_n, 1), art_nll / max(art_n, 1)
         rows.append({"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
                      "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
