@@ -71,7 +71,7 @@ def main() -> int:
     mixed = mixed_file(tasks, args.out / "work" / "shared.jsonl")
     shared = train_adapters(args.model, base_dir, base_dir, entries[0]["base_key"], [TaskSpec("shared", mixed)],
                             build_preset("demo"), get_backend(target.backend),
-                            args.out / "work", args.out, base=artifact)[0]
+                            args.out / "work", args.out, base=artifact, reference=reference, target=target).entries[0]
     shared_bench = bench_tasks(artifact, reference, target, [{**shared, "task": e["task"], "eval_split": e["eval_split"]}
                                                              for e in entries], base_dir)
 

@@ -61,7 +61,8 @@ def main() -> int:
         spec = TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl", modules)
         entry = train_adapters("default", base_dir, base_dir, base_key, [spec],
                                build_preset("demo"), get_backend(target.backend), work, work,
-                               base=artifact, teacher=teacher, nf4_base=nf4)[0]
+                               base=artifact, reference=reference, target=target, teacher=teacher,
+                               nf4_base=nf4).entries[0]
         row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
         q = row["quality"]
         results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "modules": modules,

@@ -171,7 +171,6 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         artifact, reference, result = level.artifact, level.reference, None
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name,
                          "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path)}
-    stages["export_check"] = export_check_stage(hf_dir, artifact, target)
 
     entries: list[dict] = []
     if tasks:
@@ -179,9 +178,11 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         from edgeft.tasks.train import train_adapters
 
         t = time.perf_counter()
-        entries = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
-                                 base=artifact, teacher=teacher)
+        trained = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
+                                 base=artifact, reference=reference, target=target, teacher=teacher)
+        entries, artifact, reference = trained.entries, trained.base, trained.reference
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
+    stages["export_check"] = export_check_stage(hf_dir, artifact, target)  # on the base as shipped
 
     write_text(out_dir / "target.toml", target.to_toml())
     outputs = [*artifact.package_files(), *(Path(e["adapter"]) for e in entries), out_dir / "target.toml"]

@@ -126,7 +126,7 @@ def test_an_unknown_task_name_is_one_line(tiny_llama_dir, task_files, tmp_path):
 
 
 def test_a_backend_without_adapters_is_one_line(tiny_llama_dir, task_files, tmp_path):
-    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", "onnx", "--task",
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--target", "tensorrt", "--task",
               f"intent={task_files['intent']}"], tmp_path, text="cannot ship task adapters")
 
 
@@ -157,7 +157,7 @@ def test_a_backend_declares_adapters_exactly_when_it_exports_them(tmp_path):
                 get_backend(name).export_adapter(tmp_path, tmp_path, tmp_path / "x", base=base)
             with pytest.raises(AdaptersUnsupported, match=f"the {name} backend cannot ship task adapters"):
                 get_backend(name).check_adapter(tmp_path / "x", base)
-    assert info("gguf").adapter_suffix == ".gguf"
+    assert info("gguf").adapter_suffix == ".gguf" and info("onnx").adapter_suffix == ".onnx_adapter"
 
 
 def test_bench_with_an_adapter_and_an_adapter_for_another_base(task_build, tiny_llama_dir, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,6 +152,12 @@ class Backend(Protocol):
 
     def load(self, artifact: Artifact, target: "Target") -> Runner:
         ...
+
+    def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
+                     target: "Target") -> tuple[Artifact, Artifact]:
+        """The compiled base and its reference, made ready to take the peft LoRA adapters in `adapter_dirs`
+        at run time (trained on the HF folder `model_dir`): unchanged where any adapter of that base loads
+        (GGUF), exported again where the graph must carry the adapters' inputs (ONNX)."""
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         """A peft LoRA adapter trained on the HF folder `base_dir`, written (atomically) as one file in

@@ -8,7 +8,7 @@ on the fp32 base: against the teacher's logits beside the targets (KD), or on th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -24,6 +24,7 @@ FISHER_RECORDS = 32
 
 if TYPE_CHECKING:
     from edgeft.backends.base import Artifact, Backend
+    from edgeft.config import Target
     from edgeft.presets import BuildPreset
 
 
@@ -59,12 +60,20 @@ def method_for(task: TaskSpec, teacher: bool, base_is_teacher: bool) -> str:
     return "kd"
 
 
+@dataclass(frozen=True)
+class TaskAdapters:
+    entries: list[dict]  # one manifest entry per task
+    base: "Artifact"  # the compiled base, as it takes the adapters (`Backend.adapter_base`)
+    reference: "Artifact"  # its unquantized reference, the same way (the proof runs on it)
+
+
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", work: Path, out_dir: Path,
-                   *, base: "Artifact", teacher: bool = True, nf4_base: bool = False) -> list[dict]:
-    """Train and export every task's adapter; returns one manifest entry per task. `model` is the
-    teacher's source string (for the data stage), `teacher_dir` its HF folder, `base_dir` the base,
-    `base` the compiled base the adapters ship beside.
+                   *, base: "Artifact", reference: "Artifact", target: "Target", teacher: bool = True,
+                   nf4_base: bool = False) -> TaskAdapters:
+    """Train every task's adapter, make the compiled base (and its reference) take them, and export
+    each in the backend's format. `model` is the teacher's source string (for the data stage),
+    `teacher_dir` its HF folder, `base_dir` the base, `base` the compiled base the adapters ship beside.
 
     The adapters train on the base at fp32 unless `nf4_base`: the shipped file is made from those
     weights, and an adapter trained on an NF4 base also learns to correct NF4's error, which the
@@ -100,10 +109,13 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
                    f"{'NF4' if nf4_base else 'fp32'} base) ...")
             distill.run(str(teacher_dir), prepared, distill_dir, config)
             stamp(distill_dir, distill_key)
-        adapter = out_dir / "adapters" / f"{task.name}{suffix}"
-        backend.export_adapter(distill_dir / "adapter", base_dir, adapter, base=base)
         entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
-                        "modules": task.modules, "method": method, "nf4_base": nf4_base, "adapter": str(adapter),
+                        "modules": task.modules, "method": method, "nf4_base": nf4_base,
+                        "adapter": str(out_dir / "adapters" / f"{task.name}{suffix}"),
                         "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),
                         "base_key": base_key, "reused": reused, "seconds": round(time.perf_counter() - t, 2)})
-    return entries
+    peft_dirs = [Path(e["peft_adapter"]) for e in entries]
+    base, reference = backend.adapter_base(base, reference, base_dir, peft_dirs, target)
+    for entry, peft_dir in zip(entries, peft_dirs):
+        backend.export_adapter(peft_dir, base_dir, Path(entry["adapter"]), base=base)
+    return TaskAdapters(entries, base, reference)

@@ -6,7 +6,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from edgeft.atomic_io import atomic_path
 from edgeft.backends.base import Artifact, ExportMetadata, Generation, Sampling
@@ -297,6 +297,11 @@ class GGUFBackend:
         self.check()
         check_gguf_file(artifact.path)
         return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)
+
+    def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
+                     target: "Target") -> tuple[Artifact, Artifact]:
+        """llama.cpp applies a LoRA file to any base with the same tensors: nothing to change."""
+        return base, reference
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         from edgeft.backends.gguf.lora import export_lora

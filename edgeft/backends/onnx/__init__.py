@@ -37,5 +37,6 @@ register(BackendInfo(
     architectures=lambda: ARCHITECTURES,
     options=OnnxOptions,
     identify=identify,
-    no_adapters_because="edgeft does not yet write its base graph with adapter inputs and .onnx_adapter files",
+    # The base graph takes LoRA weights as inputs; each task's values ship as one ONNX Runtime adapter file.
+    adapter_suffix=".onnx_adapter",
 ))

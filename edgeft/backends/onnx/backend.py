@@ -8,7 +8,7 @@ SDKs load) and its graph loads in a plain onnxruntime.InferenceSession (what we 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from edgeft.backends.base import Artifact
 from edgeft.backends.marker import marker
@@ -80,15 +80,43 @@ class OnnxBackend:
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
-    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
-        from edgeft.backends.registry import no_adapters
+    def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
+                     target: "Target") -> tuple[Artifact, Artifact]:
+        """The base and its reference exported again with LoRA inputs for every projection the adapters
+        train (adapters.py); a folder that already takes them all is kept as it is."""
+        import tempfile
 
-        raise no_adapters(self.name, file=adapter_dir)
+        from edgeft.backends.onnx import adapters
+        from edgeft.backends.onnx.export import export
+
+        needed = set()
+        for folder in adapter_dirs:
+            needed.update(adapters.peft_tensors(folder))
+        out = []
+        with tempfile.TemporaryDirectory(prefix="edgeft-lora-template-") as tmp:
+            template = None
+            for artifact in (reference, base):
+                if needed <= set(adapters.lora_inputs(artifact.path / adapters.MODEL_FILE)):
+                    out.append(artifact)
+                    continue
+                if template is None:
+                    template = adapters.write_template(model_dir, adapters.target_modules(adapter_dirs), Path(tmp) / "template")
+                export(model_dir, artifact.path, artifact.quant, target.options, marker=marker(self.name, artifact.quant),
+                       adapter_template=template)
+                files = tuple(sorted(p for p in artifact.path.rglob("*") if p.is_file()))
+                out.append(Artifact(path=artifact.path, backend=self.name, quant=artifact.quant, files=files))
+        return out[1], out[0]
+
+    def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
+        """`<task>.onnx_adapter`: the values of the base graph's LoRA inputs, with the base's fingerprint."""
+        from edgeft.backends.onnx import adapters
+
+        return adapters.export(adapter_dir, base.path, out_path)
 
     def check_adapter(self, adapter: Path, base: Artifact) -> None:
-        from edgeft.backends.registry import no_adapters
+        from edgeft.backends.onnx import adapters
 
-        raise no_adapters(self.name, file=adapter)
+        adapters.check_base(adapter, base.path)
 
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
         from edgeft.backends.onnx.runner import OnnxRunner

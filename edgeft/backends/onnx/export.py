@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 from edgeft.backends.marker import MARKER  # noqa: E402
 from edgeft.backends.onnx import ARCHITECTURES  # noqa: E402 - the registered list, checked again here
+from edgeft.backends.onnx.adapters import lora_nodes, open_lora_inputs  # noqa: E402
 # Our level -> the builder's `--precision`.
 PRECISIONS = {"fp32": "fp32", "int8": "int8", "int4": "int4"}
 MODEL_FILE = "model.onnx"
@@ -55,7 +56,8 @@ def check_architecture(model_dir: Path) -> str:
     return arch
 
 
-def builder_command(model_dir: Path, out_dir: Path, cache_dir: Path, quant: str, options: "OnnxOptions") -> list[str]:
+def builder_command(model_dir: Path, out_dir: Path, cache_dir: Path, quant: str, options: "OnnxOptions",
+                    adapter_template: Path | None = None, layers: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "edgeft.backends.onnx.builder_child", "-i", str(model_dir), "-o", str(out_dir),
            "-p", PRECISIONS[quant], "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false",
            # sliding-window layers (Gemma 3) keep a full-length KV cache like the others: the bounded
@@ -63,6 +65,10 @@ def builder_command(model_dir: Path, out_dir: Path, cache_dir: Path, quant: str,
            "windowed_kv_cache=false"]
     if quant != "fp32":  # the quantization options are meaningless (and logged as such) at fp32
         cmd += options.builder_options()
+    if adapter_template is not None:  # the LoRA branches, kept fp32 (adapters.py)
+        cmd += [f"adapter_path={adapter_template}"]
+        if quant != "fp32":
+            cmd += [f"nodes_to_exclude={','.join(lora_nodes(layers or 0))}"]
     return cmd
 
 
@@ -84,16 +90,21 @@ def _num_layers(model_dir: Path) -> int | None:
         return None
 
 
-def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *, marker: dict | None = None) -> Path:
+def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *, marker: dict | None = None,
+           adapter_template: Path | None = None) -> Path:
     """Write the ONNX folder for `quant` to `out_dir` atomically; return `out_dir`. `marker` is
-    written into it as edgeft_export.json (what the backend reads back to know the level)."""
+    written into it as edgeft_export.json (what the backend reads back to know the level).
+
+    With `adapter_template` (a peft LoRA folder), the graph takes LoRA weights as inputs for every
+    projection the template adapts, and computes the plain model while none are fed (adapters.py)."""
     check_architecture(model_dir)
     if quant not in PRECISIONS:
         raise ArtifactError(f"unknown onnx level {quant!r} (known: {', '.join(PRECISIONS)})", file=model_dir)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     layers = _num_layers(model_dir)
     with tempfile.TemporaryDirectory(prefix="edgeft-onnx-cache-") as cache, atomic_dir(out_dir) as tmp:
-        cmd = builder_command(model_dir.resolve(), tmp, Path(cache), quant, options)
+        cmd = builder_command(model_dir.resolve(), tmp, Path(cache), quant, options,
+                              adapter_template.resolve() if adapter_template else None, layers)
         output: list[str] = []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
@@ -106,6 +117,8 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *
         if not (tmp / MODEL_FILE).is_file() or not (tmp / GENAI_CONFIG).is_file():
             raise ArtifactError(f"the model builder wrote no {MODEL_FILE} and {GENAI_CONFIG}: {_failure_line(output)}",
                                 file=model_dir)
+        if adapter_template is not None:
+            open_lora_inputs(tmp, 2 * _adapted(adapter_template))
         check_loadable(tmp / MODEL_FILE, model_dir)
         if marker is not None:
             (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
@@ -125,6 +138,13 @@ def check_loadable(model_path: Path, model_dir: Path) -> None:
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"the model builder wrote a graph onnxruntime cannot load ({reason})", file=model_dir) from None
+
+
+def _adapted(adapter_template: Path) -> int:
+    """How many projections the template adapts (one A and one B each)."""
+    from edgeft.backends.onnx.adapters import tensor_names
+
+    return len(tensor_names(adapter_template)) // 2
 
 
 def _collect(stream, sink: list[str]):

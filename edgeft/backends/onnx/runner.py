@@ -106,6 +106,12 @@ class OnnxRunner:
         self.session = self._open_session()
         self._kv_dtype = self._past_dtype()
         self._tokenizer = self._open_tokenizer()
+        # Task adapters (adapters.py): the active one's values for the graph's LoRA inputs, fed by
+        # ONNX Runtime's adapter API to `logits` and bound by name in `generate` (IO binding runs
+        # ignore active adapters); files are read once and kept, so a switch is a dictionary swap.
+        self._adapter: tuple[Any, dict[str, Any]] | None = None  # (run options with it active, its values)
+        self._adapters: dict[tuple[Path, float], tuple[Any, dict[str, Any]]] = {}
+        self._keep: list[Any] = []  # the loaded ort.LoraAdapter objects the run options point to
 
     def _open_session(self):
         import onnxruntime as ort
@@ -174,6 +180,41 @@ class OnnxRunner:
             return json.loads(tok_config.read_text(encoding="utf-8")).get("chat_template")
         return None
 
+    # -- task adapters ------------------------------------------------------------------------
+    def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
+        """Make the `.onnx_adapter` at `path` the active one (None: the base alone), without a reload."""
+        if path is None:
+            self._adapter = None
+            return
+        entry = (Path(path).resolve(), float(scale))
+        if entry not in self._adapters:
+            self._adapters[entry] = self._load_adapter(*entry)
+        self._adapter = self._adapters[entry]
+
+    def _load_adapter(self, path: Path, scale: float) -> tuple[Any, dict[str, Any]]:
+        import onnxruntime as ort
+
+        from edgeft.backends.onnx import adapters
+
+        params = adapters.read(path).get_parameters()
+        inputs = {i.name: [d if isinstance(d, int) else str(d) for d in i.shape]
+                  for i in self.session.get_overridable_initializers() if adapters.INPUT.match(i.name)}
+        if not inputs:
+            raise ArtifactError("this graph takes no adapters (exported without LoRA inputs: build it with --task)",
+                                file=self.model_path)
+        for name, value in params.items():
+            adapters.check_shape(name, tuple(value.shape()), inputs, file=path)
+        if scale != 1.0:  # B carries the scaling: scale it, A as it is
+            params = {name: ort.OrtValue.ortvalue_from_numpy(value.numpy() * scale) if name.endswith("lora_B.MatMul.weight")
+                      else value for name, value in params.items()}
+            return None, params  # the file's values are not the scaled ones: fed by name instead
+        adapter = ort.LoraAdapter()
+        adapter.Load(str(path))
+        options = ort.RunOptions()
+        options.add_active_adapter(adapter)  # a bare pointer: the adapter must live as long as the options
+        self._keep.append(adapter)
+        return options, params
+
     # -- compute ----------------------------------------------------------------------------
     def _empty_past(self) -> dict[str, Any]:
         import numpy as np
@@ -191,7 +232,15 @@ class OnnxRunner:
             "attention_mask": np.ones((1, len(token_ids)), dtype=np.int64),
             **self._empty_past(),
         }
-        (logits,) = self.session.run(["logits"], feed)
+        options, params = self._adapter if self._adapter is not None else (None, {})
+        if params and options is None:
+            import onnxruntime as ort
+
+            values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feed.items()}
+            (logits,) = self.session.run_with_ort_values(["logits"], {**values, **params})
+            logits = logits.numpy()
+        else:
+            (logits,) = self.session.run(["logits"], feed, options)
         return np.asarray(logits[0], dtype=np.float32)
 
     def generate(self, token_ids: list[int], new_tokens: int) -> Generation:
@@ -211,6 +260,7 @@ class OnnxRunner:
         start = time.perf_counter()
         ids = np.asarray([token_ids], dtype=np.int64)
         past = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in self._empty_past().items()}
+        adapter_params = self._adapter[1] if self._adapter is not None else {}
         total = len(token_ids)
         while len(tokens) < new_tokens:
             binding.clear_binding_inputs()
@@ -218,6 +268,8 @@ class OnnxRunner:
             binding.bind_cpu_input("input_ids", ids)
             binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
             for name, value in past.items():
+                binding.bind_ortvalue_input(name, value)
+            for name, value in adapter_params.items():
                 binding.bind_ortvalue_input(name, value)
             for name in outputs:
                 binding.bind_output(name, "cpu")
@@ -244,5 +296,8 @@ class OnnxRunner:
         return {**self.library_versions(), "providers": list(self.session.get_providers()) if self.session else []}
 
     def close(self) -> None:
+        self._adapter = None
+        self._adapters.clear()
+        self._keep.clear()
         self.session = None
         self._tokenizer = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from edgeft.backends.base import Artifact
 from edgeft.backends.marker import marker
@@ -100,6 +100,12 @@ class TensorRTBackend:
             quantize(reference.path, folder, target.quant, target.options,
                      calibration_ids(reference.path, target.options.calibration_records), marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
+
+    def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
+                     target: "Target") -> tuple[Artifact, Artifact]:
+        from edgeft.backends.registry import no_adapters
+
+        raise no_adapters(self.name, file=model_dir)
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         from edgeft.backends.registry import no_adapters

@@ -1,0 +1,189 @@
+"""ONNX task adapters (issue 18): a base graph whose LoRA weights are inputs, and `.onnx_adapter` files
+that ONNX Runtime and onnxruntime-genai's Adapters API feed into it. On a tiny Llama 256 wide."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeft.cli import main
+from tiny_models import tiny_llama, tiny_profile, write_jsonl
+
+pytest.importorskip("onnxruntime_genai")
+
+IDS = list(range(5, 69))  # a 64-token prompt
+
+
+def _adapter(base_dir, folder, *, seed: int, modules=("q_proj", "v_proj", "down_proj"), scale: float = 1.0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(modules), lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05).mul_(scale)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def _merged_logits(base_dir, adapter_dir) -> np.ndarray:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([IDS])).logits[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def onnx_adapter_base(tmp_path_factory):
+    """A 256-wide tiny Llama, two adapters on it (q/v/down and all projections), and its fp32 and int4
+    exports made to take them, with each adapter exported against the fp32 base."""
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.onnx.backend import OnnxBackend
+    from edgeft.config import load_target
+
+    tmp = tmp_path_factory.mktemp("onnx-adapters")
+    base_dir = tiny_llama(tmp / "base", hidden=256)
+    one = _adapter(base_dir, tmp / "one", seed=1)
+    two = _adapter(base_dir, tmp / "two", seed=2, modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                             "down_proj"))
+    backend = OnnxBackend()
+    arts = {}
+    for quant in ("fp32", "int4"):
+        target = load_target(str(tiny_profile(tmp, backend="onnx", quant=quant, name=f"{quant}.toml")))
+        ref = backend.reference(base_dir, target.with_overrides(quant="fp32"), tmp / "work", name="tiny")
+        art = backend.compile(base_dir, target, tmp / "out", reference=ref, name="tiny")
+        arts[quant], arts["ref"] = backend.adapter_base(art, ref, base_dir, [one, two], target)
+    files = {name: backend.export_adapter(folder, base_dir, tmp / f"{name}.onnx_adapter", base=arts["fp32"])
+             for name, folder in (("one", one), ("two", two))}
+    return {"base_dir": base_dir, "peft": {"one": one, "two": two}, "files": files, **arts, "backend": backend, "tmp": tmp}
+
+
+def _runner(artifact):
+    from edgeft.backends.onnx.runner import OnnxRunner
+
+    return OnnxRunner(artifact.path, threads=1, context=128)
+
+
+def test_the_runtime_with_an_adapter_gives_the_merged_models_logits_and_without_it_the_bases(onnx_adapter_base):
+    b = onnx_adapter_base
+    runner = _runner(b["fp32"])
+    try:
+        base = runner.logits(IDS)
+        runner.use_adapter(b["files"]["one"])
+        one = runner.logits(IDS)
+        runner.use_adapter(b["files"]["two"])
+        two = runner.logits(IDS)
+        runner.use_adapter(None)
+        again = runner.logits(IDS)
+    finally:
+        runner.close()
+    want_base = _merged_logits(b["base_dir"], None)
+    want_one, want_two = (_merged_logits(b["base_dir"], b["peft"][n]) for n in ("one", "two"))
+    assert np.abs(base - want_base).max() < 1e-3 and np.array_equal(base, again)
+    assert np.abs(one - want_one).max() < 1e-3
+    assert np.abs(two - want_two).max() < 1e-3
+    # switching adapters changes the outputs, far beyond the match above
+    assert np.abs(one - base).max() > 0.1 and np.abs(two - one).max() > 0.1
+
+
+def test_onnxruntime_genai_loads_and_switches_the_same_files(onnx_adapter_base):
+    """What an app runs: onnxruntime-genai's Adapters API on the shipped folder gives the logits our
+    runner gives, with each adapter active and with none."""
+    import onnxruntime_genai as og
+
+    b = onnx_adapter_base
+    model = og.Model(str(b["fp32"].path))
+    adapters = og.Adapters(model)
+    for name, path in b["files"].items():
+        adapters.load(str(path), name)
+    runner = _runner(b["fp32"])
+    try:
+        for name in (None, "one", "two"):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(IDS) + 4)
+            generator = og.Generator(model, params)
+            if name is not None:
+                generator.set_active_adapter(adapters, name)
+            generator.append_tokens(IDS)
+            genai_last = np.asarray(generator.get_logits())[0, -1]
+            runner.use_adapter(b["files"][name] if name else None)
+            ours_last = runner.logits(IDS)[-1]
+            assert np.abs(genai_last - ours_last).max() < 1e-3, name
+            del generator
+    finally:
+        runner.close()
+
+
+def test_the_quantized_base_keeps_fp32_lora_inputs_and_generate_applies_the_adapter(onnx_adapter_base):
+    """At int4 the projections are MatMulNBits, the LoRA branches plain MatMuls on graph inputs; greedy
+    decoding with the KV cache (IO binding) applies the adapter as the full forward pass does."""
+    import onnx
+
+    from edgeft.backends.onnx import adapters
+
+    b = onnx_adapter_base
+    graph = onnx.load(str(b["int4"].path / "model.onnx"), load_external_data=False).graph
+    lora = [n for n in graph.node if "/lora_" in n.name]
+    assert lora and all(n.op_type == "MatMul" for n in lora)
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    assert len(adapters.lora_inputs(b["int4"].path / "model.onnx")) == 2 * 2 * 7  # 2 layers x 7 projections
+    one = b["backend"].export_adapter(b["peft"]["one"], b["base_dir"], b["tmp"] / "one-int4.onnx_adapter", base=b["int4"])
+    runner = _runner(b["int4"])
+    try:
+        plain = runner.generate(IDS[:16], 12).tokens
+        runner.use_adapter(one)
+        tokens = runner.generate(IDS[:16], 12).tokens
+        forced = runner.logits(IDS[:16] + tokens[:-1])[15:].argmax(-1).tolist()
+    finally:
+        runner.close()
+    assert tokens == forced
+    assert tokens != plain
+
+
+def test_an_adapter_for_another_base_or_other_modules_is_refused(onnx_adapter_base, tmp_path):
+    from edgeft.backends.onnx import adapters
+    from edgeft.errors import ArtifactError
+
+    b = onnx_adapter_base
+    with pytest.raises(ArtifactError, match="exported for another base"):
+        b["backend"].check_adapter(b["files"]["one"], b["int4"])
+    b["backend"].check_adapter(b["files"]["one"], b["fp32"])
+    # a base exported without LoRA inputs for MLP projections refuses an adapter on down_proj
+    inputs = {k: v for k, v in adapters.lora_inputs(b["fp32"].path / "model.onnx").items() if ".attn." in k}
+    values = adapters.peft_tensors(b["peft"]["one"])
+    name = next(k for k in values if "down_proj" in k)
+    with pytest.raises(ArtifactError, match="no input for"):
+        adapters.check_shape(name, values[name].shape, inputs, file=tmp_path)
+    with pytest.raises(ArtifactError, match="not an ONNX Runtime adapter file"):
+        adapters.read(write_jsonl(tmp_path / "x.onnx_adapter", [{"a": 1}]))
+
+
+def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path):
+    """`build --target <onnx profile> --task ...`: one base folder with LoRA inputs, one .onnx_adapter per
+    task in the manifest, and the bench's proof on the fp32 reference."""
+    from edgeft.tasks import examples
+
+    base_dir = tiny_llama(tmp_path / "base", hidden=256)
+    data = write_jsonl(tmp_path / "intent.jsonl", examples.task_rows("intent", 40))
+    profile = tiny_profile(tmp_path, backend="onnx", quant="int4", context=256, name="onnx-int4.toml")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["build", "--no-distill", "--model", str(base_dir), "--target", str(profile), "--out",
+                                  str(out), "--task", f"intent={data}", "--task-modules", "intent=attention"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    paths = {o["path"] for o in manifest["outputs"]}
+    assert "adapters/intent.onnx_adapter" in paths and "model-onnx-int4/model.onnx" in paths
+    row = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]
+    assert row["proof"]["matches"] and row["proof"]["applied"], row["proof"]
+    assert row["adapter_bytes"] == (out / "adapters" / "intent.onnx_adapter").stat().st_size
