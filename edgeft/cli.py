@@ -117,11 +117,15 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--no-teacher", is_flag=True,
               help="Task adapters learn their records' targets alone (SFT), not the teacher's logits beside them; "
                    "every record must then have a target.")
+@click.option("--method", "adapter_method", type=click.Choice(["lora", "prefix"]), default="lora", show_default=True,
+              help="How each task adapts the base: 'lora' (low-rank weight updates, every backend with adapters), or "
+                   "'prefix' (peft prefix tuning: 20 learned keys and values per layer, shipped as the initial KV "
+                   "cache the ONNX runner seeds; llama.cpp has no prefix adapters).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
           no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
           eval_data: Path | None, tasks: tuple[str, ...], task_modules: tuple[str, ...], no_teacher: bool,
-          as_json: bool) -> None:
+          adapter_method: str, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
@@ -144,13 +148,15 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     from edgeft.tasks.spec import parse_tasks
 
     specs = parse_tasks(tasks, task_modules)
-    if (task_modules or no_teacher) and not specs:
-        raise ConfigError([("--task-modules/--no-teacher", "go with --task NAME=FILE")])
+    if (task_modules or no_teacher or adapter_method != "lora") and not specs:
+        raise ConfigError([("--task-modules/--no-teacher/--method", "go with --task NAME=FILE")])
+    if task_modules and adapter_method == "prefix":
+        raise ConfigError([("--task-modules", "a prefix adapts every layer's keys and values, not chosen modules")])
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
                        data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab,
-                       tasks=specs, teacher=not no_teacher)
+                       tasks=specs, teacher=not no_teacher, adapter=adapter_method)
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.bench is None:

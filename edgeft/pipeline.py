@@ -110,15 +110,15 @@ AUTO_STUDENT = "auto"
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
           distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
           student_layers: int | None = None, trim_vocab: "int | Path | None" = None, tasks: "Sequence[TaskSpec]" = (),
-          teacher: bool = True) -> BuildResult:
+          teacher: bool = True, adapter: str = "lora") -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
     distill -> merge produce the student that is compiled; without, the model is compiled as it is.
 
     `student` "auto" (with no `student_layers`) distills only as much as the budget needs: see
     `plan_student`. `student_layers` or a student model source force the choice.
 
-    With `tasks`, the compiled model is the shared base and every task gets its own LoRA adapter in
-    the backend's adapter format (`tasks/train.py`), benchmarked on that base (`tasks/bench.py`)."""
+    With `tasks`, the compiled model is the shared base and every task gets its own LoRA adapter (a
+    learned prefix with `adapter="prefix"`) in the backend's adapter format (`tasks/train.py`), benchmarked on that base (`tasks/bench.py`)."""
     started = time.perf_counter()
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
@@ -130,7 +130,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         raise ConfigError([("--student", "a given student has the full vocabulary; with --trim-vocab the student is a "
                                          "pruning of the trimmed model (--student auto or --student-layers N)")])
     if tasks:
-        _check_tasks(target, trim_vocab, tasks, teacher)
+        _check_tasks(target, trim_vocab, tasks, teacher, adapter)
     source = resolve_for(model, [target.backend])
     backend = get_backend(target.backend)
     backend.check()
@@ -179,7 +179,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
         t = time.perf_counter()
         trained = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
-                                 base=artifact, reference=reference, target=target, teacher=teacher)
+                                 base=artifact, reference=reference, target=target, teacher=teacher, adapter=adapter)
         entries, artifact, reference = trained.entries, trained.base, trained.reference
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
     stages["export_check"] = export_check_stage(hf_dir, artifact, target)  # on the base as shipped
@@ -215,12 +215,13 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
 
 
-def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool) -> None:
+def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool,
+                 adapter: str = "lora") -> None:
     """Before any stage: a backend without adapters, options task adapters are not wired with, or
     records without a target when nobody may write one."""
     from edgeft.tasks.train import check_targets
 
-    adapter_suffix(target.backend, file=target.source or target.name, place="--task")
+    adapter_suffix(target.backend, method=adapter, file=target.source or target.name, place="--method" if adapter != "lora" else "--task")
     problems = []
     if trim_vocab is not None:
         problems.append(("--trim-vocab", "task adapters on a trimmed base are not wired yet"))

@@ -48,7 +48,6 @@ def _merged_logits(base_dir, adapter_dir) -> np.ndarray:
 def onnx_adapter_base(tmp_path_factory):
     """A 256-wide tiny Llama, two adapters on it (q/v/down and all projections), and its fp32 and int4
     exports made to take them, with each adapter exported against the fp32 base."""
-    from edgeft.backends.base import Artifact
     from edgeft.backends.onnx.backend import OnnxBackend
     from edgeft.config import load_target
 
@@ -169,21 +168,106 @@ def test_an_adapter_for_another_base_or_other_modules_is_refused(onnx_adapter_ba
         adapters.read(write_jsonl(tmp_path / "x.onnx_adapter", [{"a": 1}]))
 
 
-def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path):
-    """`build --target <onnx profile> --task ...`: one base folder with LoRA inputs, one .onnx_adapter per
+def _prefix(base_dir, folder, *, seed: int, tokens: int = 8):
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=tokens))
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 1.0)
+    peft_model.save_pretrained(folder)
+    return folder, peft_model.eval()
+
+
+def test_a_prefix_seeded_as_the_kv_cache_gives_the_peft_models_logits(onnx_adapter_base):
+    """Prefix tuning on ONNX: the learned prefix, exported as past_key_values, seeded by the runner,
+    gives the peft prefix model's logits (full pass and KV-cached greedy decoding alike)."""
+    from edgeft.errors import ArtifactError
+
+    b = onnx_adapter_base
+    folder, peft_model = _prefix(b["base_dir"], b["tmp"] / "prefix", seed=3)
+    path = b["backend"].export_adapter(folder, b["base_dir"], b["tmp"] / "p.prefix.safetensors", base=b["fp32"])
+    b["backend"].check_adapter(path, b["fp32"])
+    with pytest.raises(ArtifactError, match="exported for another base"):
+        b["backend"].check_adapter(path, b["int4"])
+    with torch.no_grad():
+        want = peft_model(input_ids=torch.tensor([IDS])).logits[0].numpy()
+    runner = _runner(b["fp32"])
+    try:
+        base = runner.logits(IDS)
+        runner.use_adapter(path)
+        got = runner.logits(IDS)
+        tokens = runner.generate(IDS[:16], 10).tokens
+        forced = runner.logits(IDS[:16] + tokens[:-1])[15:].argmax(-1).tolist()
+        runner.use_adapter(None)
+        assert np.array_equal(runner.logits(IDS), base)
+    finally:
+        runner.close()
+    assert np.abs(got - want).max() < 1e-3
+    assert np.abs(got - base).max() > 0.1
+    assert tokens == forced
+
+
+def test_the_training_loop_puts_the_prefix_where_peft_does(tiny_llama_dir):
+    """target_logits (what the loss and the eval read) on a prefix model equals peft's own forward."""
+    from edgeft.distill.logits import target_logits
+
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(4)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32),
+                                PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 1.0)
+    ids = torch.tensor([IDS[:20], IDS[20:40]])
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0  # right padding, as collate writes it
+    targets = ids.clone()
+    targets[mask == 0] = -100
+    with torch.no_grad():
+        got, _ = target_logits(peft_model, {"input_ids": ids, "attention_mask": mask, "targets": targets})
+        want = peft_model(input_ids=ids, attention_mask=mask).logits[targets != -100]
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_a_gguf_prefix_build_is_one_line(tmp_path):
+    from edgeft.tasks import examples
+
+    data = write_jsonl(tmp_path / "intent.jsonl", examples.task_rows("intent", 10))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["build", "--no-distill", "--model", "default", "--target", "gguf", "--out", str(out),
+                                  "--task", f"intent={data}", "--method", "prefix"])
+    assert r.exit_code == 2, r.output
+    assert "cannot ship prefix-tuned tasks: llama.cpp has no prefix adapters" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path, method):
+    """`build --target <onnx profile> --task ... [--method prefix]`: one base folder, one adapter file per
     task in the manifest, and the bench's proof on the fp32 reference."""
     from edgeft.tasks import examples
 
-    base_dir = tiny_llama(tmp_path / "base", hidden=256)
+    base_dir = tiny_llama(tmp_path / "base", hidden=256, positions=512)  # room for the prefix before each record
     data = write_jsonl(tmp_path / "intent.jsonl", examples.task_rows("intent", 40))
-    profile = tiny_profile(tmp_path, backend="onnx", quant="int4", context=256, name="onnx-int4.toml")
+    profile = tiny_profile(tmp_path, backend="onnx", quant="int4", context=512, name="onnx-int4.toml")
     out = tmp_path / "out"
+    extra = ["--task-modules", "intent=attention"] if method == "lora" else ["--method", "prefix"]
     r = CliRunner().invoke(main, ["build", "--no-distill", "--model", str(base_dir), "--target", str(profile), "--out",
-                                  str(out), "--task", f"intent={data}", "--task-modules", "intent=attention"])
+                                  str(out), "--task", f"intent={data}", *extra])
     assert r.exit_code == 0, r.output
+    name = "intent.onnx_adapter" if method == "lora" else "intent.prefix.safetensors"
     manifest = json.loads((out / "manifest.json").read_text())
     paths = {o["path"] for o in manifest["outputs"]}
-    assert "adapters/intent.onnx_adapter" in paths and "model-onnx-int4/model.onnx" in paths
+    assert f"adapters/{name}" in paths and "model-onnx-int4/model.onnx" in paths
+    assert manifest["stages"]["tasks"]["adapters"][0]["adapter_type"] == method
     row = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]
     assert row["proof"]["matches"] and row["proof"]["applied"], row["proof"]
-    assert row["adapter_bytes"] == (out / "adapters" / "intent.onnx_adapter").stat().st_size
+    assert row["adapter_bytes"] == (out / "adapters" / name).stat().st_size

@@ -99,12 +99,12 @@ def make_tokenizer(out: Path, *, style: str = "gpt2", vocab_size: int = 384) -> 
 
 
 def tiny_llama(out: Path, *, tie: bool = True, seed: int = 0, hidden: int = 64, layers: int = 2, extra_vocab: int = 0,
-               tokenizer_style: str = "gpt2") -> Path:
+               tokenizer_style: str = "gpt2", positions: int = 256) -> Path:
     """A seeded random LlamaForCausalLM (GQA: 4 query heads, 2 KV heads) with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer(out, style=tokenizer_style)
-    shape = {**_shape(tok, hidden, layers), "vocab_size": len(tok) + extra_vocab}
+    shape = {**_shape(tok, hidden, layers), "vocab_size": len(tok) + extra_vocab, "max_position_embeddings": positions}
     return _build(out, LlamaConfig, LlamaForCausalLM, seed, tok, **shape, rms_norm_eps=1e-5, tie_word_embeddings=tie)
 
 

@@ -51,6 +51,10 @@ class BackendInfo:
     # LoRA adapter), or why this backend has none (a sentence for the one-line refusal).
     adapter_suffix: str | None = None
     no_adapters_because: str = "it has no run-time adapter format"
+    # Prefix-tuned tasks (`--method prefix`): the suffix of the learned prefix as this backend's runner
+    # seeds it into the KV cache, or why it cannot.
+    prefix_suffix: str | None = None
+    no_prefix_because: str = "its runtime takes no initial KV cache"
 
     def accepts(self, architecture: str) -> bool:
         return self.architectures is None or architecture in self.architectures()
@@ -152,9 +156,17 @@ def no_adapters(name: str, *, file: str | Path | None = None, place: str | None 
                                file=file, place=place)
 
 
-def adapter_suffix(name: str, *, file: str | Path | None = None, place: str | None = None) -> str:
-    """The file suffix of backend `name`'s task adapters; refused in one line when it has none."""
-    suffix = info(name).adapter_suffix
-    if suffix is None:
+def adapter_suffix(name: str, *, method: str = "lora", file: str | Path | None = None, place: str | None = None) -> str:
+    """The file suffix of backend `name`'s task adapters trained by `method` ("lora" or "prefix");
+    refused in one line when it has none."""
+    spec = info(name)
+    if method == "prefix":
+        if spec.prefix_suffix is None:
+            from edgeft.errors import AdaptersUnsupported
+
+            raise AdaptersUnsupported(f"the {name} backend cannot ship prefix-tuned tasks: {spec.no_prefix_because}",
+                                      file=file, place=place)
+        return spec.prefix_suffix
+    if spec.adapter_suffix is None:
         raise no_adapters(name, file=file, place=place)
-    return suffix
+    return spec.adapter_suffix

@@ -14,6 +14,7 @@ NF4_ENGINES = ("auto", "bitsandbytes", "torchao")
 
 
 LAYER_PICKS = ("even", "ends", "block")
+METHODS = ("lora", "prefix")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class DistillConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("all-linear",)
+    # "lora", or "prefix": peft's prefix tuning, `prefix_tokens` learned keys and values per layer
+    # prepended to the KV cache (no weight changes, so nothing merges: it ships as an initial cache)
+    method: str = "lora"
+    prefix_tokens: int = 20
     # the loss
     alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs cross-entropy on the targets
     # T = 1: on the default model and data (24 steps, held-out target perplexity) T = 2 reached 385,
@@ -97,6 +102,15 @@ class DistillConfig:
             problems.append(("hidden_weight", f"must be 0 or more, got {self.hidden_weight}"))
         if self.hidden_weight > 0 and self.student is not None:
             problems.append(("hidden_weight", "needs a student pruned from the teacher (its layer map), not --student"))
+        if self.method not in METHODS:
+            problems.append(("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}"))
+        elif self.method == "prefix":
+            if not 1 <= self.prefix_tokens <= 256:
+                problems.append(("prefix_tokens", f"must be within 1..256, got {self.prefix_tokens}"))
+            if self.quantize_base:
+                problems.append(("method", "prefix tuning trains on an fp32 base (no NF4: nothing of the base is adapted)"))
+            if self.continue_from is not None:
+                problems.append(("method", "--continue updates a LoRA adapter; prefix tuning starts afresh"))
         if self.lr <= 0:
             problems.append(("lr", f"must be positive, got {self.lr}"))
         for name in ("warmup_steps", "save_every", "max_eval_records", "weight_decay"):

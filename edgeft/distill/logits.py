@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     import torch
 
 
+def is_prefix(model) -> bool:
+    """A peft model with a prefix-tuning adapter active."""
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+
+
 def _parts(model) -> tuple[Any, Any, float | None]:
     """The decoder, the output head and the final logit soft-cap of an HF causal LM, through a PEFT wrapper."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -32,7 +38,11 @@ def target_logits(model, batch: dict, *, inputs_embeds: "torch.Tensor | None" = 
 
     decoder, head, cap = _parts(model)
     feed = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch["input_ids"]}
-    out = decoder(**feed, attention_mask=batch["attention_mask"], output_hidden_states=output_hidden_states, use_cache=False)
+    mask = batch["attention_mask"]
+    if is_prefix(model):  # the learned keys and values go before every record, as peft's own forward puts them
+        feed["past_key_values"] = model.get_prompt(batch_size=mask.shape[0])
+        mask = torch.cat([torch.ones(mask.shape[0], model.active_peft_config.num_virtual_tokens, dtype=mask.dtype), mask], 1)
+    out = decoder(**feed, attention_mask=mask, output_hidden_states=output_hidden_states, use_cache=False)
     logits = head(out.last_hidden_state[batch["targets"] != IGNORE])
     if cap:
         logits = torch.tanh(logits / cap) * cap

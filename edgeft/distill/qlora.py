@@ -102,8 +102,12 @@ def unpack(model) -> None:
 
 
 def add_lora(base: "PreTrainedModel", config: DistillConfig):
-    """Wrap the base with fresh LoRA adapters; only the adapters train."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap the base with fresh LoRA adapters (or, with `config.method` "prefix", a fresh learned
+    prefix); only those train."""
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+    if config.method == "prefix":
+        return get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.prefix_tokens))
 
     targets = "all-linear" if tuple(config.target_modules) == ("all-linear",) else list(config.target_modules)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,

@@ -66,6 +66,15 @@ def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
+def virtual_tokens(peft_dir: Path) -> int:
+    """The cache positions a prefix-tuned adapter takes before every sequence (0 for LoRA)."""
+    try:
+        config = json.loads((Path(peft_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("num_virtual_tokens") or 0) if config.get("peft_type") == "PREFIX_TUNING" else 0
+
+
 def fitting(records: list[dict], context: int) -> list[dict]:
     """The records whose prompt and target fit the runtime's context with room for an answer."""
     return [r for r in records if len(r["prompt"]) + max(len(r["target"]), ANSWER_TOKENS) <= context]
@@ -112,17 +121,23 @@ def switch_ms(runner: "AdapterRunner", adapters: list[Path], rounds: int = 20) -
 
 
 def proof(reference_runner: "AdapterRunner", base_dir: Path, peft_dir: Path, adapter: Path, records: list[dict]) -> dict:
-    """The adapter on the runtime against the same adapter merged into the weights, on the held-out
-    records' own text (prompt and target)."""
+    """The adapter on the runtime against the same adapter merged into the weights (a prefix: the peft
+    model with it), on the held-out records' own text (prompt and target)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    texts = [(r["prompt"] + r["target"])[:256] for r in records[:PROOF_RECORDS]]
+    from edgeft.distill.logits import is_prefix
+
+    texts = [(r["prompt"] + r["target"])[:256 - virtual_tokens(peft_dir)] for r in records[:PROOF_RECORDS]]
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         base_logits = [base(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in texts]
-    merged = PeftModel.from_pretrained(base, str(peft_dir)).merge_and_unload().eval()
+    peft_model = PeftModel.from_pretrained(base, str(peft_dir)).eval()
+    if is_prefix(peft_model):  # nothing to merge: the peft model itself, its prefix before every text
+        merged = peft_model
+    else:
+        merged = peft_model.merge_and_unload().eval()
     with torch.no_grad():
         merged_logits = [merged(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in texts]
     reference_runner.use_adapter(adapter)
@@ -165,7 +180,7 @@ def measure(request: dict) -> dict:
         switch = switch_ms(runner, adapters)
         for task in request["tasks"]:
             records = fitting(split_records(Path(task["eval_ids"]), Path(task["eval_text"])),
-                              target.bench.context)[: request.get("max_records", 48)]
+                              target.bench.context - virtual_tokens(Path(task["peft_adapter"])))[: request.get("max_records", 48)]
             if not records:
                 raise EdgeftError(f"task {task['task']}: no held-out record fits the profile's context "
                                   f"({target.bench.context} tokens) with a {ANSWER_TOKENS}-token answer", file=task["eval_ids"])

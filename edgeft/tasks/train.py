@@ -70,7 +70,7 @@ class TaskAdapters:
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", work: Path, out_dir: Path,
                    *, base: "Artifact", reference: "Artifact", target: "Target", teacher: bool = True,
-                   nf4_base: bool = False) -> TaskAdapters:
+                   nf4_base: bool = False, adapter: str = "lora") -> TaskAdapters:
     """Train every task's adapter, make the compiled base (and its reference) take them, and export
     each in the backend's format. `model` is the teacher's source string (for the data stage),
     `teacher_dir` its HF folder, `base_dir` the base, `base` the compiled base the adapters ship beside.
@@ -83,7 +83,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
     from edgeft.data.prepare import prepare
     from edgeft.distill.records import open_prepared
 
-    suffix = adapter_suffix(backend.name)
+    suffix = adapter_suffix(backend.name, method=adapter)
 
     entries = []
     for task in tasks:
@@ -99,18 +99,21 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
         method = method_for(task, teacher, Path(base_dir).resolve() == Path(teacher_dir).resolve())
         config = replace(preset.distill, student=str(base_dir), student_layers=None, keep_layers=None,
                          target_modules=task.target_modules(), alpha=preset.distill.alpha if method == "kd" else 0.0,
-                         hidden_weight=0.0, fisher_records=FISHER_RECORDS, quantize_base=nf4_base)
+                         hidden_weight=0.0, fisher_records=FISHER_RECORDS, quantize_base=nf4_base, method=adapter)
         distill_dir = root / "distill"
         distill_key = key("task-adapter", data_key, str(teacher_dir), config.to_dict())
         reused = reusable(distill_dir, distill_key)
         if not reused:
-            status(f"task {task.name}: training its LoRA adapter on the base "
-                   f"({'against the teacher' if method == 'kd' else 'on the targets alone'}, modules: {task.modules}, "
-                   f"{'NF4' if nf4_base else 'fp32'} base) ...")
+            what = (f"LoRA adapter (modules: {task.modules})" if adapter == "lora"
+                    else f"prefix ({config.prefix_tokens} virtual tokens per layer)")
+            status(f"task {task.name}: training its {what} on the {'NF4' if nf4_base else 'fp32'} base "
+                   f"({'against the teacher' if method == 'kd' else 'on the targets alone'}) ...")
             distill.run(str(teacher_dir), prepared, distill_dir, config)
             stamp(distill_dir, distill_key)
         entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
-                        "modules": task.modules, "method": method, "nf4_base": nf4_base,
+                        "adapter_type": adapter, "modules": task.modules if adapter == "lora" else None,
+                        "prefix_tokens": config.prefix_tokens if adapter == "prefix" else None,
+                        "method": method, "nf4_base": nf4_base,
                         "adapter": str(out_dir / "adapters" / f"{task.name}{suffix}"),
                         "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),
                         "base_key": base_key, "reused": reused, "seconds": round(time.perf_counter() - t, 2)})

@@ -92,4 +92,6 @@ register(BackendInfo(
     teacher=True,
     identify=identify,
     adapter_suffix=".gguf",
+    no_prefix_because="llama.cpp has no prefix adapters and takes no initial KV cache from a file that edgeft could "
+                      "write and prove (use --method lora, or --target onnx)",
 ))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgeft.backends.onnx.options import OnnxOptions
 from edgeft.backends.marker import read_level
+from edgeft.backends.onnx.adapters import PREFIX_SUFFIX
 from edgeft.backends.registry import BackendInfo, register
 
 # fp32 as exported; int8 and int4 are weight-only MatMulNBits. fp16 is left out: ONNX Runtime's CPU
@@ -39,4 +40,6 @@ register(BackendInfo(
     identify=identify,
     # The base graph takes LoRA weights as inputs; each task's values ship as one ONNX Runtime adapter file.
     adapter_suffix=".onnx_adapter",
+    # A prefix-tuned task: its learned keys and values, which the runner feeds as the initial past_key_values.
+    prefix_suffix=PREFIX_SUFFIX,
 ))

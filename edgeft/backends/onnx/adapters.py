@@ -232,3 +232,108 @@ def check_base(adapter: Path, base_folder: Path) -> None:
     if recorded != actual:
         raise ArtifactError(f"this adapter was exported for another base (model version {recorded:#x}; "
                             f"{base_folder.name} is {actual:#x}): export it again against this base", file=adapter)
+
+
+# -- prefix tuning: the learned prefix as the initial KV cache ------------------------------------
+PREFIX_SUFFIX = ".prefix.safetensors"
+PREFIX_FORMAT = "edgeft-prefix-kv"
+
+
+def peft_type(adapter_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+    except (OSError, ValueError):
+        return None
+
+
+def is_prefix_file(path: Path) -> bool:
+    return str(path).endswith(PREFIX_SUFFIX)
+
+
+def export_prefix(adapter_dir: Path, model_dir: Path, base_folder: Path, out_path: Path) -> Path:
+    """A peft prefix-tuning adapter as the keys and values it puts before every sequence, under the base
+    graph's `past_key_values` input names, with the base's fingerprint; written atomically.
+
+    Why this is the same model: peft's prefix enters each layer's attention as cached keys and values
+    (post-rotary, as a cache holds them), and the prompt's positions start after it. The ONNX graph's
+    past inputs hold the same (its attention applies rotary to new keys only, at positions counted
+    from the past length), so a runner that starts from these instead of an empty cache computes what
+    the peft model does."""
+    import torch
+    from peft import PeftModel
+    from safetensors.numpy import save_file
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.atomic_io import atomic_path
+    from edgeft.backends.onnx.runner import read_genai_config
+
+    if peft_type(adapter_dir) != "PREFIX_TUNING":
+        raise ArtifactError("not a peft prefix-tuning adapter", file=adapter_dir)
+    decoder = read_genai_config(base_folder)["model"]["decoder"]
+    names = decoder.get("inputs", {})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with torch.no_grad():
+        cache = peft_model.get_prompt(batch_size=1)
+    tensors = {}
+    for i, layer in enumerate(cache.layers):
+        tensors[names.get("past_key_names", "past_key_values.%d.key") % i] = layer.keys.float().numpy().copy()
+        tensors[names.get("past_value_names", "past_key_values.%d.value") % i] = layer.values.float().numpy().copy()
+    want = [1, int(decoder["num_key_value_heads"]), None, int(decoder["head_size"])]
+    if len(cache.layers) != int(decoder["num_hidden_layers"]):
+        raise ArtifactError(f"the prefix has {len(cache.layers)} layers, the base graph {decoder['num_hidden_layers']}",
+                            file=adapter_dir)
+    _check_prefix(tensors, {name: want for name in tensors}, file=adapter_dir)
+    meta = {"format": PREFIX_FORMAT, "base_fingerprint": str(fingerprint(base_folder)),
+            "num_virtual_tokens": str(next(iter(tensors.values())).shape[2])}
+    with atomic_path(out_path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return out_path
+
+
+def _check_prefix(tensors: dict, shapes: dict[str, list], *, file: Path) -> None:
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise ArtifactError(f"the prefix has no {missing[0]}", file=file)
+    lengths = set()
+    for name, want in shapes.items():
+        got = list(tensors[name].shape)
+        if len(got) != 4 or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ArtifactError(f"{name} has shape {got}; the base graph's cache is {['P' if w is None else w for w in want]}",
+                                file=file)
+        lengths.add(got[2])
+    if len(lengths) != 1 or 0 in lengths:
+        raise ArtifactError(f"the prefix's layers differ in length or are empty ({sorted(lengths)})", file=file)
+
+
+def _prefix_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise ArtifactError("no such adapter file", file=path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own types
+        raise ArtifactError(f"not a safetensors file ({' '.join(str(exc).split())[:200]})", file=path) from None
+    if meta.get("format") != PREFIX_FORMAT:
+        raise ArtifactError("not a prefix written by edgeft (no edgeft-prefix-kv metadata)", file=path)
+    return meta
+
+
+def read_prefix(path: Path, shapes: dict[str, list], dtype) -> dict:
+    """The prefix's keys and values, checked against the runner's cache inputs, in its dtype."""
+    from safetensors.numpy import load_file
+
+    _prefix_meta(path)
+    tensors = load_file(str(path))
+    _check_prefix(tensors, shapes, file=path)
+    return {name: tensors[name].astype(dtype) for name in shapes}
+
+
+def check_prefix_base(path: Path, base_folder: Path) -> None:
+    recorded = int(_prefix_meta(path).get("base_fingerprint", "-1"))
+    actual = fingerprint(base_folder)
+    if recorded != actual:
+        raise ArtifactError(f"this prefix was exported for another base (fingerprint {recorded:#x}; "
+                            f"{base_folder.name} is {actual:#x}): export it again against this base", file=path)

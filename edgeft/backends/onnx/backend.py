@@ -89,8 +89,11 @@ class OnnxBackend:
         from edgeft.backends.onnx import adapters
         from edgeft.backends.onnx.export import export
 
+        lora = [folder for folder in adapter_dirs if adapters.peft_type(folder) != "PREFIX_TUNING"]
+        if not lora:  # prefixes need no graph change
+            return base, reference
         needed = set()
-        for folder in adapter_dirs:
+        for folder in lora:
             needed.update(adapters.peft_tensors(folder))
         out = []
         with tempfile.TemporaryDirectory(prefix="edgeft-lora-template-") as tmp:
@@ -100,7 +103,7 @@ class OnnxBackend:
                     out.append(artifact)
                     continue
                 if template is None:
-                    template = adapters.write_template(model_dir, adapters.target_modules(adapter_dirs), Path(tmp) / "template")
+                    template = adapters.write_template(model_dir, adapters.target_modules(lora), Path(tmp) / "template")
                 export(model_dir, artifact.path, artifact.quant, target.options, marker=marker(self.name, artifact.quant),
                        adapter_template=template)
                 files = tuple(sorted(p for p in artifact.path.rglob("*") if p.is_file()))
@@ -108,15 +111,21 @@ class OnnxBackend:
         return out[1], out[0]
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
-        """`<task>.onnx_adapter`: the values of the base graph's LoRA inputs, with the base's fingerprint."""
+        """`<task>.onnx_adapter`: the values of the base graph's LoRA inputs; or, for a prefix-tuned task,
+        `<task>.prefix.safetensors`: its initial KV cache. Either records the base's fingerprint."""
         from edgeft.backends.onnx import adapters
 
+        if adapters.peft_type(adapter_dir) == "PREFIX_TUNING":
+            return adapters.export_prefix(adapter_dir, base_dir, base.path, out_path)
         return adapters.export(adapter_dir, base.path, out_path)
 
     def check_adapter(self, adapter: Path, base: Artifact) -> None:
         from edgeft.backends.onnx import adapters
 
-        adapters.check_base(adapter, base.path)
+        if adapters.is_prefix_file(adapter):
+            adapters.check_prefix_base(adapter, base.path)
+        else:
+            adapters.check_base(adapter, base.path)
 
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
         from edgeft.backends.onnx.runner import OnnxRunner

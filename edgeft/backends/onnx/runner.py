@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,18 @@ def check_onnx_file(model_path: Path) -> None:
             )
 
 
+@dataclass
+class _Active:
+    """The active task adapter: LoRA values for the graph's inputs (with run options holding ONNX
+    Runtime's loaded adapter, or None to feed them by name), or a prefix's initial keys and values."""
+
+    options: Any
+    params: dict[str, Any]
+    prefix: dict[str, Any] = field(default_factory=dict)
+    prefix_len: int = 0
+    keep: Any = None  # the ort.LoraAdapter the run options point to
+
+
 class OnnxRunner:
     """Logits and timed greedy generation for one ONNX folder, on ONNX Runtime's CPU provider."""
 
@@ -109,9 +122,8 @@ class OnnxRunner:
         # Task adapters (adapters.py): the active one's values for the graph's LoRA inputs, fed by
         # ONNX Runtime's adapter API to `logits` and bound by name in `generate` (IO binding runs
         # ignore active adapters); files are read once and kept, so a switch is a dictionary swap.
-        self._adapter: tuple[Any, dict[str, Any]] | None = None  # (run options with it active, its values)
-        self._adapters: dict[tuple[Path, float], tuple[Any, dict[str, Any]]] = {}
-        self._keep: list[Any] = []  # the loaded ort.LoraAdapter objects the run options point to
+        self._adapter: _Active | None = None
+        self._adapters: dict[tuple[Path, float], _Active] = {}
 
     def _open_session(self):
         import onnxruntime as ort
@@ -182,7 +194,8 @@ class OnnxRunner:
 
     # -- task adapters ------------------------------------------------------------------------
     def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
-        """Make the `.onnx_adapter` at `path` the active one (None: the base alone), without a reload."""
+        """Make the task adapter at `path` the active one (None: the base alone), without a reload: an
+        `.onnx_adapter` (LoRA) or a `.prefix.safetensors` (prefix tuning: the initial KV cache)."""
         if path is None:
             self._adapter = None
             return
@@ -191,11 +204,18 @@ class OnnxRunner:
             self._adapters[entry] = self._load_adapter(*entry)
         self._adapter = self._adapters[entry]
 
-    def _load_adapter(self, path: Path, scale: float) -> tuple[Any, dict[str, Any]]:
+    def _load_adapter(self, path: Path, scale: float) -> "_Active":
         import onnxruntime as ort
 
         from edgeft.backends.onnx import adapters
 
+        if adapters.is_prefix_file(path):
+            if scale != 1.0:
+                raise ArtifactError("a prefix has no scale (it is keys and values, not a weight update)", file=path)
+            shapes = {name: [1, self.kv_heads, None, self.head_size] for pair in self.past_names for name in pair}
+            prefix = adapters.read_prefix(path, shapes, self._kv_dtype)
+            return _Active(options=None, params={}, prefix=prefix,
+                           prefix_len=next(iter(prefix.values())).shape[2] if prefix else 0)
         params = adapters.read(path).get_parameters()
         inputs = {i.name: [d if isinstance(d, int) else str(d) for d in i.shape]
                   for i in self.session.get_overridable_initializers() if adapters.INPUT.match(i.name)}
@@ -204,43 +224,48 @@ class OnnxRunner:
                                 file=self.model_path)
         for name, value in params.items():
             adapters.check_shape(name, tuple(value.shape()), inputs, file=path)
-        if scale != 1.0:  # B carries the scaling: scale it, A as it is
+        if scale != 1.0:  # B carries the scaling: scale it, A as it is; fed by name, not from the file
             params = {name: ort.OrtValue.ortvalue_from_numpy(value.numpy() * scale) if name.endswith("lora_B.MatMul.weight")
                       else value for name, value in params.items()}
-            return None, params  # the file's values are not the scaled ones: fed by name instead
+            return _Active(options=None, params=params)
         adapter = ort.LoraAdapter()
         adapter.Load(str(path))
         options = ort.RunOptions()
         options.add_active_adapter(adapter)  # a bare pointer: the adapter must live as long as the options
-        self._keep.append(adapter)
-        return options, params
+        return _Active(options=options, params=params, keep=adapter)
 
     # -- compute ----------------------------------------------------------------------------
     def _empty_past(self) -> dict[str, Any]:
+        """The cache a sequence starts from: empty, or the active prefix's keys and values."""
         import numpy as np
 
+        if self._adapter is not None and self._adapter.prefix:
+            return dict(self._adapter.prefix)
         empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype)
         return {name: empty for pair in self.past_names for name in pair}
 
+    def _prefix_len(self) -> int:
+        return self._adapter.prefix_len if self._adapter is not None else 0
+
     def logits(self, token_ids: list[int]) -> "np.ndarray":
-        """Logits for every position in one pass from an empty cache, [len, vocab] float32."""
+        """Logits for every position in one pass from an empty cache (or the active prefix), [len, vocab] float32."""
         import numpy as np
 
-        check_length(len(token_ids), self.context)
+        check_length(len(token_ids) + self._prefix_len(), self.context)
         feed = {
             "input_ids": np.asarray([token_ids], dtype=np.int64),
-            "attention_mask": np.ones((1, len(token_ids)), dtype=np.int64),
+            "attention_mask": np.ones((1, len(token_ids) + self._prefix_len()), dtype=np.int64),
             **self._empty_past(),
         }
-        options, params = self._adapter if self._adapter is not None else (None, {})
-        if params and options is None:
+        active = self._adapter or _Active(options=None, params={})
+        if active.params and active.options is None:
             import onnxruntime as ort
 
             values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feed.items()}
-            (logits,) = self.session.run_with_ort_values(["logits"], {**values, **params})
+            (logits,) = self.session.run_with_ort_values(["logits"], {**values, **active.params})
             logits = logits.numpy()
         else:
-            (logits,) = self.session.run(["logits"], feed, options)
+            (logits,) = self.session.run(["logits"], feed, active.options)
         return np.asarray(logits[0], dtype=np.float32)
 
     def generate(self, token_ids: list[int], new_tokens: int) -> Generation:
@@ -251,7 +276,7 @@ class OnnxRunner:
         import numpy as np
         import onnxruntime as ort
 
-        check_length(len(token_ids) + new_tokens, self.context)
+        check_length(len(token_ids) + new_tokens + self._prefix_len(), self.context)
         session = self.session
         binding = session.io_binding()
         outputs = ["logits"] + [name for pair in self.present_names for name in pair]
@@ -260,8 +285,8 @@ class OnnxRunner:
         start = time.perf_counter()
         ids = np.asarray([token_ids], dtype=np.int64)
         past = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in self._empty_past().items()}
-        adapter_params = self._adapter[1] if self._adapter is not None else {}
-        total = len(token_ids)
+        adapter_params = self._adapter.params if self._adapter is not None else {}
+        total = len(token_ids) + self._prefix_len()
         while len(tokens) < new_tokens:
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
@@ -298,6 +323,5 @@ class OnnxRunner:
     def close(self) -> None:
         self._adapter = None
         self._adapters.clear()
-        self._keep.clear()
         self.session = None
         self._tokenizer = None
