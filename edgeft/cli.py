@@ -112,6 +112,9 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="A task of a multi-task package (repeatable): the model built is the shared base, and each task "
                    "gets its own LoRA adapter trained on FILE, shipped in the backend's adapter format and benched on "
                    "that base. Examples ship in edgeft/assets/tasks (intent, extract, reply).")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None, metavar="FILE.toml",
+              help="A build file whose [tasks] table names the tasks: NAME = \"FILE\", or NAME = { data = \"FILE\", "
+                   "modules = \"attention\" } (paths relative to it); combines with --task.")
 @click.option("--task-modules", multiple=True, metavar="NAME=KIND",
               help="Which layers a task's adapter trains: attention, mlp or all [default: all].")
 @click.option("--no-teacher", is_flag=True,
@@ -124,8 +127,8 @@ def _load_target(target: str, quant: str | None, threads: int | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
           no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
-          eval_data: Path | None, tasks: tuple[str, ...], task_modules: tuple[str, ...], no_teacher: bool,
-          adapter_method: str, as_json: bool) -> None:
+          eval_data: Path | None, tasks: tuple[str, ...], tasks_file: Path | None, task_modules: tuple[str, ...],
+          no_teacher: bool, adapter_method: str, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
@@ -145,8 +148,11 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     stages under work/ are reused while their inputs are unchanged. Exit code 1 when a budget fails.
     """
     from edgeft.pipeline import build as run_build
-    from edgeft.tasks.spec import parse_tasks
+    from edgeft.tasks.spec import parse_tasks, read_task_file
 
+    if tasks_file is not None:
+        from_file, modules_from_file = read_task_file(tasks_file)
+        tasks, task_modules = (*from_file, *tasks), (*modules_from_file, *task_modules)
     specs = parse_tasks(tasks, task_modules)
     if (task_modules or no_teacher or adapter_method != "lora") and not specs:
         raise ConfigError([("--task-modules/--no-teacher/--method", "go with --task NAME=FILE")])

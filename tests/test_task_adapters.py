@@ -207,3 +207,24 @@ def test_task_adapters_train_on_the_base_as_the_shipped_file_is_made_from_it(tas
         assert entry["nf4_base"] is False and entry["method"] == "sft"  # labelled tasks on their own base
         meta = json.loads((out / "work" / "tasks" / entry["task"] / "distill" / "adapter" / "edgeft_adapter.json").read_text())
         assert meta["quantized_base"] is False
+
+
+def test_a_build_files_tasks_table_names_the_same_tasks_as_the_flags(task_files, tmp_path):
+    from edgeft.tasks.spec import parse_tasks, read_task_file
+
+    folder = task_files["intent"].parent
+    path = folder / "build.toml"
+    path.write_text('[tasks]\nintent = "intent.jsonl"\nextract = { data = "extract.jsonl", modules = "attention" }\n')
+    tasks, modules = read_task_file(path)
+    assert parse_tasks(tasks, modules) == parse_tasks([f"intent={task_files['intent']}", f"extract={task_files['extract']}"],
+                                                      ["extract=attention"])
+
+
+@pytest.mark.parametrize("text, where", [('[tasks]\nintent = { data = "intent.jsonl", rank = 4 }\n', "tasks.intent.rank"),
+                                         ('[tasks]\nintent = 3\n', "tasks.intent"),
+                                         ('tasks = 1\n', "tasks"),
+                                         ('[tasks]\nintent = "missing.jsonl"\n', "no such data file")])
+def test_a_bad_tasks_table_is_one_line(tiny_llama_dir, task_files, tmp_path, text, where):
+    path = task_files["intent"].parent / f"bad-{abs(hash(text))}.toml"
+    path.write_text(text)
+    _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--tasks", str(path)], tmp_path, text=where)

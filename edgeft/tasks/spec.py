@@ -66,3 +66,49 @@ def parse_tasks(tasks: Sequence[str], modules: Sequence[str] = ()) -> list[TaskS
         if not path.is_file():
             raise EdgeftError(f"no such data file (task {name})", file=path)
     return [TaskSpec(name, path, kinds.get(name, DEFAULT_MODULES)) for name, path in specs.items()]
+
+
+def read_task_file(path: Path) -> tuple[list[str], list[str]]:
+    """A build file's `[tasks]` table as `--task` and `--task-modules` values, data paths taken relative
+    to the file:
+
+        [tasks]
+        intent = "intent.jsonl"
+        extract = { data = "extract.jsonl", modules = "attention" }
+    """
+    import tomllib
+
+    if not path.is_file():
+        raise ConfigError([("", "file not found")], file=path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")], file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"invalid TOML: {exc}")], file=path) from None
+    problems = [(key, "unknown key (allowed: tasks)") for key in raw if key != "tasks"]
+    table = raw.get("tasks")
+    if not isinstance(table, dict) or not table:
+        problems.append(("tasks", "expected a [tasks] table with one NAME = \"FILE\" (or { data, modules }) per task"))
+        raise ConfigError(problems, file=path)
+    tasks, modules = [], []
+    for name, value in table.items():
+        if isinstance(value, dict):
+            extra = sorted(set(value) - {"data", "modules"})
+            if extra:
+                problems.append((f"tasks.{name}.{extra[0]}", "unknown key (allowed: data, modules)"))
+            data, kind = value.get("data"), value.get("modules")
+            if kind is not None:
+                if not isinstance(kind, str):
+                    problems.append((f"tasks.{name}.modules", f"expected a string, got {type(kind).__name__}"))
+                else:
+                    modules.append(f"{name}={kind}")
+        else:
+            data = value
+        if not isinstance(data, str) or not data:
+            problems.append((f"tasks.{name}", "expected the data file's path (a string, or { data = \"FILE\" })"))
+            continue
+        tasks.append(f"{name}={(path.parent / data) if not Path(data).is_absolute() else data}")
+    if problems:
+        raise ConfigError(problems, file=path)
+    return tasks, modules
