@@ -4,7 +4,7 @@ On the default model (SmolLM2-135M: 30 layers, 3 KV heads of 64), a 20-token pre
 20 x 30 x 2 x 192 = 230,400 values; LoRA of rank 2 on the four attention projections holds
 2 x 30 x (576+576 + 576+192 + 576+192 + 576+576) = 230,400 too. Both train with the build's loop,
 data, loss and demo preset (the prefix also at a higher learning rate, the usual advice for prefix
-tuning), on the ONNX backend, the one whose runtime runs both: the LoRA as an `.onnx_adapter`, the
+tuning, and from peft's random start as well as from text, the build's default), on the ONNX backend, the one whose runtime runs both: the LoRA as an `.onnx_adapter`, the
 prefix as the initial KV cache. Each is benched on the task's held-out split through the build's code,
 with the proof that the runtime gives the peft model's logits.
 
@@ -26,11 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run_info import DEFAULT_RESULTS, busy_line, environment_at_end, run_header, table  # noqa: E402
 
-# name -> (adapter, LoRA rank, learning rate; None: the demo preset's)
+# name -> (adapter, LoRA rank, learning rate (None: the demo preset's), how the prefix starts)
 VARIANTS = {
-    "LoRA r2, attention": ("lora", 2, None),
-    "prefix 20": ("prefix", None, None),
-    "prefix 20, lr 1e-2": ("prefix", None, 1e-2),
+    "LoRA r2, attention": ("lora", 2, None, None),
+    "prefix 20, random start": ("prefix", None, None, "random"),
+    "prefix 20, random start, lr 1e-2": ("prefix", None, 1e-2, "random"),
+    "prefix 20": ("prefix", None, None, "text"),
+    "prefix 20, lr 1e-2": ("prefix", None, 1e-2, "text"),
 }
 
 
@@ -52,6 +54,7 @@ def main() -> int:
     parser.add_argument("--data-from", type=Path, default=Path("out/bench-tasks"),
                         help="a task_adapters.py output folder whose prepared task data is reused when present")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "prefix_vs_lora.json")
+    parser.add_argument("--only", action="append", help="run this variant only (repeatable); others keep their JSON")
     args = parser.parse_args()
 
     from edgeft.backends.base import Artifact
@@ -80,7 +83,11 @@ def main() -> int:
     specs = [TaskSpec(name, examples.shipped_dir() / f"{name}.jsonl", "attention") for name in examples.TASKS]
 
     rows, results = [], {"run": header, "model": args.model, "target": target.name, "quant": target.quant, "variants": {}}
-    for name, (adapter, rank, lr) in VARIANTS.items():
+    if args.only and args.results.is_file():  # keep the variants not rerun
+        results["variants"] = json.loads(args.results.read_text()).get("variants", {})
+    for name, (adapter, rank, lr, start) in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
         slug = name.replace(", ", "-").replace(" ", "-").lower()
         work = args.out / "work" / slug
         for spec in specs:  # the data stage's output is the same for every variant (and task_adapters.py's)
@@ -92,12 +99,15 @@ def main() -> int:
         changes = {"lora_rank": rank, "lora_alpha": 2 * rank} if rank else {}
         if lr:
             changes["lr"] = lr
+        if start:
+            changes["prefix_init"] = start
         preset = replace(preset, distill=replace(preset.distill, **changes))
         trained = train_adapters(args.model, base_dir, base_dir, base_key, specs, preset, backend, work, args.out / slug,
                                  base=artifact, reference=reference, target=target, adapter=adapter)
         artifact, reference = trained.base, trained.reference
         bench = bench_tasks(artifact, reference, target, trained.entries, base_dir)
-        results["variants"][name] = {"adapter": adapter, "lora_rank": rank, "lr": lr or preset.distill.lr, "tasks": []}
+        results["variants"][name] = {"adapter": adapter, "lora_rank": rank, "lr": lr or preset.distill.lr,
+                                     "prefix_init": start, "run": header, "tasks": []}
         for entry, row in zip(trained.entries, bench["tasks"]):
             q = row["quality"]
             params = trainable(Path(entry["peft_adapter"]))

@@ -42,8 +42,9 @@ def status(message: str) -> None:
 # kernel from a model hub at run time: we never install it) and warns on every run that it is absent;
 # its own CPU path runs instead.
 IMPORT_NOISE = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
-# transformers 5 renamed the gradient-checkpointing methods that peft still calls; nothing to act on.
-DEPRECATION_NOISE = r".*(gradient_checkpointing\w*|is_gradient_checkpointing)` is deprecated"
+# transformers 5 renamed the gradient-checkpointing methods and the decoders' `past_key_values`
+# argument, which peft still uses (its prefix tuning passes one); nothing to act on.
+DEPRECATION_NOISE = r".*(gradient_checkpointing\w*|is_gradient_checkpointing|past_key_values)` is deprecated"
 
 
 def mute_import_noise() -> None:

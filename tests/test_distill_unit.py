@@ -280,3 +280,15 @@ def test_target_logits_equal_the_full_logits_at_the_target_positions(tmp_path, f
     torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
     if family.startswith("gemma3"):
         assert float(picked.abs().max()) <= 3.0  # the cap was applied
+
+
+def test_prefix_tuning_settings_are_validated():
+    from edgeft.distill.config import DistillConfig
+    from edgeft.errors import ConfigError
+
+    DistillConfig(method="prefix", quantize_base=False).validate()
+    for changes, text in (({"method": "ia3"}, "method"), ({"method": "prefix"}, "fp32 base"),
+                          ({"method": "prefix", "quantize_base": False, "prefix_tokens": 0}, "prefix_tokens"),
+                          ({"method": "prefix", "quantize_base": False, "prefix_init": "zeros"}, "prefix_init")):
+        with pytest.raises(ConfigError, match=text):
+            DistillConfig(**changes).validate()

@@ -271,3 +271,21 @@ def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path
     row = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]
     assert row["proof"]["matches"] and row["proof"]["applied"], row["proof"]
     assert row["adapter_bytes"] == (out / "adapters" / name).stat().st_size
+
+
+def test_a_prefix_started_from_text_is_the_base_having_read_that_text(tiny_llama_dir):
+    """init_prefix: the fresh prefix holds the base's keys and values for the first tokens of a record,
+    so the prefix model on any text gives the base's logits on those tokens followed by that text."""
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.distill.qlora import init_prefix
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = base(input_ids=torch.tensor([IDS[:6] + IDS[30:50]])).logits[0, 6:]
+    peft_model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
+    init_prefix(peft_model, IDS[:40])
+    with torch.no_grad():
+        got = peft_model(input_ids=torch.tensor([IDS[30:50]])).logits[0]
+    assert torch.allclose(got, want, atol=1e-4)

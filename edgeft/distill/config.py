@@ -42,6 +42,7 @@ class DistillConfig:
     # prepended to the KV cache (no weight changes, so nothing merges: it ships as an initial cache)
     method: str = "lora"
     prefix_tokens: int = 20
+    prefix_init: str = "text"  # "text": the base's keys and values for a training record's first tokens; "random": peft's
     # the loss
     alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs cross-entropy on the targets
     # T = 1: on the default model and data (24 steps, held-out target perplexity) T = 2 reached 385,
@@ -105,6 +106,8 @@ class DistillConfig:
         if self.method not in METHODS:
             problems.append(("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}"))
         elif self.method == "prefix":
+            if self.prefix_init not in ("text", "random"):
+                problems.append(("prefix_init", f"must be text or random, got {self.prefix_init!r}"))
             if not 1 <= self.prefix_tokens <= 256:
                 problems.append(("prefix_tokens", f"must be within 1..256, got {self.prefix_tokens}"))
             if self.quantize_base:

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     import torch
 
 
+def _cache_arg(decoder) -> str:
+    """transformers 5 renames the decoders' `past_key_values` argument to `cache`, family by family."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 def is_prefix(model) -> bool:
     """A peft model with a prefix-tuning adapter active."""
     config = getattr(model, "active_peft_config", None)
@@ -40,7 +47,7 @@ def target_logits(model, batch: dict, *, inputs_embeds: "torch.Tensor | None" = 
     feed = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": batch["input_ids"]}
     mask = batch["attention_mask"]
     if is_prefix(model):  # the learned keys and values go before every record, as peft's own forward puts them
-        feed["past_key_values"] = model.get_prompt(batch_size=mask.shape[0])
+        feed[_cache_arg(decoder)] = model.get_prompt(batch_size=mask.shape[0])
         mask = torch.cat([torch.ones(mask.shape[0], model.active_peft_config.num_virtual_tokens, dtype=mask.dtype), mask], 1)
     out = decoder(**feed, attention_mask=mask, output_hidden_states=output_hidden_states, use_cache=False)
     logits = head(out.last_hidden_state[batch["targets"] != IGNORE])

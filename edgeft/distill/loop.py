@@ -456,6 +456,8 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
             model = PeftModel.from_pretrained(base, str(config.continue_from), is_trainable=True)
         else:
             model = qlora.add_lora(base, config)
+            if config.method == "prefix" and config.prefix_init == "text":
+                qlora.init_prefix(model, train_recs[0].input_ids)
     penalty = _ewc_penalty(model, Path(config.continue_from), config.ewc_lambda) if config.ewc_lambda > 0 else None
     with _timed(timings, "eval_before_s"):
         before = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)

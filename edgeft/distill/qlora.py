@@ -13,7 +13,7 @@ gradient at a step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from edgeft.distill import nf4_torchao
 from edgeft.distill.config import NF4_ENGINES, DistillConfig
@@ -120,6 +120,32 @@ def add_lora(base: "PreTrainedModel", config: DistillConfig):
     except ValueError as exc:  # peft names the target modules it could not find
         raise ConfigError([("target_modules", str(exc).split("\n")[0])]) from None
     return model
+
+
+def init_prefix(model, token_ids: "Sequence[int]") -> None:
+    """Start a fresh prefix from the keys and values the base computes for real text, the first
+    virtual-token count of `token_ids` (repeated when shorter), as Li & Liang (2021) advise: peft's
+    random start puts noise before every sequence, which the base reads as garbage (measured:
+    benchmarks/README.md, prefix_vs_lora.py); this one starts as the base having read that text."""
+    import torch
+
+    from edgeft.distill.loop import TrainingError
+
+    config = model.active_peft_config
+    n = config.num_virtual_tokens
+    if not token_ids:
+        raise TrainingError("no training record to start the prefix from")
+    ids = (list(token_ids) * (n // len(token_ids) + 1))[:n]
+    with torch.no_grad():
+        out = model.get_base_model().model(input_ids=torch.tensor([ids]), use_cache=True)
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        kv = torch.stack([t[0] for layer in cache.layers for t in (layer.keys, layer.values)])  # [2L, heads, n, hd]
+        weight = model.prompt_encoder[model.active_adapter].embedding.weight
+        weight.copy_(kv.permute(2, 0, 1, 3).reshape(n, -1).to(weight.dtype))
+        seeded = model.get_prompt(batch_size=1)
+        for mine, base in zip(seeded.layers, cache.layers):
+            if not (torch.allclose(mine.keys, base.keys, atol=1e-5) and torch.allclose(mine.values, base.values, atol=1e-5)):
+                raise TrainingError("this model's prefix layout is not peft's plain one; cannot start the prefix from text")
 
 
 def load_adapter(base: "PreTrainedModel", adapter_dir: Path, trainable: bool = False):
