@@ -42,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks-out", type=Path, default=Path("out/bench-tasks"))
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS / "task_levers.json")
+    parser.add_argument("--only", action="append", help="run this variant only (repeatable); others keep their JSON")
     args = parser.parse_args()
 
     from edgeft.backends.registry import get_backend
@@ -56,7 +57,11 @@ def main() -> int:
     target, artifact, reference, base_dir, base_key = built.target, built.artifact, built.reference, built.base_dir, built.base_key
     work = args.tasks_out / "work" / "levers"
     rows, results = [], {"run": header, "variants": {}}
+    if args.only and args.results.is_file():  # keep the variants not rerun
+        results["variants"] = json.loads(args.results.read_text()).get("variants", {})
     for name, (task, teacher, nf4, modules) in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
         slug = name.replace(", ", "-").replace(" ", "-").lower()
         spec = TaskSpec(slug, examples.shipped_dir() / f"{task}.jsonl", modules)
         entry = train_adapters("default", base_dir, base_dir, base_key, [spec],
@@ -65,7 +70,7 @@ def main() -> int:
                                nf4_base=nf4).entries[0]
         row = bench_tasks(artifact, reference, target, [entry], base_dir)["tasks"][0]
         q = row["quality"]
-        results["variants"][name] = {"task": task, "method": entry["method"], "nf4_base": nf4, "modules": modules,
+        results["variants"][name] = {"run": header, "task": task, "method": entry["method"], "nf4_base": nf4, "modules": modules,
                                      "adapter_bytes": row["adapter_bytes"], "metric": q["metric"],
                                      "value": q["value"], "base": row["base_quality"]["value"], "records": q["records"],
                                      "examples": q.get("examples")}
