@@ -103,7 +103,8 @@ def main() -> int:
             changes["prefix_init"] = start
         preset = replace(preset, distill=replace(preset.distill, **changes))
         trained = train_adapters(args.model, base_dir, base_dir, base_key, specs, preset, backend, work, args.out / slug,
-                                 base=artifact, reference=reference, target=target, adapter=adapter)
+                                 base=artifact, reference=reference, target=target, adapter=adapter,
+                                 prefix_lr=lr or build_preset("demo").distill.lr)
         artifact, reference = trained.base, trained.reference
         bench = bench_tasks(artifact, reference, target, trained.entries, base_dir)
         results["variants"][name] = {"adapter": adapter, "lora_rank": rank, "lr": lr or preset.distill.lr,

@@ -21,6 +21,9 @@ from edgeft.tasks.spec import TaskSpec
 # Records the diagonal Fisher is estimated on and stored with every task adapter, so that a later
 # `edgeft distill --continue ADAPTER --ewc LAMBDA` can hold it to what this task relied on.
 FISHER_RECORDS = 32
+# A prefix trains at this learning rate, not the preset's LoRA one: on the shipped tasks it lifted
+# extract from 5 % to 79 % exact fields (benchmarks/README.md, prefix_vs_lora.py).
+PREFIX_LR = 1e-2
 
 if TYPE_CHECKING:
     from edgeft.backends.base import Artifact, Backend
@@ -70,7 +73,7 @@ class TaskAdapters:
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", work: Path, out_dir: Path,
                    *, base: "Artifact", reference: "Artifact", target: "Target", teacher: bool = True,
-                   nf4_base: bool = False, adapter: str = "lora") -> TaskAdapters:
+                   nf4_base: bool = False, adapter: str = "lora", prefix_lr: float = PREFIX_LR) -> TaskAdapters:
     """Train every task's adapter, make the compiled base (and its reference) take them, and export
     each in the backend's format. `model` is the teacher's source string (for the data stage),
     `teacher_dir` its HF folder, `base_dir` the base, `base` the compiled base the adapters ship beside.
@@ -99,7 +102,8 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
         method = method_for(task, teacher, Path(base_dir).resolve() == Path(teacher_dir).resolve())
         config = replace(preset.distill, student=str(base_dir), student_layers=None, keep_layers=None,
                          target_modules=task.target_modules(), alpha=preset.distill.alpha if method == "kd" else 0.0,
-                         hidden_weight=0.0, fisher_records=FISHER_RECORDS, quantize_base=nf4_base, method=adapter)
+                         hidden_weight=0.0, fisher_records=FISHER_RECORDS, quantize_base=nf4_base, method=adapter,
+                         lr=prefix_lr if adapter == "prefix" else preset.distill.lr)
         distill_dir = root / "distill"
         distill_key = key("task-adapter", data_key, str(teacher_dir), config.to_dict())
         reused = reusable(distill_dir, distill_key)
