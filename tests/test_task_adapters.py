@@ -228,3 +228,24 @@ def test_a_bad_tasks_table_is_one_line(tiny_llama_dir, task_files, tmp_path, tex
     path = task_files["intent"].parent / f"bad-{abs(hash(text))}.toml"
     path.write_text(text)
     _refused(["build", "--no-distill", "--model", str(tiny_llama_dir), "--tasks", str(path)], tmp_path, text=where)
+
+
+def test_task_adapters_on_a_distilled_base(tiny_llama_dir, task_files, tmp_path):
+    """With distillation the shared base is the distilled student: the adapter trains on it, against the
+    teacher (KD), and is proven applied on the student's own export."""
+    profile = tiny_profile(tmp_path, context=256)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target", str(profile), "--out", str(out),
+                                  "--data", str(task_files["extract"]), "--student-layers", "1",
+                                  "--task", f"intent={task_files['intent']}"])
+    assert r.exit_code in (0, 1), r.output  # 1: a tiny random student may miss the budget's quality lines
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["stages"]["tasks"]["adapters"][0]
+    assert entry["method"] == "kd"  # the base is not the teacher: the teacher's logits teach
+    assert "distill" in manifest["stages"] and (out / "adapters" / "intent.gguf").is_file()
+    from transformers import AutoConfig
+
+    student = AutoConfig.from_pretrained(json.loads((out / "work" / "distill" / "distill.json").read_text())["student"]["path"])
+    assert student.num_hidden_layers == 1
+    proof = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]["proof"]
+    assert proof["matches"] and proof["applied"], proof
