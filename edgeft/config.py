@@ -164,15 +164,19 @@ def load_target(name_or_path: str | Path) -> Target:
                 [("", f"no target profile named '{text}'; shipped profiles: {', '.join(shipped_targets())}")],
                 file=text,
             )
+    return _build_target(read_toml(path), name=path.stem, source=str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file, or a one-line ConfigError naming it and why it cannot be read."""
     if not path.exists():
         raise ConfigError([("", "file not found")], file=path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError([("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")], file=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("", f"invalid TOML: {exc}")], file=path) from None
-    return _build_target(raw, name=path.stem, source=str(path))
 
 
 _INT_KEYS = {"threads"}

@@ -76,16 +76,9 @@ def read_task_file(path: Path) -> tuple[list[str], list[str]]:
         intent = "intent.jsonl"
         extract = { data = "extract.jsonl", modules = "attention" }
     """
-    import tomllib
+    from edgeft.config import read_toml
 
-    if not path.is_file():
-        raise ConfigError([("", "file not found")], file=path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError([("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")], file=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([("", f"invalid TOML: {exc}")], file=path) from None
+    raw = read_toml(path)
     problems = [(key, "unknown key (allowed: tasks)") for key in raw if key != "tasks"]
     table = raw.get("tasks")
     if not isinstance(table, dict) or not table:
