@@ -53,11 +53,12 @@ class OnnxBackend:
             "ok": True,
         }
 
-    def _export(self, model_dir: Path, target: "Target", folder: Path) -> Artifact:
+    def _export(self, model_dir: Path, target: "Target", folder: Path, *, adapter_template: Path | None = None) -> Artifact:
         from edgeft.backends.onnx.export import export
 
         self.check()
-        export(model_dir, folder, target.quant, target.options, marker=marker(self.name, target.quant))
+        export(model_dir, folder, target.quant, target.options, marker=marker(self.name, target.quant),
+               adapter_template=adapter_template)
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
@@ -87,7 +88,6 @@ class OnnxBackend:
         import tempfile
 
         from edgeft.backends.onnx import adapters
-        from edgeft.backends.onnx.export import export
 
         lora = [folder for folder in adapter_dirs if adapters.peft_type(folder) != "PREFIX_TUNING"]
         if not lora:  # prefixes need no graph change
@@ -104,10 +104,8 @@ class OnnxBackend:
                     continue
                 if template is None:
                     template = adapters.write_template(model_dir, adapters.target_modules(lora), Path(tmp) / "template")
-                export(model_dir, artifact.path, artifact.quant, target.options, marker=marker(self.name, artifact.quant),
-                       adapter_template=template)
-                files = tuple(sorted(p for p in artifact.path.rglob("*") if p.is_file()))
-                out.append(Artifact(path=artifact.path, backend=self.name, quant=artifact.quant, files=files))
+                out.append(self._export(model_dir, target.with_overrides(quant=artifact.quant), artifact.path,
+                                        adapter_template=template))
         return out[1], out[0]
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 from edgeft.backends.marker import MARKER  # noqa: E402
 from edgeft.backends.onnx import ARCHITECTURES  # noqa: E402 - the registered list, checked again here
-from edgeft.backends.onnx.adapters import lora_nodes, open_lora_inputs  # noqa: E402
+from edgeft.backends.onnx.adapters import lora_nodes, open_lora_inputs, tensor_names  # noqa: E402
 # Our level -> the builder's `--precision`.
 PRECISIONS = {"fp32": "fp32", "int8": "int8", "int4": "int4"}
 MODEL_FILE = "model.onnx"
@@ -118,7 +118,7 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *
             raise ArtifactError(f"the model builder wrote no {MODEL_FILE} and {GENAI_CONFIG}: {_failure_line(output)}",
                                 file=model_dir)
         if adapter_template is not None:
-            open_lora_inputs(tmp, 2 * _adapted(adapter_template))
+            open_lora_inputs(tmp, len(tensor_names(adapter_template)))  # one A and one B per adapted projection
         check_loadable(tmp / MODEL_FILE, model_dir)
         if marker is not None:
             (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
@@ -138,13 +138,6 @@ def check_loadable(model_path: Path, model_dir: Path) -> None:
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         reason = " ".join(str(exc).split())[:300]
         raise ArtifactError(f"the model builder wrote a graph onnxruntime cannot load ({reason})", file=model_dir) from None
-
-
-def _adapted(adapter_template: Path) -> int:
-    """How many projections the template adapts (one A and one B each)."""
-    from edgeft.backends.onnx.adapters import tensor_names
-
-    return len(tensor_names(adapter_template)) // 2
 
 
 def _collect(stream, sink: list[str]):
