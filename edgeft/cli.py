@@ -193,8 +193,19 @@ def _print_levers(result) -> None:
         click.echo(f"quality against the teacher: FAIL ({', '.join(failed)}). Levers: more training (`--preset full`, or "
                    "more steps with `edgeft distill --steps`), or a looser size/latency budget so that a larger student fits.")
     elif failed:
-        click.echo(f"quality against the source: FAIL ({', '.join(failed)}). Levers: a higher quantization level "
-                   "(`--quant q8_0`, or `--quant auto`), or a looser limit in the profile's [budget].")
+        click.echo(f"quality against the source: FAIL ({', '.join(failed)}). Levers: {_higher_level(result.bench['artifact'])}"
+                   "or a looser limit in the profile's [budget].")
+
+
+def _higher_level(artifact: dict) -> str:
+    """The quantization lever in the shipped file's own backend's level names: the next level up, if any."""
+    from edgeft.backends.registry import info
+
+    levels = list(info(artifact["backend"]).auto_levels)
+    quant = artifact["quant"]
+    if quant in levels and quant != levels[-1]:
+        return f"a higher quantization level (`--quant {levels[levels.index(quant) + 1]}`, or `--quant auto`), "
+    return "`--quant auto` (it tries every level), "
 
 
 def _print_bench(result: dict, as_json: bool) -> None:

@@ -128,3 +128,12 @@ def test_not_a_gguf_file(tmp_path):
     bad.write_bytes(b"x")
     proc = _run_cli(["build", "--no-distill", "--model", str(bad), "--out", str(tmp_path / "out")])
     _assert_one_line_error(proc, "weights.bin", ".gguf")
+
+
+def test_the_quantization_lever_names_the_next_level_of_the_files_own_backend():
+    from edgeft.cli import _higher_level
+
+    assert "`--quant int8`" in _higher_level({"backend": "onnx", "quant": "int4"})
+    assert "`--quant q5_k_m`" in _higher_level({"backend": "gguf", "quant": "q4_k_m"})
+    assert "--quant f16" in _higher_level({"backend": "gguf", "quant": "q8_0"})
+    assert _higher_level({"backend": "onnx", "quant": "fp32"}).startswith("`--quant auto`")
