@@ -124,11 +124,15 @@ def _load_target(target: str, quant: str | None, threads: int | None):
               help="How each task adapts the base: 'lora' (low-rank weight updates, every backend with adapters), or "
                    "'prefix' (peft prefix tuning: 20 learned keys and values per layer, shipped as the initial KV "
                    "cache the ONNX runner seeds; llama.cpp has no prefix adapters).")
+@click.option("--nf4-base", is_flag=True,
+              help="Train every LoRA of the build (the student's, the tasks') on a 4-bit NF4 copy of its base (QLoRA), "
+                   "not the fp32 base: less training memory, but NF4's rounding is merged into the shipped weights "
+                   "(benchmarks/README.md measures what that costs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bench result as JSON instead of tables.")
 def build(model: str, target: str, out: Path | None, quant: str | None, threads: int | None, no_bench: bool,
           no_distill: bool, student: str, student_layers: int | None, trim_vocab: int | Path | None, data: Path | None, preset: str,
           eval_data: Path | None, tasks: tuple[str, ...], tasks_file: Path | None, task_modules: tuple[str, ...],
-          no_teacher: bool, adapter_method: str, as_json: bool) -> None:
+          no_teacher: bool, adapter_method: str, nf4_base: bool, as_json: bool) -> None:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
@@ -136,8 +140,9 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
       student  --student auto: the source and prunings of it by layer count are compiled and benched
                for size, latency and memory (no training); the largest that fits is the student
       data     clean and split --data (or the shipped prompts); the teacher writes missing answers
-      distill  a pruned student learns the teacher's logits (QLoRA); when the source fits, your
-               data's own targets fine-tune it (QLoRA), and data without targets means no training
+      distill  a pruned student learns the teacher's logits (LoRA on its fp32 base; --nf4-base: QLoRA);
+               when the source fits, your data's own targets fine-tune it, and data without targets
+               means no training
       merge    the adapters are folded into a dense model
     Then, for every build:
       compile  our HF -> GGUF converter + llama.cpp's quantizer (or the target's backend)
@@ -162,7 +167,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     out_dir = out or Path("out") / resolved.name
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
                        data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab,
-                       tasks=specs, teacher=not no_teacher, adapter=adapter_method)
+                       tasks=specs, teacher=not no_teacher, adapter=adapter_method, nf4_base=nf4_base)
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.bench is None:

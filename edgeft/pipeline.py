@@ -110,7 +110,7 @@ AUTO_STUDENT = "auto"
 def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, eval_data: Path | None = None,
           distill: bool = False, data: Path | None = None, preset: str = "demo", student: str = AUTO_STUDENT,
           student_layers: int | None = None, trim_vocab: "int | Path | None" = None, tasks: "Sequence[TaskSpec]" = (),
-          teacher: bool = True, adapter: str = "lora") -> BuildResult:
+          teacher: bool = True, adapter: str = "lora", nf4_base: bool = False) -> BuildResult:
     """Build `model` for `target` into `out_dir`. With `distill`, the model is the teacher: data ->
     distill -> merge produce the student that is compiled; without, the model is compiled as it is.
 
@@ -118,7 +118,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     `plan_student`. `student_layers` or a student model source force the choice.
 
     With `tasks`, the compiled model is the shared base and every task gets its own LoRA adapter (a
-    learned prefix with `adapter="prefix"`) in the backend's adapter format (`tasks/train.py`), benchmarked on that base (`tasks/bench.py`)."""
+    learned prefix with `adapter="prefix"`) in the backend's adapter format (`tasks/train.py`), benchmarked on that base (`tasks/bench.py`).
+
+    Every LoRA a build trains (student or task) trains on the fp32 base, or with `nf4_base` on
+    QLoRA's NF4 copy of it (presets.py says why fp32 is the default)."""
     started = time.perf_counter()
     if target.quant == AUTO_QUANT and not run_bench:
         raise ConfigError([("quant", "'auto' picks a level by benchmarking it; it cannot be combined with --no-bench")],
@@ -153,8 +156,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     if distill:
         from edgeft.presets import build_preset
 
-        chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset), data,
-                              student, student_layers, stages)
+        chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset, nf4_base=nf4_base),
+                              data, student, student_layers, stages)
         if chosen is not None:
             hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
             eval_data = eval_data or held_out
@@ -179,7 +182,8 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 
         t = time.perf_counter()
         trained = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
-                                 base=artifact, reference=reference, target=target, teacher=teacher, adapter=adapter)
+                                 base=artifact, reference=reference, target=target, teacher=teacher, adapter=adapter,
+                                 nf4_base=nf4_base)
         entries, artifact, reference = trained.entries, trained.base, trained.reference
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
     stages["export_check"] = export_check_stage(hf_dir, artifact, target)  # on the base as shipped
@@ -276,7 +280,7 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
 
     Forced (`--student-layers N`, `--student SRC`): that student. Auto: the largest candidate that
     meets the size/latency/memory budget (`student_auto`); a pruned one is distilled; when the source
-    fits, the user's own targets (if the data has any) fine-tune it with QLoRA, else nothing is learned
+    fits, the user's own targets (if the data has any) fine-tune it with LoRA, else nothing is learned
     and the source is compiled as it is."""
     from dataclasses import replace
 
@@ -294,8 +298,9 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
         return replace(preset, distill=replace(preset.distill, student_layers=search["layers"]))
     humans = human_target_count(data)
     if humans:
+        how = "QLoRA (NF4 base)" if preset.distill.quantize_base else "LoRA (fp32 base)"
         stages["student"] = {"mode": "fine-tune", **search, "human_targets": humans,
-                             "reason": search["reason"] + f"; the data has {humans} human targets: QLoRA fine-tuning on them"}
+                             "reason": search["reason"] + f"; the data has {humans} human targets: {how} fine-tuning on them"}
         status(f"student auto: {stages['student']['reason']}")
         # The whole source as the student, plain cross-entropy on the user's targets (alpha 0: no teacher term).
         return replace(preset, distill=replace(preset.distill, keep_layers=tuple(range(search["teacher_layers"])), alpha=0.0))

@@ -201,6 +201,16 @@ def test_config_reports_every_problem_and_presets_are_valid():
     assert {k for k, _ in exc.value.problems} == {"alpha", "steps", "temperature"}
 
 
+def test_build_presets_train_on_the_fp32_base_unless_nf4_is_asked_for():
+    from edgeft.presets import PRESETS, build_preset
+
+    for name in PRESETS:
+        build_preset(name).distill.validate()
+        assert build_preset(name).distill.quantize_base is False
+        nf4 = build_preset(name, nf4_base=True).distill
+        assert nf4.quantize_base is True and nf4.steps == build_preset(name).distill.steps
+
+
 def test_hidden_state_loss_compares_each_student_layer_with_the_teacher_layer_it_came_from():
     import torch
 

@@ -100,7 +100,8 @@ def test_a_source_that_fits_with_targetless_data_is_compiled_without_training(ti
     assert "nothing to learn" in result.output
 
 
-def test_a_source_that_fits_with_human_targets_is_fine_tuned(tiny4, tmp_path):
+@pytest.mark.parametrize("nf4", [False, True], ids=["fp32-base", "nf4-base"])
+def test_a_source_that_fits_with_human_targets_is_fine_tuned(tiny4, tmp_path, nf4):
     import random
 
     rng = random.Random(0)
@@ -112,9 +113,14 @@ def test_a_source_that_fits_with_human_targets_is_fine_tuned(tiny4, tmp_path):
     data = write_jsonl(tmp_path / "qa.jsonl", rows)
     profile = tiny_profile(tmp_path, runs=1, budget="package_mb = 350")
     out = tmp_path / "out"
-    result = _build(tiny4, profile, out, "--data", str(data))
+    result = _build(tiny4, profile, out, "--data", str(data), *(["--nf4-base"] if nf4 else []))
     assert result.exit_code == 0, result.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["student"]["mode"] == "fine-tune" and stages["student"]["human_targets"] == 40
     assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == 4
     assert stages["distill"]["config"]["alpha"] == 0.0
+    # the LoRA trains on the weights the shipped file is made from, unless QLoRA is asked for
+    assert stages["distill"]["config"]["quantize_base"] is nf4
+    meta = json.loads((out / "work" / "distill" / "adapter" / "edgeft_adapter.json").read_text())
+    assert meta["quantized_base"] is nf4
+    assert ("QLoRA (NF4 base)" if nf4 else "LoRA (fp32 base)") in stages["student"]["reason"]
