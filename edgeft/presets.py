@@ -21,13 +21,14 @@ class BuildPreset:
 
 PRESETS: dict[str, BuildPreset] = {
     # The laptop demo: the teacher writes 96 short answers (cached on disk), then the student trains
-    # LoRA for 24 steps x 4 examples: a student visibly moved towards the teacher, not a finished
-    # model. Which student: `--student auto` picks the largest pruning that fits the budget, and its
-    # layers are the measured "block" pick. benchmarks/README.md ("--student auto and the tight
-    # demo") has what this budget reaches on the default model and which levers move it.
+    # LoRA for 48 steps x 4 examples (about two passes over them): a student moved well towards the
+    # teacher inside the tight demo's ten minutes, not a finished model. Which student: `--student
+    # auto` picks the largest pruning that fits the budget, and its layers are the measured "block"
+    # pick. benchmarks/README.md ("--student auto and the two demo builds") has what this budget
+    # reaches on the default model and which levers moved it.
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
-        distill=replace(DISTILL_PRESETS["demo"], steps=24, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block",
+        distill=replace(DISTILL_PRESETS["demo"], steps=48, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block",
                         lr=1e-3, quantize_base=False),
     ),
     "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="block", quantize_base=False)),
@@ -35,7 +36,7 @@ PRESETS: dict[str, BuildPreset] = {
 # Why a build trains on the fp32 base (`--nf4-base` for QLoRA's NF4 one): the shipped file is the
 # merged weights, quantized once more at the target's level. Merging onto an NF4 base puts NF4's
 # rounding in those weights first, and on the tight demo that rounding alone cost the student more
-# than its 24 steps of training won back (benchmarks/README.md, "NF4 or fp32 base"). An NF4 base
+# than 24 steps of training won back (benchmarks/README.md, "NF4 or fp32 base"). An NF4 base
 # saves training memory, which a model of this size does not need on a laptop.
 DEFAULT_PRESET = "demo"
 
