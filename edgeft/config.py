@@ -171,6 +171,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file, or a one-line ConfigError naming it and why it cannot be read."""
     if not path.exists():
         raise ConfigError([("", "file not found")], file=path)
+    if not path.is_file():
+        raise ConfigError([("", "a folder, not a TOML file")], file=path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

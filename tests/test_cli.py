@@ -123,6 +123,15 @@ def test_bad_target(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--target", "--tasks"])
+def test_a_folder_given_as_a_toml_file_is_one_line(tmp_path, flag):
+    folder = tmp_path / "profiles.toml"
+    folder.mkdir()
+    proc = _run_cli(["build", "--no-distill", flag, str(folder), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(proc, "profiles.toml", "a folder, not a TOML file")
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_a_gguf_file(tmp_path):
     bad = tmp_path / "weights.bin"
     bad.write_bytes(b"x")
