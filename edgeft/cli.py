@@ -170,6 +170,9 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
                        tasks=specs, teacher=not no_teacher, adapter=adapter_method, nf4_base=nf4_base)
     if result.student is not None and not as_json:
         _print_student(result.student)
+    if result.importance is not None and not as_json:
+        click.echo(f"quantization: {result.artifact.name} rounded with an importance matrix (each weight's inputs, "
+                   f"mean square over {result.importance['tokens']:,} tokens of {result.importance['text']})\n")
     if result.bench is None:
         click.echo(f"built {result.artifact}")
         return

@@ -24,11 +24,12 @@ from edgeft.stages import prepare_source, resolve_for, source_hash
 from edgeft.stages import key as _key
 from edgeft.stages import reusable as _reusable
 from edgeft.stages import stamp as _stamp
-from edgeft.sweep import compile_level, quantize_to_fit
+from edgeft.sweep import compile_level, quantize_to_fit, weighs_importance
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from edgeft.distill.records import PreparedSplits
     from edgeft.presets import BuildPreset
     from edgeft.tasks.spec import TaskSpec
 
@@ -40,6 +41,7 @@ class BuildResult:
     bench: dict | None
     manifest: Path
     student: dict | None = None  # how the student was chosen: the candidates, the choice and why
+    importance: dict | None = None  # what the shipped file's rounding was weighed by, when it was
 
 
 def file_key(path: Path | None) -> str:
@@ -47,10 +49,10 @@ def file_key(path: Path | None) -> str:
 
 
 def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, preset: "BuildPreset", work: Path,
-                    stages: dict) -> tuple[Path, str, Path]:
+                    stages: dict) -> tuple[Path, str, "PreparedSplits"]:
     """data -> distill -> merge, each stage reused while its inputs are unchanged.
 
-    Returns the merged HF folder, its key (what later stages hash against) and the eval split."""
+    Returns the merged HF folder, its key (what later stages hash against) and the data's splits."""
     from dataclasses import asdict
 
     from edgeft import distill
@@ -101,7 +103,51 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
         merge(distill_dir / "adapter", merged_dir)
         _stamp(merged_dir, merge_key)
     stages["merge"] = {"reused": reused, "key": merge_key, "seconds": round(time.perf_counter() - t, 2)}
-    return merged_dir, merge_key, prepared.eval
+    return merged_dir, merge_key, prepared
+
+
+def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stages: dict, *, train: Path | None = None,
+                     data: Path | None = None, preset: str = "demo") -> Path | None:
+    """The importance file of `hf_dir` (`edgeft.importance`), when the target's quantizer weighs one at
+    its level (any candidate level for `--quant auto`). Measured on the training split `train` when the
+    build trained; else on the training split's prompts of `data` (the shipped prompts by default),
+    chat-templated: the app's own kind of text, and never the text the bench scores."""
+    from dataclasses import asdict
+
+    from edgeft import importance
+    from edgeft.backends.registry import info
+    from edgeft.presets import build_preset
+
+    spec = info(target.backend)
+    levels = spec.auto_levels if target.quant == AUTO_QUANT else (target.quant,)
+    if not any(spec.uses_importance(target.options, level) for level in levels):
+        return None
+    t = time.perf_counter()
+    folder = work / "importance"
+    config = build_preset(preset).data
+    text_key = file_key(train) if train is not None else _key("prompts", file_key(data), asdict(config))
+    stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS)
+    reused = _reusable(folder, stage_key)
+    if not reused:
+        text = train
+        if text is None:
+            text = folder / "prompts.jsonl"
+            from edgeft.data.prepare import write_prompt_records
+
+            if not write_prompt_records(data, hf_dir, text, config):
+                stages["importance"] = {"skipped": "the data has no prompts in its training split to measure on"}
+                return None
+        status("importance: measuring what flows into each weight on the " + ("training split ..." if train else "data's prompts ..."))
+        write_json(folder / "importance.json", importance.collect(hf_dir, text, folder / importance.FILE))
+        _stamp(folder, stage_key)
+    measured = json.loads((folder / "importance.json").read_text())
+    stages["importance"] = {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
+                            "records": measured["records"], "tokens": measured["tokens"], "tensors": measured["tensors"],
+                            "text": "the training split" if train is not None else
+                                    f"the training split's prompts of {data or 'the shipped prompts'} (chat template)",
+                            "file": str(Path(measured["text"]).relative_to(work.parent))
+                                    if Path(measured["text"]).is_relative_to(work.parent) else measured["text"]}
+    return folder / importance.FILE
 
 
 AUTO_STUDENT = "auto"
@@ -140,6 +186,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     stages: dict[str, dict] = {}
+    weights: Path | None = None  # the importance file the quantizer weighs its rounding by, when there is training text
 
     t = time.perf_counter()
     src_key = source_hash(source)
@@ -159,21 +206,26 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         chosen = plan_student(backend, hf_dir, target, work, src_key, source.name, build_preset(preset, nf4_base=nf4_base),
                               data, student, student_layers, stages)
         if chosen is not None:
-            hf_dir, src_key, held_out = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
-            eval_data = eval_data or held_out
+            hf_dir, src_key, splits = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
+            eval_data = eval_data or splits.eval
+            weights = importance_stage(hf_dir, src_key, target, work, stages, train=splits.train)
+    if weights is None:  # nothing trained: the data's prompts are the text the app will see
+        weights = importance_stage(hf_dir, src_key, target, work, stages, data=data, preset=preset)
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
         kept, stages["auto_quant"] = quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key, source.name,
-                                                     eval_data, source_hf)
+                                                     eval_data, source_hf, weights)
         artifact, reference, result = kept.artifact, kept.reference, kept.result
         target = target.with_overrides(quant=artifact.quant)
     else:
         status(f"compiling for {target.name} ({target.backend}, {target.quant}) ...")
-        level = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name)
+        level = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name, weights)
         artifact, reference, result = level.artifact, level.reference, None
+    weighed = weights is not None and weighs_importance(target.backend, target)
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name,
-                         "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path)}
+                         "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path),
+                         "importance": _importance_note(weighed, weights, target)}
 
     entries: list[dict] = []
     if tasks:
@@ -216,7 +268,19 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         outputs=outputs,
         stages=stages,
     )
-    return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"))
+    return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"),
+                       importance=stages.get("importance") if weighed else None)
+
+
+def _importance_note(weighed: bool, weights: Path | None, target: Target) -> str:
+    """One line for the manifest: whether the shipped file's rounding was weighed, and if not, why."""
+    if weighed:
+        return f"rounding weighed by {weights.parent.name}/{weights.name} (the training text's mean square inputs)"
+    from edgeft.backends.registry import info
+
+    if not info(target.backend).uses_importance(target.options, target.quant):
+        return f"not used: {target.backend} {target.quant} with these options does not weigh its rounding"
+    return "none"
 
 
 def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool,

@@ -50,18 +50,27 @@ def reference(backend: Backend, hf_dir: Path, target: Target, work: Path, src_ke
 
 
 def compile_level(backend: Backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str,
-                  name: str) -> Level:
-    """One level of one backend, and the reference it is measured against."""
+                  name: str, importance: Path | None = None) -> Level:
+    """One level of one backend, and the reference it is measured against. `importance` (an
+    `edgeft.importance` file of `hf_dir`) goes to the backend where its quantizer at this level uses it."""
     ref = reference(backend, hf_dir, target, work, src_key, name)
-    return Level(backend.compile(hf_dir, target, out_dir, reference=ref, name=name), ref)
+    if importance is not None and not weighs_importance(backend.name, target):
+        importance = None
+    return Level(backend.compile(hf_dir, target, out_dir, reference=ref, name=name, importance=importance), ref)
+
+
+def weighs_importance(backend: str, target: Target) -> bool:
+    """Whether `backend`'s quantizer weighs its rounding by an importance file at `target`'s level and options."""
+    return info(backend).uses_importance(target.options, target.quant)
 
 
 def compile_levels(backend: Backend, hf_dir: Path, target: Target, levels: list[str], dir_for: Callable[[str], Path],
-                   work: Path, src_key: str, name: str, what: str) -> list[Level]:
+                   work: Path, src_key: str, name: str, what: str, importance: Path | None = None) -> list[Level]:
     compiled = []
     for level in levels:
         status(f"{what}: compiling {backend.name} {level} ...")
-        compiled.append(compile_level(backend, hf_dir, target.with_overrides(quant=level), dir_for(level), work, src_key, name))
+        compiled.append(compile_level(backend, hf_dir, target.with_overrides(quant=level), dir_for(level), work, src_key,
+                                      name, importance))
     return compiled
 
 
@@ -83,7 +92,7 @@ def bench_levels(levels: list[Level], target: Target, *, eval_data: Path | None,
 
 
 def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str, name: str,
-                    eval_data: Path | None, source: Path | None) -> tuple[Level, dict]:
+                    eval_data: Path | None, source: Path | None, importance: Path | None = None) -> tuple[Level, dict]:
     """`--quant auto`: every candidate level from the one reference, benchmarked from the smallest file
     upward; the first that meets every budget (latency and quality included) is kept, else the largest.
     Returns the kept level and what was tried and why each was rejected."""
@@ -93,7 +102,8 @@ def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Pat
     if len(candidates) < 2:
         raise ConfigError([("quant", f"'auto' needs more than one level; backend {backend.name} has {len(candidates)}")],
                           file=target.source)
-    levels = compile_levels(backend, hf_dir, target, candidates, lambda _: out_dir, work, src_key, name, "quant auto")
+    levels = compile_levels(backend, hf_dir, target, candidates, lambda _: out_dir, work, src_key, name, "quant auto",
+                            importance)
     levels.sort(key=lambda lv: lv.artifact.package_bytes())
     tried = bench_levels(levels, target, eval_data=eval_data, source=source, what="quant auto", stop_at_pass=True)
     kept = tried[-1]

@@ -147,8 +147,10 @@ class Backend(Protocol):
         """The unquantized export at `info.reference_level(target.quant)`: what quantized levels are
         made from and measured against. The pipeline makes it once per source and reuses it."""
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
-        """`target.quant` into `out_dir` (a copy of `reference` when the level is unquantized)."""
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str,
+                importance: Path | None = None) -> Artifact:
+        """`target.quant` into `out_dir` (a copy of `reference` when the level is unquantized). `importance`,
+        given only where `BackendInfo.uses_importance` says so, is `edgeft.importance`'s file for `model_dir`."""
 
     def load(self, artifact: Artifact, target: "Target") -> Runner:
         ...

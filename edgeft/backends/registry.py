@@ -43,6 +43,9 @@ class BackendInfo:
     architectures: Callable[[], tuple[str, ...]] | None = None
     # The `[<name>]` table of a profile: a frozen dataclass with `parse` and `to_toml` (edgeft.backends.options).
     options: type = NoOptions
+    # (the profile's options, the level) -> whether `compile` weighs its rounding by an importance file
+    # (`edgeft.importance`), so a build measures one from its training text first.
+    uses_importance: Callable[[Any, str], bool] = lambda options, quant: False
     # True for a backend whose runner implements `Sampler`: teacher synthesis generates through it.
     teacher: bool = False
     # The quant level of a file or folder this backend made (read from it), or None when it is not one.

@@ -264,6 +264,17 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
     return Analysis(path, fmt, final, steps, n_read, shapes, sorted(fields), prompt_lengths, target_lengths)
 
 
+def write_prompt_records(data_file: Path | None, tokenizer_dir: Path, out: Path, config: DataConfig = DataConfig()) -> int:
+    """The training split's prompts of a data file (the shipped prompts when None), cleaned as the data
+    stage cleans them, chat-templated and tokenized by the tokenizer in `tokenizer_dir`, as JSONL
+    records with `input_ids`: text of the app's own kind for a build that trains nothing (its
+    importance matrix). Returns the number of records written."""
+    from transformers import AutoTokenizer
+
+    analysis = analyze(data_file, lambda: AutoTokenizer.from_pretrained(tokenizer_dir), config)
+    return _write_jsonl(out, ({"input_ids": list(r.prompt_ids)} for r in analysis.records if not r.eval))
+
+
 def is_augmented(rec: Record, has_originals: bool) -> bool:
     """A record marked augmented by the user, or a teacher-written target in a data set that also
     has human targets (in a set with no human targets the teacher's answers are the data itself)."""

@@ -6,7 +6,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from edgeft.atomic_io import atomic_path
 from edgeft.backends.base import Artifact, ExportMetadata, Generation, Sampling
@@ -20,10 +20,14 @@ if TYPE_CHECKING:
     from edgeft.models import ModelSource
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_type: str = "") -> Path:
-    """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged.
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_type: str = "",
+             importance: "Mapping[str, np.ndarray] | None" = None) -> Path:
+    """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged. With
+    `importance` (by GGUF tensor name), the tensors it names are then rounded again weighing their
+    input columns by it (`imatrix.py`).
 
     The quantizer runs in a child process (`edgeft.child`): its kernels are native code."""
+    from edgeft.backends.gguf.imatrix import requantize
     from edgeft.child import call
 
     with atomic_path(dst) as tmp:
@@ -31,6 +35,8 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
                   what=f"llama.cpp quantizing {src.name} to {quant}")
         if rc != 0:
             raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
+        if importance:
+            call(requantize, tmp, src, dict(importance), threads, what=f"ggml weighing {src.name}'s {quant} rounding")
     return dst
 
 
@@ -276,8 +282,10 @@ class GGUFBackend:
         convert(model_dir, path, target.quant, name=name)
         return Artifact(path=path, backend=self.name, quant=target.quant, files=(path,))
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
-        """`<out_dir>/model-<quant>.gguf`: the reference itself (copied) at its own level, else quantized from it.
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str,
+                importance: Path | None = None) -> Artifact:
+        """`<out_dir>/model-<quant>.gguf`: the reference itself (copied) at its own level, else quantized from it,
+        its rounding weighed by `importance` when given (`edgeft.importance`'s file of the model at `model_dir`).
         The model name was written into the reference by the converter."""
         import shutil
 
@@ -289,8 +297,14 @@ class GGUFBackend:
                 shutil.copyfile(reference.path, tmp)
         else:
             check_embedding_type(reference.path, target.options.embedding_type, target.source)
+            weights = None
+            if importance is not None:
+                from edgeft import importance as imp
+                from edgeft.backends.gguf.imatrix import gguf_importance
+
+                weights = gguf_importance(model_dir, imp.load(importance))
             quantize(reference.path, final, target.quant, threads=target.resolved_threads(),
-                     embedding_type=target.options.embedding_type)
+                     embedding_type=target.options.embedding_type, importance=weights)
         return Artifact(path=final, backend=self.name, quant=target.quant, files=(final,))
 
     def load(self, artifact: Artifact, target: "Target") -> LlamaCppRunner:

@@ -66,9 +66,11 @@ class OnnxBackend:
         """The fp32 export, `<out_dir>/model-onnx-fp32/`: int8 and int4 are measured against it."""
         return self._export(model_dir, target, artifact_dir(out_dir, target.quant))
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str,
+                importance: Path | None = None) -> Artifact:
         """`<out_dir>/model-onnx-<quant>/`: a copy of the reference at its own level; else the builder
-        quantizes from the HF weights directly in one pass (it has no fp32-graph input)."""
+        quantizes from the HF weights directly in one pass (it has no fp32-graph input). `importance` is never
+        given: the builder's quantizer takes no importance matrix (`uses_importance` is False)."""
         folder = artifact_dir(out_dir, target.quant)
         if target.quant != reference.quant:
             return self._export(model_dir, target, folder)

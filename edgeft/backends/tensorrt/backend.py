@@ -86,9 +86,11 @@ class TensorRTBackend:
         export(model_dir, folder, target.quant, marker=marker(self.name, target.quant))
         return self._artifact(folder, target.quant)
 
-    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str) -> Artifact:
+    def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str,
+                importance: Path | None = None) -> Artifact:
         """`<out_dir>/model-tensorrt-<quant>/`: the reference copied at its own level, else ModelOpt's
-        weight-only int8/int4 of it. The engine is built on the device, from this folder."""
+        weight-only int8/int4 of it (its own calibration; `importance` is never given). The engine is built on
+        the device, from this folder."""
         from edgeft.atomic_io import atomic_dir
         from edgeft.backends.tensorrt.quantize import quantize
 

@@ -1,0 +1,119 @@
+"""How much each input column of every linear layer matters: the mean square of the activations
+that flow into it, measured on the build's own training text.
+
+Why: a quantizer below 8 bits rounds each block of a weight row to minimise that block's error.
+Left alone it treats every column alike, but the error a column adds to the layer's output scales
+with how large that column's inputs run. Weighting the rounding by the mean square input (the
+diagonal of E[x xᵀ], what llama.cpp users call an importance matrix) spends the same bits where
+the model uses them, at no cost in size. The values are keyed by HF weight name ("lm_head.weight"
+for the output head, tied or not), so a backend maps them to its own tensors.
+
+The text is the build's training split, never its held-out split: the bench scores the shipped
+file on that, and a quantizer fitted to it would flatter the result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeft.atomic_io import atomic_path
+from edgeft.errors import EdgeftError
+
+FILE = "importance.safetensors"
+HEAD = "lm_head.weight"
+# Tokens of training text measured: llama.cpp's usual calibration is of this order, and past it the
+# means barely move while the forward passes cost build time.
+MAX_TOKENS = 8192
+BATCH = 8
+
+
+def read_token_rows(path: Path, max_tokens: int) -> list[list[int]]:
+    """The records' real tokens (padding dropped), in file order, until `max_tokens` are taken."""
+    rows: list[list[int]] = []
+    taken = 0
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ids, mask = row["input_ids"], row.get("attention_mask") or [1] * len(row["input_ids"])
+            tokens = [int(i) for i, m in zip(ids, mask) if m]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise EdgeftError("expected an object with input_ids (and attention_mask)", file=path, place=f"line {n}") from None
+        if not tokens:
+            continue
+        tokens = tokens[: max_tokens - taken]
+        rows.append(tokens)
+        taken += len(tokens)
+        if taken >= max_tokens:
+            break
+    if not rows:
+        raise EdgeftError("no tokens to measure the importance of weights on", file=path)
+    return rows
+
+
+def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH) -> dict[str, Any]:
+    """Run the HF model at `model_dir` over `records` (JSONL with input_ids) and write, atomically to
+    `out`, each linear weight's mean square input per column (float32, by HF weight name). Returns
+    what was measured: records, tokens, tensors and seconds."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.progress import quiet_libraries
+
+    quiet_libraries()
+    started = time.perf_counter()
+    rows = read_token_rows(records, max_tokens)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    sums: dict[str, torch.Tensor] = {}
+    keep: list[torch.Tensor] = []  # the current batch's real-token positions, flattened
+
+    def hook(name: str):
+        def add(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1])[keep[0]].double()
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        return add
+
+    handles = [m.register_forward_pre_hook(hook(f"{n}.weight"))
+               for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch):
+                chunk = rows[start:start + batch]
+                width = max(map(len, chunk))
+                ids = torch.tensor([r + [0] * (width - len(r)) for r in chunk])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
+                keep[:] = [mask.reshape(-1).bool()]
+                states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                x = states.reshape(-1, states.shape[-1])[keep[0]].double()  # what the head multiplies
+                sums[HEAD] = sums.get(HEAD, 0) + (x * x).sum(0)
+                tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    if head is None or head.weight.shape[1] != sums[HEAD].shape[0]:
+        raise EdgeftError("the model's output head does not take the decoder's hidden states", file=model_dir)
+    means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in sums.items()}
+    info = {"records": len(rows), "tokens": tokens, "tensors": len(means), "text": str(records)}
+    with atomic_path(out) as tmp:
+        save_file(means, str(tmp), metadata={k: str(v) for k, v in info.items()})
+    return {**info, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _prefix(model, decoder) -> str:
+    """The decoder's own name inside the causal LM ("model"), so hooked names are the checkpoint's."""
+    return next(n for n, m in model.named_modules() if m is decoder)
+
+
+def load(path: Path) -> dict[str, "Any"]:
+    """The importance vectors of a file `collect` wrote, by HF weight name."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
