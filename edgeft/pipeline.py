@@ -144,7 +144,8 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     stages["importance"] = {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
                             "records": measured["records"], "tokens": measured["tokens"], "tensors": measured["tensors"],
                             "text": "the training split" if train is not None else
-                                    f"the training split's prompts of {data or 'the shipped prompts'} (chat template)",
+                                    f"the prompts of {Path(data).name if data else 'the shipped prompt set'} "
+                                    "(training split, chat template)",
                             "file": str(Path(measured["text"]).relative_to(work.parent))
                                     if Path(measured["text"]).is_relative_to(work.parent) else measured["text"]}
     return folder / importance.FILE
@@ -275,7 +276,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 def _importance_note(weighed: bool, weights: Path | None, target: Target) -> str:
     """One line for the manifest: whether the shipped file's rounding was weighed, and if not, why."""
     if weighed:
-        return f"rounding weighed by {weights.parent.name}/{weights.name} (the training text's mean square inputs)"
+        return f"rounding weighed by {weights.parent.name}/{weights.name} (mean square inputs; stages.importance: on what text)"
     from edgeft.backends.registry import info
 
     if not info(target.backend).uses_importance(target.options, target.quant):
@@ -386,6 +387,11 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     key = _key("student-auto", src_key, to_dict(target))
     if _reusable(stage, key) and (stage / "search.json").is_file():
         return {**json.loads((stage / "search.json").read_text()), "reused": True}
+    measured_at = target
+    if target.quant == AUTO_QUANT:
+        # `--quant auto` is free to pick any level afterwards, so a candidate fits when it fits at the level
+        # with the smallest files: the source is pruned only if no level could make it fit.
+        measured_at = target.with_overrides(quant=smallest_level(target.backend))
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     n_layers = int(config["num_hidden_layers"])
     loaded: dict = {}
@@ -399,18 +405,28 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
             cand_hf, cand_key, cand_work = root / "hf", _key("pruned", src_key, layers), root / "work"
             params = _write_pruned(hf_dir, n_layers, layers, cand_hf, loaded)
         status(f"student auto: measuring {layers} of {n_layers} layers ({params / 1e6:.1f} M parameters) ...")
-        artifact = compile_level(backend, cand_hf, target, root, cand_work, cand_key, name).artifact
-        result = bench(artifact, target, quality=False)
+        artifact = compile_level(backend, cand_hf, measured_at, root, cand_work, cand_key, name).artifact
+        result = bench(artifact, measured_at, quality=False)
         m = result["metrics"]
         shutil.rmtree(root, ignore_errors=True)
         return {"parameters": params, "package_mb": m["package_mb"], "ttft_ms_p90": m["ttft_ms_p90"],
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"]}
 
-    search = choose(n_layers, measure)
+    search = {**choose(n_layers, measure), "measured_at": measured_at.quant}
+    if measured_at is not target:
+        search["reason"] += f" (measured at {measured_at.quant}, the smallest level `--quant auto` may pick)"
     stage.mkdir(parents=True, exist_ok=True)
     write_json(stage / "search.json", search)
     _stamp(stage, key)
     return search
+
+
+def smallest_level(backend: str) -> str:
+    """The `--quant auto` candidate with the fewest bits per weight: the smallest files a source can have."""
+    from edgeft.backends.registry import info
+
+    spec = info(backend)
+    return min(spec.auto_levels, key=lambda level: spec.bits_per_weight.get(level, math.inf))
 
 
 def _parameters(hf_dir: Path) -> int:

@@ -90,6 +90,24 @@ def test_quant_auto_keeps_the_smallest_level_that_passes(tiny_llama_dir, tmp_pat
     assert json.loads((out / "bench.json").read_text())["metrics"]["ppl_increase_pct"] is not None
 
 
+def test_quant_auto_with_student_auto_measures_candidates_at_the_smallest_level(tiny_llama_dir, tmp_path, monkeypatch):
+    """`build --quant auto` without --no-distill: `--student auto` cannot measure at "auto", so a candidate
+    fits when it fits at the level of fewest bits (it crashed with an internal KeyError before)."""
+    from dataclasses import replace
+
+    from edgeft.backends import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "gguf", replace(registry.info("gguf"), auto_levels=("q8_0", "q4_0")))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--quiet", "build", "--model", str(tiny_llama_dir), "--target",
+                                       str(_profile(tmp_path, "package_mb = 350")), "--quant", "auto", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["student"]["measured_at"] == "q4_0" and not stages["student"]["pruned"]
+    assert "measured at q4_0" in stages["student"]["reason"]
+    assert stages["auto_quant"]["kept"] == "model-q4_0.gguf"
+
+
 def test_quant_auto_records_why_each_level_was_rejected(tiny_llama_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
