@@ -198,8 +198,13 @@ def _print_levers(result) -> None:
               if b["budget"] in ("ppl_vs_source_pct", "answer_ppl_vs_source_pct") and b["status"] == "FAIL"]
     mode = (result.student or {}).get("mode")
     if failed and mode in ("distill", "fine-tune"):
+        pinned = result.student.get("pruned") and not result.student.get("level_free")  # pruned at the one level named
+        levels = (" or `--quant auto`, which measures the whole source at every level before pruning it (a lower level "
+                  "with an importance matrix can keep more of the source than pruning and a short distillation),"
+                  if pinned else "")
         click.echo(f"quality against the teacher: FAIL ({', '.join(failed)}). Levers: more training (`--preset full`, or "
-                   "more steps with `edgeft distill --steps`), or a looser size/latency budget so that a larger student fits.")
+                   f"more steps with `edgeft distill --steps`),{levels} or a looser size/latency budget so that a larger "
+                   "student fits.")
     elif failed:
         click.echo(f"quality against the source: FAIL ({', '.join(failed)}). Levers: {_higher_level(result.bench['artifact'])}"
                    "or a looser limit in the profile's [budget].")

@@ -412,7 +412,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
         return {"parameters": params, "package_mb": m["package_mb"], "ttft_ms_p90": m["ttft_ms_p90"],
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"]}
 
-    search = {**choose(n_layers, measure), "measured_at": measured_at.quant}
+    search = {**choose(n_layers, measure), "measured_at": measured_at.quant, "level_free": measured_at is not target}
     if measured_at is not target:
         search["reason"] += f" (measured at {measured_at.quant}, the smallest level `--quant auto` may pick)"
     stage.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,7 @@ def test_quant_auto_with_student_auto_measures_candidates_at_the_smallest_level(
                                        str(_profile(tmp_path, "package_mb = 350")), "--quant", "auto", "--out", str(out)])
     assert result.exit_code == 0, result.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    assert stages["student"]["measured_at"] == "q4_0" and not stages["student"]["pruned"]
+    assert stages["student"]["measured_at"] == "q4_0" and stages["student"]["level_free"] and not stages["student"]["pruned"]
     assert "measured at q4_0" in stages["student"]["reason"]
     assert stages["auto_quant"]["kept"] == "model-q4_0.gguf"
 
