@@ -70,8 +70,10 @@ def test_reference_against_itself_is_lossless(tiny_gguf, tmp_path):
     result = CliRunner().invoke(main, ["--quiet", "bench", str(tiny_gguf), "--target", str(_profile(tmp_path)),
                                        "--reference", str(tiny_gguf), "--json", str(out)])
     assert result.exit_code == 0, result.output
-    m = json.loads(out.read_text())["metrics"]
+    bench = json.loads(out.read_text())
+    m = bench["metrics"]
     assert m["ppl_increase_pct"] == 0 and m["kl_mean"] == 0 and m["top1_agree_pct"] == 100
+    assert bench["target"]["quant"] == "f16"  # the file's own level, though the profile names q4_0
 
 
 def test_summary_and_junit(benched):

@@ -81,6 +81,7 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     (the HF folder it was built from), its quality against that model.
 
     The baseline is read first, so a malformed one fails before minutes of benchmarking."""
+    from edgeft.backends.registry import info
     from edgeft.bench import baseline as gate
     from edgeft.errors import ArtifactError
 
@@ -89,6 +90,8 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
     artifact = _identified(Path(artifact_path), default_backend=target.backend)
+    if artifact.backend == target.backend and artifact.quant in info(target.backend).quant_levels:
+        target = target.with_overrides(quant=artifact.quant)  # the report names the file's own level, not the profile's
     # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.
     ref = _identified(Path(reference), default_backend=target.backend) if reference is not None else None
     if adapter is not None:
