@@ -206,3 +206,22 @@ def test_a_build_that_trains_nothing_measures_its_datas_prompts(tiny_llama_dir, 
     plain = build("plain", "[gguf]\nimatrix = false\n")
     assert "importance" not in plain and plain["compile"]["importance"].startswith("not used")
     assert (tmp_path / "weighed" / "model-q4_0.gguf").read_bytes() != (tmp_path / "plain" / "model-q4_0.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("arch", sorted(__import__("edgeft.backends.gguf.arch", fromlist=["FAMILIES"]).FAMILIES))
+def test_every_family_gets_an_importance_for_every_matrix_it_quantizes(arch, tiny_model_dirs, tmp_path):
+    """Each family's HF names map onto the GGUF tensors our converter writes, at the right width: every
+    2-D weight a matmul multiplies is weighed (fused ones included), and nothing else."""
+    from gguf import GGUFReader
+
+    model_dir = tiny_model_dirs[arch]
+    importance.collect(model_dir, _records(tmp_path / "t.jsonl", [list(range(5, 21)), list(range(30, 42))]),
+                       tmp_path / importance.FILE)
+    weights = gguf_importance(model_dir, importance.load(tmp_path / importance.FILE))
+    tensors = {t.name: t for t in GGUFReader(convert(model_dir, tmp_path / "m.gguf", "f16")).tensors}
+    matrices = {n for n, t in tensors.items() if len(t.shape) == 2 and n.endswith(".weight")}
+    if "output.weight" in tensors:  # an untied token table is only looked up, never multiplied: nothing flows into it
+        matrices.discard("token_embd.weight")
+    assert set(weights) == matrices
+    for name, values in weights.items():
+        assert values.shape == (int(tensors[name].shape[0]),) and (values > 0).all(), name
