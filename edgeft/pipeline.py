@@ -187,7 +187,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     stages: dict[str, dict] = {}
-    weights: Path | None = None  # the importance file the quantizer weighs its rounding by, when there is training text
+    weights: Path | None = None  # the importance file the quantizer weighs its rounding by (importance_stage)
 
     t = time.perf_counter()
     src_key = source_hash(source)
@@ -281,7 +281,7 @@ def _importance_note(weighed: bool, weights: Path | None, target: Target) -> str
 
     if not info(target.backend).uses_importance(target.options, target.quant):
         return f"not used: {target.backend} {target.quant} with these options does not weigh its rounding"
-    return "none"
+    return "none: no text to measure on (stages.importance says why)"
 
 
 def _check_tasks(target: Target, trim_vocab: "int | Path | None", tasks: "Sequence[TaskSpec]", teacher: bool,
