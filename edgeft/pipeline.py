@@ -107,11 +107,12 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
 
 
 def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stages: dict, *, train: Path | None = None,
-                     data: Path | None = None, preset: str = "demo") -> Path | None:
+                     data: Path | None = None, preset: str = "demo", levels: "Sequence[str] | None" = None) -> Path | None:
     """The importance file of `hf_dir` (`edgeft.importance`), when the target's quantizer weighs one at
-    its level (any candidate level for `--quant auto`). Measured on the training split `train` when the
-    build trained; else on the training split's prompts of `data` (the shipped prompts by default),
-    chat-templated: the app's own kind of text, and never the text the bench scores."""
+    its level (any candidate level for `--quant auto`, any of `levels` when given). Measured on the
+    training split `train` when the build trained; else on the training split's prompts of `data` (the
+    shipped prompts by default), chat-templated: the app's own kind of text, and never the text the
+    bench scores."""
     from dataclasses import asdict
 
     from edgeft import importance
@@ -119,7 +120,7 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     from edgeft.presets import build_preset
 
     spec = info(target.backend)
-    levels = spec.auto_levels if target.quant == AUTO_QUANT else (target.quant,)
+    levels = levels or (spec.auto_levels if target.quant == AUTO_QUANT else (target.quant,))
     if not any(spec.uses_importance(target.options, level) for level in levels):
         return None
     t = time.perf_counter()

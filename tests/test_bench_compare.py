@@ -36,6 +36,7 @@ def test_compare_writes_table_json_markdown_and_plot(compared):
     data = json.loads((out / "compare.json").read_text())
     assert [r["quant"] for r in data["rows"]] == ["f16", "q8_0", "q4_0"]
     assert "recommended: gguf q4_0" in result.output and "<- recommended" in (out / "compare.md").read_text()
+    assert "q4_0*" in result.output and "* rounded with an importance matrix" in result.output
     assert data["recommended"]["quant"] == "q4_0"
 
 
@@ -51,6 +52,9 @@ def test_compare_uses_one_conversion_one_reference_and_the_same_tokens(compared)
     assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]
     for r in data["rows"]:
         assert r["metrics"]["ttft_ms_p90"] >= r["metrics"]["ttft_ms_p50"] > 0
+    # the levels a build would weigh by the shipped prompts' importance matrix are weighed here too
+    weighed = {r["quant"]: r["importance"] for r in data["rows"]}
+    assert weighed["f16"] is None and weighed["q8_0"] is None and "shipped prompt set" in weighed["q4_0"]["text"]
 
 
 def test_compare_names_the_budget_no_level_meets(tiny_llama_dir, compared, tmp_path):

@@ -93,8 +93,9 @@ def _slug(label: str) -> str:
 def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]], out_dir: Path,
                 eval_data: Path | None) -> tuple[str, list[dict], dict[str, str]]:
     """One model's (label, rows, each backend's reference): every level built from one conversion."""
+    from edgeft.pipeline import importance_stage
     from edgeft.stages import prepare_source, resolve_for, source_hash
-    from edgeft.sweep import bench_levels, compile_levels
+    from edgeft.sweep import bench_levels, compile_levels, weighs_importance
 
     source = resolve_for(model, [t.backend for t in targets])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,11 @@ def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]],
         backend.check()
         names = levels[target.name]
         dirs = {level: out_dir / f"{target.backend}-{level}" for level in names}
-        compiled = compile_levels(backend, hf_dir, target, names, dirs.__getitem__, work, src_key, source.name, "compare")
+        # the shipped prompts' importance matrix, as a build that trains nothing would weigh these levels by
+        found: dict = {}
+        weights = importance_stage(hf_dir, src_key, target, work, found, levels=names)
+        compiled = compile_levels(backend, hf_dir, target, names, dirs.__getitem__, work, src_key, source.name, "compare",
+                                  weights)
         for lv in bench_levels(compiled, target, eval_data=eval_data, source=hf_dir, what="compare"):
             result = lv.result
             level_dir = dirs[lv.artifact.quant]
@@ -117,6 +122,8 @@ def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]],
             rows.append({"model": source.label, "target": target.name, "backend": target.backend, "quant": lv.artifact.quant,
                          "artifact": str(lv.artifact.path), "reference": str(lv.reference.path),
                          "bench_json": str(level_dir / "bench.json"),
+                         "importance": found.get("importance") if weights is not None
+                         and weighs_importance(target.backend, target.with_overrides(quant=lv.artifact.quant)) else None,
                          "metrics": result["metrics"], "budget": result["budget"], "pass": result["pass"],
                          "eval": result["eval"], "machine": result["machine"], "versions": result["versions"]})
     return source.label, rows, references
@@ -186,7 +193,7 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     header = [*(["model"] if several else []), "backend", "level", *[c[0] for c in COLUMNS], "spread", "budget"]
     rows = []
     for r in data["rows"]:
-        cells = [*([r["model"]] if several else []), r["backend"], r["quant"]]
+        cells = [*([r["model"]] if several else []), r["backend"], r["quant"] + ("*" if r.get("importance") else "")]
         for _, key, fmt in COLUMNS:
             value = r["metrics"].get(key)
             cells.append("-" if value is None else fmt.format(value))
@@ -200,6 +207,15 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def importance_footnote(data: dict) -> str | None:
+    """The line that explains the table's starred levels, when any."""
+    weighed = next((r["importance"] for r in data["rows"] if r.get("importance")), None)
+    if weighed is None:
+        return None
+    return (f"* rounded with an importance matrix: each weight's inputs, mean square over {weighed['tokens']:,} tokens of "
+            f"{weighed['text']}, as `edgeft build` rounds these levels")
+
+
 def markdown(data: dict) -> str:
     header, rows = table_rows(data)
     refs = ", ".join(f"{b}: `{p}`" for b, p in data.get("references", {}).items()) or f"`{data['reference']}`"
@@ -208,5 +224,6 @@ def markdown(data: dict) -> str:
              f"Machine: {data['rows'][0]['machine']['cpu']}, {data['rows'][0]['machine']['threads']} threads." if data["rows"] else "",
              "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", f"**{data['verdict']}**", ""]
+    footnote = importance_footnote(data)
+    lines += [*(["", footnote.replace("*", "\\*", 1)] if footnote else []), "", f"**{data['verdict']}**", ""]
     return "\n".join(lines)
