@@ -188,7 +188,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     stages: dict[str, dict] = {}
-    weights: Path | None = None  # the importance file the quantizer weighs its rounding by (importance_stage)
+    train: Path | None = None  # the training split, when the build trains
 
     t = time.perf_counter()
     src_key = source_hash(source)
@@ -209,10 +209,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
                               data, student, student_layers, stages)
         if chosen is not None:
             hf_dir, src_key, splits = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
-            eval_data = eval_data or splits.eval
-            weights = importance_stage(hf_dir, src_key, target, work, stages, train=splits.train)
-    if weights is None:  # nothing trained: the data's prompts are the text the app will see
-        weights = importance_stage(hf_dir, src_key, target, work, stages, data=data, preset=preset)
+            eval_data, train = eval_data or splits.eval, splits.train
+    # the importance file the quantizer weighs its rounding by: on the training split, else the data's prompts
+    weights = importance_stage(hf_dir, src_key, target, work, stages, train=train, data=data, preset=preset)
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:

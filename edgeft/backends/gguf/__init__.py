@@ -69,9 +69,9 @@ class GGUFOptions(BackendOptions):
     # Tensor type of the token embedding table (llama.cpp's `token_embedding_type`); "" keeps the
     # level's own choice. With a large vocabulary this table is a large share of the file.
     embedding_type: str = ""
-    # Round every tensor below 8 bits weighing its input columns by their mean square activation on the
-    # build's training text (an importance matrix, `edgeft.importance`). Only a build that trains has such
-    # text; the others quantize as llama.cpp does without one.
+    # Round every tensor below 8 bits weighing its input columns by their mean square activation (an
+    # importance matrix, `edgeft.importance`) on the build's training split, or, when nothing is trained,
+    # on its data's prompts.
     imatrix: bool = True
 
 
@@ -79,14 +79,14 @@ class GGUFOptions(BackendOptions):
 TENSOR_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11,
                 "q4_k": 12, "q5_k": 13, "q6_k": 14}
 GGUFOptions.CHOICES = {"embedding_type": ("", *TENSOR_TYPES)}
-# Levels and table types whose quantizer ignores an importance matrix (ggml's f32, f16, bf16, q8_0).
-_UNWEIGHED = ("", "f32", "f16", "bf16", "q8_0")
+# Levels and tensor types (both named as ggml names its types) whose quantizer ignores an importance matrix.
+UNWEIGHED = ("f32", "f16", "bf16", "q8_0")
 
 
 def uses_importance(options: GGUFOptions, quant: str) -> bool:
     """Whether a build at `quant` with these options would weigh its rounding by an importance matrix:
     the profile allows it and some tensor is quantized below 8 bits (the table may be, at q8_0)."""
-    return options.imatrix and (quant not in _UNWEIGHED or options.embedding_type not in _UNWEIGHED)
+    return options.imatrix and (quant not in UNWEIGHED or options.embedding_type not in ("", *UNWEIGHED))
 
 register(BackendInfo(
     name="gguf",

@@ -19,13 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from gguf.constants import GGMLQuantizationType
+
+from edgeft.backends.gguf import UNWEIGHED
 from edgeft.errors import ArtifactError
 
 if TYPE_CHECKING:
     import numpy as np
 
-# ggml types whose quantizer ignores an importance vector: the float types and q8_0.
-_IGNORES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
+# ggml type ids whose quantizer ignores an importance vector: the float types and q8_0.
+_IGNORES = {int(GGMLQuantizationType[name.upper()]) for name in UNWEIGHED}
 
 
 def gguf_importance(model_dir: Path, importance: Mapping[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
