@@ -17,14 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeft.bench.budgets import QUALITY_BUDGETS
+from edgeft.bench.budgets import QUALITY_BUDGETS, BudgetLine
+
+# Budget lines that a busy machine can fail: load only ever adds time, never bytes.
+TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
 
 
 @dataclass(frozen=True)
 class StudentSearch:
-    """Which layer counts `--student auto` tries: these fractions of the source's layers, rounded, largest first."""
+    """Which layer counts `--student auto` tries: these fractions of the source's layers, rounded, largest first.
+
+    `latency_tries`: how many times in all a candidate that fails only on time is benchmarked before it
+    is rejected. Pruning cannot be undone by the final bench, and a busy machine (a CI runner, the
+    test suite beside a build) once read the 135M source's TTFT as 680 ms instead of about 150 and
+    pruned it to 12 layers; a model that fits must not be cut for that."""
 
     fractions: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+    latency_tries: int = 3
 
 
 def layer_counts(n_layers: int, search: StudentSearch = StudentSearch()) -> list[int]:
@@ -37,6 +46,32 @@ def failed_lines(budget_lines: list[dict]) -> list[str]:
     """The size/latency/memory lines a candidate fails; quality lines are judged after training, not here."""
     return [f"{b['budget']} {b['value']:.4g} > {b['limit']:g}" for b in budget_lines
             if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+
+
+def only_timing_fails(budget_lines: list[dict]) -> bool:
+    """True when some size/latency/memory line fails and every failing one is a timing line."""
+    fails = [b["budget"] for b in budget_lines if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+    return bool(fails) and all(key in TIMED_BUDGETS for key in fails)
+
+
+def settle_timing(first: dict, again: Callable[[], dict], tries: int) -> dict:
+    """A candidate's measurement, re-benchmarked while only its timing lines fail, at most `tries` in all.
+
+    Each timing metric keeps its lowest p90 over the tries: a machine's load only slows a run, so the
+    least disturbed try is the best estimate of the quiet machine's time, and the final bench of the
+    shipped file measures again anyway. `first` and `again()` are bench results (`metrics`,
+    `budget`); the answer is `first`'s with the settled metrics, budget lines and `tries`."""
+    metrics, lines = dict(first["metrics"]), first["budget"]
+    n = 1
+    while n < tries and only_timing_fails(lines):
+        later = again()["metrics"]
+        n += 1
+        for key in TIMED_BUDGETS:
+            if later.get(key) is not None and (metrics.get(key) is None or later[key] < metrics[key]):
+                metrics[key] = later[key]
+        lines = [BudgetLine(b["budget"], metrics[b["budget"]], b["limit"]).to_json() if b["budget"] in TIMED_BUDGETS else b
+                 for b in lines]
+    return {**first, "metrics": metrics, "budget": lines, "tries": n}
 
 
 def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch()) -> dict:

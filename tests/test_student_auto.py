@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from edgeft.student_auto import StudentSearch, choose, layer_counts
+from edgeft.student_auto import StudentSearch, choose, layer_counts, settle_timing
 from tiny_models import tiny_llama, tiny_profile, write_jsonl
 
 
@@ -124,3 +124,32 @@ def test_a_source_that_fits_with_human_targets_is_fine_tuned(tiny4, tmp_path, nf
     meta = json.loads((out / "work" / "distill" / "adapter" / "edgeft_adapter.json").read_text())
     assert meta["quantized_base"] is nf4
     assert ("QLoRA (NF4 base)" if nf4 else "LoRA (fp32 base)") in stages["student"]["reason"]
+
+
+def _bench(ttft: float, size: float, ttft_limit: float = 200.0, size_limit: float = 85.0) -> dict:
+    metrics = {"ttft_ms_p90": ttft, "package_mb": size, "ms_per_token_p90": 10.0}
+    return {"metrics": metrics, "budget": [
+        {"budget": "ttft_ms_p90", "value": ttft, "limit": ttft_limit, "status": "PASS" if ttft <= ttft_limit else "FAIL"},
+        {"budget": "package_mb", "value": size, "limit": size_limit, "status": "PASS" if size <= size_limit else "FAIL"},
+        {"budget": "ppl_vs_source_pct", "value": None, "limit": 50.0, "status": "NOT MEASURED"}]}
+
+
+def test_a_candidate_failing_only_on_time_is_benched_again_and_keeps_its_quietest_time():
+    """A busy machine must not prune a model that fits: the second bench, on a quiet machine, passes."""
+    later = iter([_bench(150.0, 80.0)])
+    got = settle_timing(_bench(680.0, 80.0), lambda: next(later), tries=3)
+    assert got["tries"] == 2 and got["metrics"]["ttft_ms_p90"] == 150.0
+    assert [b["status"] for b in got["budget"]] == ["PASS", "PASS", "NOT MEASURED"]
+
+
+def test_a_candidate_that_is_slow_every_time_still_fails_after_its_tries():
+    later = iter([_bench(260.0, 80.0), _bench(240.0, 80.0)])
+    got = settle_timing(_bench(250.0, 80.0), lambda: next(later), tries=3)
+    assert got["tries"] == 3 and got["metrics"]["ttft_ms_p90"] == 240.0 and got["budget"][0]["status"] == "FAIL"
+
+
+def test_a_candidate_too_large_is_not_benched_again():
+    def again():
+        raise AssertionError("a size failure cannot be load: no second bench")
+    got = settle_timing(_bench(680.0, 90.0), again, tries=3)
+    assert got["tries"] == 1 and got["budget"][1]["status"] == "FAIL"

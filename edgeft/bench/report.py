@@ -113,6 +113,8 @@ def student_table(student: dict) -> str:
         if c.get("measured") is False:
             continue
         verdict = "fits" if c["fits"] else "fails " + ", ".join(c["fails"])
+        if c.get("tries", 1) > 1:
+            verdict += f" (best of {c['tries']} benches)"
         mark = " <- chosen" if c["layers"] == student["layers"] else ""
         rows.append([str(c["layers"]), _fmt(c["parameters"] / 1e6, "M"), _fmt(c["package_mb"], "MB"),
                      _fmt(c["ttft_ms_p90"], "ms"), _fmt(c["ms_per_token_p90"], "ms"), _fmt(c["peak_rss_mb"], "MB"),
