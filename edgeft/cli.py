@@ -202,7 +202,9 @@ def _print_levers(result) -> None:
         levels = (" or `--quant auto`, which measures the whole source at every level before pruning it (a lower level "
                   "with an importance matrix can keep more of the source than pruning and a short distillation),"
                   if pinned else "")
-        click.echo(f"quality against the teacher: FAIL ({', '.join(failed)}). Levers: more training (`--preset full`, or "
+        busy = ("First, build again on a quiet machine: the student was pruned on timings taken while other processes "
+                "kept the machine busy (the student line above). " if result.student.get("busy_warning") else "")
+        click.echo(f"quality against the teacher: FAIL ({', '.join(failed)}). {busy}Levers: more training (`--preset full`, or "
                    f"more steps with `edgeft distill --steps`),{levels} or a looser size/latency budget so that a larger "
                    "student fits.")
     elif failed:

@@ -382,7 +382,8 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     benchmarked for size, latency and memory only (no training, no quality), largest first.
     Reused while the source and the target are unchanged."""
     from edgeft.bench.run import bench
-    from edgeft.student_auto import StudentSearch, choose, settle_timing
+    from edgeft.bench.machine import OtherLoad
+    from edgeft.student_auto import StudentSearch, busy_warning, choose, settle_timing
 
     stage = work / "student-auto"
     key = _key("student-auto", src_key, to_dict(target))
@@ -408,33 +409,39 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
         status(f"student auto: measuring {layers} of {n_layers} layers ({params / 1e6:.1f} M parameters) ...")
         artifact = compile_level(backend, cand_hf, measured_at, root, cand_work, cand_key, name).artifact
 
-        def again() -> dict:
-            status(f"student auto: {layers} layers fail only on time; measuring again in case the machine was busy "
-                   f"(load average {_load():.1f} on {os.cpu_count()} cores) ...")
-            return bench(artifact, measured_at, quality=False)
+        last: list[float | None] = []
 
-        result = settle_timing(bench(artifact, measured_at, quality=False), again, StudentSearch().latency_tries)
+        def timed() -> dict:
+            with OtherLoad() as others:
+                result = bench(artifact, measured_at, quality=False)
+            last.append(others.cores)
+            return {**result, "others_cores": others.cores}
+
+        def again() -> dict:
+            busy = f"other processes used {last[-1]:.1f} of {os.cpu_count()} cores" if last[-1] is not None else "unknown"
+            status(f"student auto: {layers} layers fail only on time; measuring again in case the machine was busy "
+                   f"({busy}) ...")
+            return timed()
+
+        result = settle_timing(timed(), again, StudentSearch().latency_tries)
         m = result["metrics"]
         shutil.rmtree(root, ignore_errors=True)
         return {"parameters": params, "package_mb": m["package_mb"], "ttft_ms_p90": m["ttft_ms_p90"],
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"],
-                "tries": result["tries"], "load_average": round(_load(), 2)}
+                "tries": result["tries"], "others_cores": result["others_cores"]}
 
     search = {**choose(n_layers, measure), "measured_at": measured_at.quant, "level_free": measured_at is not target}
+    warning = busy_warning(search["candidates"])
+    if warning:
+        search["busy_warning"] = warning
+        search["reason"] += f"; warning: {warning}"
+        status(f"student auto: warning: {warning}")
     if measured_at is not target:
         search["reason"] += f" (measured at {measured_at.quant}, the smallest level `--quant auto` may pick)"
     stage.mkdir(parents=True, exist_ok=True)
     write_json(stage / "search.json", search)
     _stamp(stage, key)
     return search
-
-
-def _load() -> float:
-    """The one-minute load average (0 where the platform has none): said beside a re-measurement."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
 
 
 def smallest_level(backend: str) -> str:

@@ -21,6 +21,8 @@ from edgeft.bench.budgets import QUALITY_BUDGETS, BudgetLine
 
 # Budget lines that a busy machine can fail: load only ever adds time, never bytes.
 TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
+# Other processes' average use, in cores, above which a timing is called the machine's rather than the model's.
+BUSY_CORES = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,16 +64,33 @@ def settle_timing(first: dict, again: Callable[[], dict], tries: int) -> dict:
     shipped file measures again anyway. `first` and `again()` are bench results (`metrics`,
     `budget`); the answer is `first`'s with the settled metrics, budget lines and `tries`."""
     metrics, lines = dict(first["metrics"]), first["budget"]
+    others = [first.get("others_cores")]
     n = 1
     while n < tries and only_timing_fails(lines):
-        later = again()["metrics"]
+        result = again()
+        later = result["metrics"]
+        others.append(result.get("others_cores"))
         n += 1
         for key in TIMED_BUDGETS:
             if later.get(key) is not None and (metrics.get(key) is None or later[key] < metrics[key]):
                 metrics[key] = later[key]
         lines = [BudgetLine(b["budget"], metrics[b["budget"]], b["limit"]).to_json() if b["budget"] in TIMED_BUDGETS else b
                  for b in lines]
-    return {**first, "metrics": metrics, "budget": lines, "tries": n}
+    known = [c for c in others if c is not None]
+    return {**first, "metrics": metrics, "budget": lines, "tries": n, "others_cores": min(known) if known else None}
+
+
+def busy_warning(candidates: list[dict]) -> str | None:
+    """One line when a candidate was rejected on time alone while other processes kept the machine
+    busy on every try (`others_cores`, the quietest try's), so the pruning may be the machine's doing."""
+    for c in candidates:
+        if c.get("measured") is False or c["fits"] or not only_timing_fails(c["budget"]):
+            continue
+        if (c.get("others_cores") or 0.0) > BUSY_CORES:
+            return (f"other processes kept {c['others_cores']:.1f} cores busy while {c['layers']} layers were timed, on "
+                    f"each of {c.get('tries', 1)} tries: its latency lines, and so this pruning, may be the machine's and "
+                    "not the model's; build again on a quiet machine")
+    return None
 
 
 def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch()) -> dict:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import main
-from edgeft.student_auto import StudentSearch, choose, layer_counts, settle_timing
+from edgeft.student_auto import StudentSearch, busy_warning, choose, layer_counts, settle_timing
 from tiny_models import tiny_llama, tiny_profile, write_jsonl
 
 
@@ -153,3 +153,32 @@ def test_a_candidate_too_large_is_not_benched_again():
         raise AssertionError("a size failure cannot be load: no second bench")
     got = settle_timing(_bench(680.0, 90.0), again, tries=3)
     assert got["tries"] == 1 and got["budget"][1]["status"] == "FAIL"
+
+
+def test_a_pruning_decided_while_the_machine_stayed_busy_is_said_to_be_doubtful():
+    busy = {**_bench(680.0, 80.0), "others_cores": 1.9}
+    later = iter([{**_bench(650.0, 80.0), "others_cores": 1.7}, {**_bench(700.0, 80.0), "others_cores": 1.8}])
+    row = settle_timing(busy, lambda: next(later), tries=3)
+    assert row["others_cores"] == 1.7
+    row = {"layers": 30, **row, "fits": False}
+    assert "1.7 cores busy while 30 layers" in busy_warning([row])
+    quiet_but_slow = {**row, "others_cores": 0.1}
+    assert busy_warning([quiet_but_slow]) is None
+    too_large = {"layers": 30, **_bench(150.0, 90.0), "fits": False, "others_cores": 1.9}
+    assert busy_warning([too_large]) is None
+
+
+def test_a_failing_distilled_build_pruned_on_a_busy_machine_says_to_build_again_first(capsys):
+    from types import SimpleNamespace
+
+    from edgeft.cli import _print_levers
+
+    bench = {"budget": [{"budget": "ppl_vs_source_pct", "value": 900.0, "limit": 50.0, "status": "FAIL"}],
+             "artifact": {"backend": "gguf", "quant": "q4_k_m"}}
+    student = {"mode": "distill", "pruned": True, "level_free": False}
+    _print_levers(SimpleNamespace(bench=bench, student=student))
+    quiet = capsys.readouterr().out
+    _print_levers(SimpleNamespace(bench=bench, student={**student, "busy_warning": "other processes kept 1.7 cores busy"}))
+    busy = capsys.readouterr().out
+    assert "quiet machine" not in quiet and "Levers:" in quiet
+    assert "build again on a quiet machine" in busy and "Levers:" in busy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
 
 
@@ -72,3 +73,42 @@ def describe(threads: int) -> dict[str, object]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+class OtherLoad:
+    """How many cores other processes kept busy while a block ran: the machine's busy time in
+    /proc/stat (steal included: a hypervisor's other guests slow us too) less this process's and its
+    waited-for children's CPU time, over the wall time. `cores` is None where /proc/stat is missing.
+
+    Why: a latency measured while something else runs is the machine's, not the model's, and a
+    decision taken on it (pruning a student) must say so."""
+
+    def __enter__(self) -> "OtherLoad":
+        self.cores: float | None = None
+        self._start = (time.monotonic(), _machine_busy_s(), _own_cpu_s())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        t0, busy0, own0 = self._start
+        busy1, wall = _machine_busy_s(), time.monotonic() - t0
+        if busy0 is None or busy1 is None or wall <= 0:
+            return
+        self.cores = max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall
+
+
+def _machine_busy_s() -> float | None:
+    """Seconds all CPUs spent neither idle nor waiting on I/O since boot (the "cpu" line of /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
