@@ -106,7 +106,7 @@ def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Pat
                             importance)
     levels.sort(key=lambda lv: lv.artifact.package_bytes())
     tried = bench_levels(levels, target, eval_data=eval_data, source=source, what="quant auto", stop_at_pass=True)
-    kept = tried[-1]
+    kept, verdict = keep_level(tried)
     sizes = {lv.artifact.path: lv.artifact.package_bytes() for lv in levels}
     for lv in levels:  # only the kept level stays in the output folder
         if lv.artifact.path != kept.artifact.path:
@@ -115,8 +115,36 @@ def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Pat
                 "pass": lv.result["pass"],
                 "rejected_because": [f"{b['budget']} = {b['value']:.4g} > {b['limit']:g}" for b in lv.result["budget"] if b["status"] == "FAIL"]}
                for lv in tried]
-    verdict = "met every budget" if kept.result["pass"] else "no level met every budget; kept the largest tried"
     return kept, {"order": "smallest file first", "tried": summary, "kept": kept.artifact.path.name, "verdict": verdict}
+
+
+def keep_level(tried: list[Level]) -> tuple[Level, str]:
+    """The level `--quant auto` ships from its benched levels (smallest file first) and why.
+
+    The first that meets every budget. Failing that, the one closest to the source among those the
+    device can hold (size, latency and memory lines met): a file that does not fit is no answer, and a
+    quality line missed by less is the better of two misses. When none fits the device either, the
+    largest, the best the source can be at any level."""
+    from edgeft.bench.budgets import QUALITY_BUDGETS
+
+    for lv in tried:
+        if lv.result["pass"]:
+            return lv, "met every budget"
+    fits = [lv for lv in tried if not any(b["status"] == "FAIL" and b["budget"] not in QUALITY_BUDGETS
+                                          for b in lv.result["budget"])]
+    if not fits:
+        return tried[-1], "no level met every budget, nor the size, latency and memory lines alone; kept the largest tried"
+
+    def distance(lv: Level) -> tuple[float, int]:
+        m = lv.result["metrics"]
+        for key in ("ppl_vs_source_pct", "ppl_increase_pct"):
+            if m.get(key) is not None:
+                return (m[key], -tried.index(lv))
+        return (float("inf"), -tried.index(lv))  # quality not measured: the largest that fits
+
+    kept = min(fits, key=distance)
+    return kept, (f"no level met every budget; kept {kept.artifact.quant}, the closest to the source of the levels that "
+                  "meet the size, latency and memory lines")
 
 
 def remove(artifact: Artifact) -> None:

@@ -4,6 +4,7 @@ tokens for every level, the table/JSON/Markdown/PNG outputs, and what auto tried
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -181,3 +182,29 @@ def test_several_models_in_one_table_each_against_its_own_source(tiny_model_dirs
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = CliRunner().invoke(main, ["--quiet", "compare", "--model", str(llama), "--models", f"{llama},{gemma}", "--out", str(out)])
     assert r.exit_code == 2 and "--models" in r.output
+
+
+def _level(quant: str, size: float, ppl: float | None, size_limit: float, ppl_limit: float = 10.0):
+    from edgeft.backends.base import Artifact
+    from edgeft.sweep import Level
+
+    lines = [{"budget": "package_mb", "value": size, "limit": size_limit, "status": "PASS" if size <= size_limit else "FAIL"},
+             {"budget": "ppl_vs_source_pct", "value": ppl, "limit": ppl_limit,
+              "status": "NOT MEASURED" if ppl is None else "PASS" if ppl <= ppl_limit else "FAIL"}]
+    art = Artifact(path=Path(f"model-{quant}.gguf"), backend="gguf", quant=quant)
+    return Level(artifact=art, reference=art, result={"pass": all(b["status"] != "FAIL" for b in lines), "budget": lines,
+                                                      "metrics": {"package_mb": size, "ppl_vs_source_pct": ppl}})
+
+
+def test_quant_auto_keeps_the_closest_level_that_fits_when_none_passes():
+    """A file over the size line is no answer: with every level failing, the one that fits and misses
+    the quality line by least is shipped, not the largest (which here does not fit)."""
+    from edgeft.sweep import keep_level
+
+    tried = [_level("q2_k", 70, 80.0, 85), _level("q4_0", 78, 22.0, 85), _level("q4_k_m", 84, 30.0, 85), _level("f16", 270, 0.1, 85)]
+    kept, verdict = keep_level(tried)
+    assert kept.artifact.quant == "q4_0" and "closest to the source" in verdict
+    kept, verdict = keep_level([_level("q4_0", 78, 22.0, 50), _level("f16", 270, 0.1, 50)])
+    assert kept.artifact.quant == "f16" and "kept the largest" in verdict
+    kept, verdict = keep_level([_level("q4_0", 78, 22.0, 85), _level("q8_0", 80, 5.0, 85), _level("f16", 270, 0.1, 85)])
+    assert kept.artifact.quant == "q8_0" and verdict == "met every budget"
