@@ -29,6 +29,10 @@ BUSY_CORES = 0.5
 class StudentSearch:
     """Which layer counts `--student auto` tries: these fractions of the source's layers, rounded, largest first.
 
+    The fractions are coarse steps, each a candidate measured in seconds; between the first step
+    that fits and the one above it, the largest count that fits is found by halving (`refine`), so a
+    budget that one layer less would meet does not cost the student three.
+
     `latency_tries`: how many times in all a candidate that fails only on time is benchmarked before it
     is rejected. Pruning cannot be undone by the final bench, and a busy machine (a CI runner, the
     test suite beside a build) once read the 135M source's TTFT as 680 ms instead of about 150 and
@@ -36,6 +40,7 @@ class StudentSearch:
 
     fractions: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
     latency_tries: int = 3
+    refine: bool = True  # then halve the gap between the step that fits and the one above it
 
 
 def layer_counts(n_layers: int, search: StudentSearch = StudentSearch()) -> list[int]:
@@ -94,28 +99,43 @@ def busy_warning(candidates: list[dict]) -> str | None:
 
 
 def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch()) -> dict:
-    """Measure candidates largest first; keep the first that fits (else the smallest, which fits nothing).
+    """Measure candidates largest first; the first that fits, refined upward (else the smallest, which fits nothing).
 
     `measure(layers)` returns a dict with at least `budget` (BudgetLine.to_json() dicts); the result
     lists every candidate, measured or not, the one chosen and why."""
     counts = layer_counts(n_layers, search)
     tried: list[dict] = []
-    chosen = None
-    for layers in counts:
+
+    def run(layers: int) -> dict:
         row = {"layers": layers, **measure(layers)}
         row["fails"] = failed_lines(row["budget"])
         row["fits"] = not row["fails"]
         tried.append(row)
-        if row["fits"]:
-            chosen = row
+        return row
+
+    chosen = None
+    for layers in counts:
+        if run(layers)["fits"]:
+            chosen = tried[-1]
             break
+    skipped = [{"layers": n, "measured": False} for n in counts[len(tried):]]
+    if chosen is not None and len(tried) > 1 and search.refine:
+        # Size and time grow with the layer count, so the largest count that fits lies between the
+        # coarse step that fits and the one above it that does not: halve that gap.
+        low, high = chosen["layers"], tried[-2]["layers"]
+        while high - low > 1:
+            mid = (low + high) // 2
+            if run(mid)["fits"]:
+                low, chosen = mid, tried[-1]
+            else:
+                high = mid
     fits = chosen is not None
     chosen = chosen or tried[-1]
-    skipped = [{"layers": n, "measured": False} for n in counts[len(tried):]]
+    tried.sort(key=lambda row: -row["layers"])
     if chosen["layers"] == n_layers:
         reason = f"the source ({n_layers} layers) meets every size, latency and memory budget: nothing is pruned"
     elif fits:
-        larger = tried[-2]
+        larger = min((row for row in tried if row["layers"] > chosen["layers"]), key=lambda row: row["layers"])
         reason = (f"{chosen['layers']} of {n_layers} layers is the largest student that meets every size, latency and "
                   f"memory budget ({larger['layers']} layers fails {larger['fails'][0]})")
     else:

@@ -182,3 +182,15 @@ def test_a_failing_distilled_build_pruned_on_a_busy_machine_says_to_build_again_
     busy = capsys.readouterr().out
     assert "quiet machine" not in quiet and "Levers:" in quiet
     assert "build again on a quiet machine" in busy and "Levers:" in busy
+
+
+def test_between_the_coarse_step_that_fits_and_the_one_above_the_largest_count_that_fits_is_found():
+    sizes = {n: 10.0 * n for n in range(1, 11)}
+    calls: list[int] = []
+    got = choose(10, _fake_measure(sizes, 75.0, calls), StudentSearch(fractions=(1.0, 0.5)))
+    assert calls == [10, 5, 7, 8] and got["layers"] == 7 and got["fits"]
+    assert [c["layers"] for c in got["candidates"]] == [10, 8, 7, 5]  # largest first in the table
+    assert "(8 layers fails package_mb 80 > 75)" in got["reason"]
+    calls.clear()
+    assert choose(10, _fake_measure(sizes, 75.0, calls), StudentSearch(fractions=(1.0, 0.5), refine=False))["layers"] == 5
+    assert calls == [10, 5]
