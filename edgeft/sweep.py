@@ -137,9 +137,9 @@ def keep_level(tried: list[Level]) -> tuple[Level, str]:
 
     def distance(lv: Level) -> tuple[float, int]:
         m = lv.result["metrics"]
-        for key in ("ppl_vs_source_pct", "ppl_increase_pct"):
-            if m.get(key) is not None:
-                return (m[key], -tried.index(lv))
+        for metric in ("ppl_vs_source_pct", "ppl_increase_pct"):
+            if m.get(metric) is not None:
+                return (m[metric], -tried.index(lv))
         return (float("inf"), -tried.index(lv))  # quality not measured: the largest that fits
 
     kept = min(fits, key=distance)

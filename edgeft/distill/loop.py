@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from edgeft import models
-from edgeft.atomic_io import atomic_dir, atomic_path, write_json
+from edgeft.atomic_io import atomic_dir, write_json
 from edgeft.distill import ewc
 from edgeft.distill import student as student_mod
 from edgeft.distill import teacher_cache

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from edgeft.atomic_io import atomic_path
 from edgeft.backends.base import Artifact, ExportMetadata, Generation, Sampling
-from edgeft.backends.gguf import FTYPES, GGUF_MAGIC, TENSOR_TYPES, UNQUANTIZED
+from edgeft.backends.gguf import FTYPES, GGUF_MAGIC, TENSOR_TYPES
 from edgeft.errors import ArtifactError, BackendUnavailable
 
 if TYPE_CHECKING:
