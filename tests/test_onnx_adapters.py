@@ -212,6 +212,28 @@ def test_a_prefix_seeded_as_the_kv_cache_gives_the_peft_models_logits(onnx_adapt
     assert tokens == forced
 
 
+def test_bench_refuses_a_prefix_whose_positions_leave_no_room_for_the_timed_prompt(onnx_adapter_base, tmp_path):
+    """16 prompt + 8 new tokens fit a 30-token context, but not beside an 8-position prefix: one line, exit 2,
+    before any benchmarking (it used to end in an internal error inside the worker)."""
+    from edgeft.backends.onnx.adapters import prefix_positions
+
+    b = onnx_adapter_base
+    folder, _ = _prefix(b["base_dir"], b["tmp"] / "prefix-room", seed=4)
+    path = b["backend"].export_adapter(folder, b["base_dir"], tmp_path / "p.prefix.safetensors", base=b["fp32"])
+    assert prefix_positions(path) == 8 and prefix_positions(b["files"]["one"]) == 0
+    profile = tiny_profile(tmp_path, backend="onnx", quant="fp32", context=30)
+    r = CliRunner().invoke(main, ["bench", str(b["fp32"].path), "--target", str(profile), "--adapter", str(path)])
+    assert r.exit_code == 2, r.output
+    assert "takes 8 positions before every sequence" in r.output and "exceed context 30" in r.output
+    assert "Traceback" not in r.output
+    # With room for it, the prefix also leaves the perplexity windows room: they shrink by its 8 positions.
+    roomy = tiny_profile(tmp_path, backend="onnx", quant="fp32", context=40, name="roomy.toml")
+    r = CliRunner().invoke(main, ["--quiet", "bench", str(b["fp32"].path), "--target", str(roomy), "--adapter", str(path),
+                                  "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b.json").read_text())["eval"]["window"] == 32
+
+
 def test_the_training_loop_puts_the_prefix_where_peft_does(tiny_llama_dir):
     """target_logits (what the loss and the eval read) on a prefix model equals peft's own forward."""
     from edgeft.distill.logits import target_logits

@@ -98,6 +98,7 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         from edgeft.backends.registry import adapter_suffix
 
         adapter_suffix(artifact.backend, file=adapter, place="--adapter")
+        check_prefix_room(Path(adapter), target)
     result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source, adapter=adapter)
     if old is not None:
         differences = gate.fingerprint_differences(old, result)
@@ -109,3 +110,18 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         result["regression"] = {"baseline": str(baseline), "lines": [line.to_json() for line in lines], "pass": gate.passed(lines),
                                 "fingerprint_differences": differences, "note": gate.STORED_BASELINE_NOTE}
     return result
+
+
+def check_prefix_room(adapter: Path, target: Target) -> None:
+    """A prefix adapter takes cache positions before every sequence: the timed prompt and answer must
+    still fit the profile's context with it, said before minutes of benchmarking, not as a crash."""
+    from edgeft.backends.onnx.adapters import prefix_positions
+    from edgeft.errors import ConfigError
+
+    prefix = prefix_positions(adapter)
+    b = target.bench
+    if prefix and b.prompt_tokens + b.new_tokens + prefix > b.context:
+        raise ConfigError([("bench", f"the prefix adapter {adapter.name} takes {prefix} positions before every sequence: "
+                                     f"prompt_tokens {b.prompt_tokens} + new_tokens {b.new_tokens} + {prefix} exceed context "
+                                     f"{b.context}; lower prompt_tokens or new_tokens, or raise context")],
+                          file=target.source)

@@ -321,6 +321,16 @@ def _prefix_meta(path: Path) -> dict:
     return meta
 
 
+def prefix_positions(path: Path) -> int:
+    """The cache positions a prefix file puts before every sequence (0 for any other adapter file)."""
+    if not is_prefix_file(path):
+        return 0
+    try:
+        return int(_prefix_meta(path).get("num_virtual_tokens", "0"))
+    except ValueError:
+        raise ArtifactError("num_virtual_tokens in its metadata is not a number", file=path) from None
+
+
 def read_prefix(path: Path, shapes: dict[str, list], dtype) -> dict:
     """The prefix's keys and values, checked against the runner's cache inputs, in its dtype."""
     from safetensors.numpy import load_file
