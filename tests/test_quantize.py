@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeft.backends.gguf.backend import FTYPES, UNQUANTIZED, LlamaCppRunner, quantize
+from edgeft.backends.gguf import FTYPES, UNQUANTIZED
+from edgeft.backends.gguf.backend import LlamaCppRunner, quantize
 from edgeft.backends.registry import quant_levels
 
 QUANTIZED = [q for q in quant_levels("gguf") if q not in UNQUANTIZED]
