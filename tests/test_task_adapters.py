@@ -53,6 +53,18 @@ def test_every_task_ships_an_adapter_listed_in_the_manifest(task_build, task_fil
     assert (out / "adapters" / "extract.gguf").stat().st_size < (out / "adapters" / "intent.gguf").stat().st_size
 
 
+def test_gguf_adapters_ship_at_f16_and_still_pass_the_proof(task_build):
+    """Half the bytes of f32 per adapter; the proof (next test) holds them to the merged weights."""
+    import gguf
+
+    out, result = task_build
+    reader = gguf.GGUFReader(out / "adapters" / "intent.gguf")
+    lora = [t for t in reader.tensors if t.name.endswith((".lora_a", ".lora_b"))]
+    assert lora and {t.tensor_type for t in lora} == {gguf.GGMLQuantizationType.F16}
+    rows = json.loads((out / "bench.json").read_text())["tasks"]["tasks"]
+    assert all(r["proof"]["matches"] and r["proof"]["applied"] for r in rows)
+
+
 def test_the_bench_proves_each_adapter_is_applied_and_budgets_the_whole_package(task_build):
     out, result = task_build
     tasks = json.loads((out / "bench.json").read_text())["tasks"]

@@ -20,6 +20,11 @@ from edgeft.atomic_io import atomic_path
 from edgeft.backends.gguf.arch import family_for
 from edgeft.errors import EdgeftError
 
+# LoRA A and B are written as f16, as the base's unquantized export is: half the bytes of f32 for each
+# task adapter a phone downloads, and llama.cpp multiplies f16 adapters as it does f16 weights. The
+# bench's proof (`tasks.measure.proof`) holds every shipped adapter to the merged weights within
+# PROOF_KL_MAX, f16 rounding included (benchmarks/README.md, "adapters at f16").
+ADAPTER_DTYPE = "float16"
 _PEFT_NAME = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -114,7 +119,7 @@ def export_lora(adapter_dir: Path, base_hf_dir: Path, out_path: Path, *, base_sh
         if base_sha256 is not None:
             writer.add_string(BASE_SHA256_KEY, base_sha256)
         for name, array in tensors:
-            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
+            writer.add_tensor(name, np.ascontiguousarray(array, dtype=ADAPTER_DTYPE))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)
