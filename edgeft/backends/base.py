@@ -169,6 +169,9 @@ class Backend(Protocol):
     def check_adapter(self, adapter: Path, base: Artifact) -> None:
         """Refuse, in one line, an adapter file exported for another base than `base`."""
 
+    def adapter_positions(self, adapter: Path) -> int:
+        """The context positions an adapter file takes before every sequence: a prefix's length, 0 for LoRA."""
+
 
 class TeacherBackend(Backend, Protocol):
     def teacher(self, model_dir: Path | None, model_file: Path | None, cache_dir: Path, *, name: str, context: int,

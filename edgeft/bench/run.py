@@ -98,7 +98,7 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         from edgeft.backends.registry import adapter_suffix
 
         adapter_suffix(artifact.backend, file=adapter, place="--adapter")
-        check_prefix_room(Path(adapter), target)
+        check_prefix_room(Path(adapter), target, artifact.backend)
     result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source, adapter=adapter)
     if old is not None:
         differences = gate.fingerprint_differences(old, result)
@@ -112,13 +112,13 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     return result
 
 
-def check_prefix_room(adapter: Path, target: Target) -> None:
+def check_prefix_room(adapter: Path, target: Target, backend: str) -> None:
     """A prefix adapter takes cache positions before every sequence: the timed prompt and answer must
     still fit the profile's context with it, said before minutes of benchmarking, not as a crash."""
-    from edgeft.backends.onnx.adapters import prefix_positions
+    from edgeft.backends.registry import get_backend
     from edgeft.errors import ConfigError
 
-    prefix = prefix_positions(adapter)
+    prefix = get_backend(backend).adapter_positions(adapter)
     b = target.bench
     if prefix and b.prompt_tokens + b.new_tokens + prefix > b.context:
         raise ConfigError([("bench", f"the prefix adapter {adapter.name} takes {prefix} positions before every sequence: "

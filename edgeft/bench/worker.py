@@ -34,15 +34,6 @@ def use_adapter(backend, runner, artifact, adapter: str | None) -> None:
     runner.use_adapter(Path(adapter))
 
 
-def prefix_room(adapter: str | None) -> int:
-    """The positions an active prefix adapter takes from every window (0 without one)."""
-    if adapter is None:
-        return 0
-    from edgeft.backends.onnx.adapters import prefix_positions
-
-    return prefix_positions(Path(adapter))
-
-
 def run(request: dict) -> dict:
     if request.get("mode") == "quality":
         return run_quality(request)
@@ -118,7 +109,8 @@ def run_quality(request: dict) -> dict:
         tokenizer = reference or source_model or runner
         eval_data = Path(request["eval_data"]) if request.get("eval_data") else None
         ids, text_source = perplexity.eval_ids(tokenizer.tokenize, eval_data, target.bench.eval_tokens)
-        window = min(target.bench.eval_window, target.bench.context - prefix_room(request.get("adapter")))
+        adapter = request.get("adapter")
+        window = min(target.bench.eval_window, target.bench.context - (backend.adapter_positions(Path(adapter)) if adapter else 0))
         scores = perplexity.score(runner, ids, window, reference, source_model)
         if ref and reference is None:  # the artifact is its own reference
             scores.update(ref_ppl=scores["ppl"], ppl_increase_pct=0.0, kl_mean=0.0, kl_p99=0.0, top1_agree_pct=100.0)

@@ -327,6 +327,9 @@ class GGUFBackend:
 
         check_base(adapter, base.path)
 
+    def adapter_positions(self, adapter: Path) -> int:
+        return 0  # llama.cpp's adapters are LoRA only: nothing in the context
+
     def teacher(self, source: "ModelSource", cache_dir: Path, *, context: int, threads: int, seed: int) -> LlamaCppRunner:
         """A GGUF teacher is run as it is; an HF one is converted to f16 once (cached by its hash)."""
         from edgeft.data.synthesize import teacher_hash

@@ -127,6 +127,11 @@ class OnnxBackend:
         else:
             adapters.check_base(adapter, base.path)
 
+    def adapter_positions(self, adapter: Path) -> int:
+        from edgeft.backends.onnx import adapters
+
+        return adapters.prefix_positions(adapter)
+
     def load(self, artifact: Artifact, target: "Target") -> "OnnxRunner":
         from edgeft.backends.onnx.runner import OnnxRunner
 

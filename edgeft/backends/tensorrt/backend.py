@@ -119,6 +119,9 @@ class TensorRTBackend:
 
         raise no_adapters(self.name, file=adapter)
 
+    def adapter_positions(self, adapter: Path) -> int:
+        return 0  # no adapters (check_adapter refuses them)
+
     def load(self, artifact: Artifact, target: "Target") -> "EngineRunner":
         from edgeft.backends.tensorrt.engine import EngineRunner, build_engine
 
