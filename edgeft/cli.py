@@ -297,15 +297,19 @@ def targets_validate(files: tuple[str, ...]) -> None:
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile name or TOML path.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--quant", default=None, help=QUANT_HELP)
-def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None) -> None:
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Prompts (JSONL/CSV/text, as `build --data`) to measure the importance matrix on, for levels "
+                   "below 8 bits: your app's own kind of text. Default: the shipped prompts.")
+def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None, data: Path | None) -> None:
     """Compile a model (e.g. a folder from `edgeft merge`) for a target, without benchmarking.
 
-    The build's compile stage itself: the backend's unquantized reference, the level, the export
-    check against the source, target.toml and manifest.json in OUT."""
+    The build's compile stage itself: the backend's unquantized reference, the level (rounded with an
+    importance matrix from the prompts of --data where the level weighs one), the export check against
+    the source, target.toml and manifest.json in OUT."""
     from edgeft.pipeline import build as run_build
 
     resolved = _load_target(target, quant, None)
-    result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False)
+    result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False, data=data)
     click.echo(str(result.artifact))
 
 

@@ -225,3 +225,26 @@ def test_every_family_gets_an_importance_for_every_matrix_it_quantizes(arch, tin
     assert set(weights) == matrices
     for name, values in weights.items():
         assert values.shape == (int(tensors[name].shape[0]),) and (values > 0).all(), name
+
+
+def test_compile_measures_the_importance_on_the_prompts_given(tiny_llama_dir, tmp_path):
+    """`edgeft compile --data`: the standalone compile stage weighs its rounding by the user's prompts;
+    a missing file is one line, exit 2, and nothing is written."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+    from tiny_models import tiny_profile
+
+    data = write_jsonl(tmp_path / "mine.jsonl", [{"input": f"Summarise the {w} report."} for w in
+                                                 "sales travel audit budget hiring safety".split()])
+    profile = tiny_profile(tmp_path, quant="q4_0")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["--quiet", "compile", str(tiny_llama_dir), "--target", str(profile), "--data", str(data),
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert "mine.jsonl" in stages["importance"]["text"] and stages["compile"]["importance"].startswith("rounding weighed")
+    r = CliRunner().invoke(main, ["compile", str(tiny_llama_dir), "--target", str(profile), "--data", str(tmp_path / "no.jsonl"),
+                                  "--out", str(tmp_path / "out2")])
+    assert r.exit_code == 2 and "no.jsonl" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out2" / "model-q4_0.gguf").exists()
