@@ -388,7 +388,9 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     stage = work / "student-auto"
     key = _key("student-auto", src_key, to_dict(target))
     if _reusable(stage, key) and (stage / "search.json").is_file():
-        return {**json.loads((stage / "search.json").read_text()), "reused": True}
+        cached = json.loads((stage / "search.json").read_text())
+        if not cached.get("busy_warning"):  # a search timed on a busy machine is measured again, as its warning asks
+            return {**cached, "reused": True}
     measured_at = target
     if target.quant == AUTO_QUANT:
         # `--quant auto` is free to pick any level afterwards, so a candidate fits when it fits at the level

@@ -194,3 +194,23 @@ def test_between_the_coarse_step_that_fits_and_the_one_above_the_largest_count_t
     calls.clear()
     assert choose(10, _fake_measure(sizes, 75.0, calls), StudentSearch(fractions=(1.0, 0.5), refine=False))["layers"] == 5
     assert calls == [10, 5]
+
+
+def test_a_search_timed_on_a_busy_machine_is_not_reused(tiny4, tmp_path, monkeypatch):
+    """Its warning says to build again on a quiet machine: the next build must measure again, not
+    read back the pruning that load caused."""
+    from edgeft import student_auto
+
+    profile = tiny_profile(tmp_path, runs=1, budget="package_mb = 350")
+    out = tmp_path / "out"
+    monkeypatch.setattr(student_auto, "busy_warning", lambda candidates: "other processes kept 1.9 cores busy")
+    assert _build(tiny4, profile, out, "--no-bench").exit_code == 0
+    search = json.loads((out / "work" / "student-auto" / "search.json").read_text())
+    assert search["busy_warning"] and not search.get("reused")
+    monkeypatch.setattr(student_auto, "busy_warning", lambda candidates: None)
+    result = _build(tiny4, profile, out, "--no-bench")
+    assert result.exit_code == 0, result.output
+    search = json.loads((out / "manifest.json").read_text())["stages"]["student"]
+    assert not search.get("reused") and "busy_warning" not in search
+    result = _build(tiny4, profile, out, "--no-bench")  # a quiet search is reused as before
+    assert json.loads((out / "manifest.json").read_text())["stages"]["student"]["reused"]
