@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeft.bench.budgets import QUALITY_BUDGETS, BudgetLine
+from edgeft.bench.budgets import BUDGET_METRICS, BudgetLine, device_failures
 
 # Budget lines that a busy machine can fail: load only ever adds time, never bytes.
 TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
@@ -51,14 +51,13 @@ def layer_counts(n_layers: int, search: StudentSearch = StudentSearch()) -> list
 
 def failed_lines(budget_lines: list[dict]) -> list[str]:
     """The size/latency/memory lines a candidate fails; quality lines are judged after training, not here."""
-    return [f"{b['budget']} {b['value']:.4g} > {b['limit']:g}" for b in budget_lines
-            if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+    return [f"{b['budget']} {b['value']:.4g} > {b['limit']:g}" for b in device_failures(budget_lines)]
 
 
 def only_timing_fails(budget_lines: list[dict]) -> bool:
     """True when some size/latency/memory line fails and every failing one is a timing line."""
-    fails = [b["budget"] for b in budget_lines if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
-    return bool(fails) and all(key in TIMED_BUDGETS for key in fails)
+    fails = device_failures(budget_lines)
+    return bool(fails) and all(b["budget"] in TIMED_BUDGETS for b in fails)
 
 
 def settle_timing(first: dict, again: Callable[[], dict], tries: int) -> dict:
@@ -79,8 +78,8 @@ def settle_timing(first: dict, again: Callable[[], dict], tries: int) -> dict:
         for key in TIMED_BUDGETS:
             if later.get(key) is not None and (metrics.get(key) is None or later[key] < metrics[key]):
                 metrics[key] = later[key]
-        lines = [BudgetLine(b["budget"], metrics[b["budget"]], b["limit"]).to_json() if b["budget"] in TIMED_BUDGETS else b
-                 for b in lines]
+        lines = [BudgetLine(b["budget"], metrics[BUDGET_METRICS[b["budget"]]], b["limit"]).to_json()
+                 if b["budget"] in TIMED_BUDGETS else b for b in lines]
     known = [c for c in others if c is not None]
     return {**first, "metrics": metrics, "budget": lines, "tries": n, "others_cores": min(known) if known else None}
 

@@ -125,13 +125,12 @@ def keep_level(tried: list[Level]) -> tuple[Level, str]:
     device can hold (size, latency and memory lines met): a file that does not fit is no answer, and a
     quality line missed by less is the better of two misses. When none fits the device either, the
     largest, the best the source can be at any level."""
-    from edgeft.bench.budgets import QUALITY_BUDGETS
+    from edgeft.bench.budgets import device_failures
 
     for lv in tried:
         if lv.result["pass"]:
             return lv, "met every budget"
-    fits = [lv for lv in tried if not any(b["status"] == "FAIL" and b["budget"] not in QUALITY_BUDGETS
-                                          for b in lv.result["budget"])]
+    fits = [lv for lv in tried if not device_failures(lv.result["budget"])]
     if not fits:
         return tried[-1], "no level met every budget, nor the size, latency and memory lines alone; kept the largest tried"
 

@@ -46,6 +46,12 @@ def check(metrics: dict[str, float], budget: Budget) -> list[BudgetLine]:
     return lines
 
 
+def device_failures(lines: list[dict]) -> list[dict]:
+    """The failing size, latency and memory lines (BudgetLine.to_json() dicts): what a device cannot
+    hold, as opposed to quality, which is judged on a finished artifact."""
+    return [b for b in lines if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+
+
 def all_pass(lines: list[BudgetLine]) -> bool:
     """A budget whose metric was not measured does not fail the build; it is shown as NOT MEASURED."""
     return all(line.status != "FAIL" for line in lines)
