@@ -18,6 +18,12 @@ ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Mi
                  "Gemma3ForCausalLM")
 
 
+def uses_importance(options: OnnxOptions, quant: str) -> bool:
+    """int4 from the builder's round-to-nearest, symmetric (no zero points): `weighted_int4` rounds it again
+    weighing the importance file. Zero points and the builder's k_quant are left as the profile asks."""
+    return options.importance and quant == "int4" and options.symmetric and options.algorithm in ("default", "rtn")
+
+
 def identify(path: Path) -> str | None:
     """The level of a folder (or its model.onnx) that this backend exported, from its marker."""
     return read_level(path, "onnx")
@@ -37,6 +43,7 @@ register(BackendInfo(
     tracked_packages=("onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir"),
     architectures=lambda: ARCHITECTURES,
     options=OnnxOptions,
+    uses_importance=uses_importance,
     identify=identify,
     # The base graph takes LoRA weights as inputs; each task's values ship as one ONNX Runtime adapter file.
     adapter_suffix=".onnx_adapter",

@@ -31,6 +31,21 @@ def artifact_dir(out_dir: Path, quant: str) -> Path:
     return out_dir / f"model-onnx-{quant}"
 
 
+def _importance_of(artifact: Artifact) -> Path | None:
+    """The importance file an exported folder's rounding was weighed by, so that exporting it again (with LoRA
+    inputs) rounds it the same way; None when it was not, or the file is gone."""
+    import json
+
+    from edgeft.backends.marker import MARKER
+
+    try:
+        recorded = json.loads((artifact.path / MARKER).read_text(encoding="utf-8")).get("importance") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    path = Path(recorded["file"]) if recorded.get("file") else None
+    return path if path is not None and path.is_file() else None
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -53,12 +68,13 @@ class OnnxBackend:
             "ok": True,
         }
 
-    def _export(self, model_dir: Path, target: "Target", folder: Path, *, adapter_template: Path | None = None) -> Artifact:
+    def _export(self, model_dir: Path, target: "Target", folder: Path, *, adapter_template: Path | None = None,
+                importance: Path | None = None) -> Artifact:
         from edgeft.backends.onnx.export import export
 
         self.check()
         export(model_dir, folder, target.quant, target.options, marker=marker(self.name, target.quant),
-               adapter_template=adapter_template)
+               adapter_template=adapter_template, importance=importance)
         files = tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
@@ -69,11 +85,11 @@ class OnnxBackend:
     def compile(self, model_dir: Path, target: "Target", out_dir: Path, *, reference: Artifact, name: str,
                 importance: Path | None = None) -> Artifact:
         """`<out_dir>/model-onnx-<quant>/`: a copy of the reference at its own level; else the builder
-        quantizes from the HF weights directly in one pass (it has no fp32-graph input). `importance` is never
-        given: the builder's quantizer takes no importance matrix (`uses_importance` is False)."""
+        quantizes from the HF weights directly in one pass (it has no fp32-graph input), and at int4
+        `importance` (given where `uses_importance` says so) weighs the rounding again."""
         folder = artifact_dir(out_dir, target.quant)
         if target.quant != reference.quant:
-            return self._export(model_dir, target, folder)
+            return self._export(model_dir, target, folder, importance=importance)
         import shutil
 
         from edgeft.atomic_io import atomic_dir
@@ -107,7 +123,7 @@ class OnnxBackend:
                 if template is None:
                     template = adapters.write_template(model_dir, adapters.target_modules(lora), Path(tmp) / "template")
                 out.append(self._export(model_dir, target.with_overrides(quant=artifact.quant), artifact.path,
-                                        adapter_template=template))
+                                        adapter_template=template, importance=_importance_of(artifact)))
         return out[1], out[0]
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:

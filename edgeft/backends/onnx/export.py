@@ -91,12 +91,14 @@ def _num_layers(model_dir: Path) -> int | None:
 
 
 def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *, marker: dict | None = None,
-           adapter_template: Path | None = None) -> Path:
+           adapter_template: Path | None = None, importance: Path | None = None) -> Path:
     """Write the ONNX folder for `quant` to `out_dir` atomically; return `out_dir`. `marker` is
     written into it as edgeft_export.json (what the backend reads back to know the level).
 
     With `adapter_template` (a peft LoRA folder), the graph takes LoRA weights as inputs for every
-    projection the template adapts, and computes the plain model while none are fed (adapters.py)."""
+    projection the template adapts, and computes the plain model while none are fed (adapters.py).
+    With `importance` (`edgeft.importance`'s file for `model_dir`), the builder's int4 weights are
+    rounded again weighing it (weighted_int4.py); the marker records the file and what was rewritten."""
     check_architecture(model_dir)
     if quant not in PRECISIONS:
         raise ArtifactError(f"unknown onnx level {quant!r} (known: {', '.join(PRECISIONS)})", file=model_dir)
@@ -119,6 +121,13 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *
                                 file=model_dir)
         if adapter_template is not None:
             open_lora_inputs(tmp, len(tensor_names(adapter_template)))  # one A and one B per adapted projection
+        if importance is not None:
+            from edgeft.backends.onnx.weighted_int4 import requantize
+            from edgeft.progress import status
+
+            status(f"rounding the {quant} weights again, weighed by {importance.parent.name}/{importance.name} ...")
+            counts = requantize(tmp / MODEL_FILE, model_dir, importance)
+            marker = {**(marker or {}), "importance": {"file": str(Path(importance).resolve()), **counts}}
         check_loadable(tmp / MODEL_FILE, model_dir)
         if marker is not None:
             (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")

@@ -27,6 +27,9 @@ class OnnxOptions(BackendOptions):
     accuracy_level: int = 4  # builder `accuracy_level`: 4 = int8 activations, ONNX Runtime's fast CPU path
     symmetric: bool = True  # builder `is_symmetric`: int4/int8 (True) or uint4/uint8 with zero points
     algorithm: str = "default"  # builder `algo_config`: round-to-nearest ("default", "rtn") or "k_quant"
+    # int4, symmetric, round-to-nearest: round the builder's weights again, each block's scale chosen to
+    # minimise the error weighed by what flows into each column (weighted_int4.py; not a builder option)
+    importance: bool = True
 
     def builder_options(self) -> list[str]:
         """The builder's KEY=VALUE `--extra_options` for these settings."""
