@@ -290,6 +290,10 @@ def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path
     paths = {o["path"] for o in manifest["outputs"]}
     assert f"adapters/{name}" in paths and "model-onnx-int4/model.onnx" in paths
     assert manifest["stages"]["tasks"]["adapters"][0]["adapter_type"] == method
+    # the int4 base is rounded weighing the importance file, also when LoRA needs it exported again
+    shipped = json.loads((out / "model-onnx-int4" / "edgeft_export.json").read_text())
+    assert shipped["importance"]["rewritten"] > 0 and shipped["importance"]["left"] == 0, shipped
+    assert manifest["stages"]["compile"]["importance"].startswith("rounding weighed"), manifest["stages"]["compile"]
     row = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]
     assert row["proof"]["matches"] and row["proof"]["applied"], row["proof"]
     assert row["adapter_bytes"] == (out / "adapters" / name).stat().st_size
