@@ -167,3 +167,21 @@ def test_environment_at_end_judges_others_not_the_run():
     assert run_info.environment_at_end({**no_share, "load_average_start": [0.1, 0.0, 0.0]})["loaded"] is False
     line = run_info.busy_line({**env, "loaded": True})
     assert "other processes" in line and line.endswith("(LOADED machine: timings are noisy)")
+
+
+def test_answer_levers_scores_the_six_then_untrained_prompts_and_counts_loops():
+    """answer_levers.py: the scored prompts are the bench's six then shipped English prompts that no run
+    trained on; a loop is four words coming back three times."""
+    from edgeft.bench.source_model import CHAT_PROMPTS
+
+    mod = _load("answer_levers")
+    first = mod.scored_prompts(set(), 10)
+    assert first[:6] == list(CHAT_PROMPTS) and len(first) == 16
+    held_out = set(first[6:9])
+    again = mod.scored_prompts(held_out, 10)
+    assert not held_out & set(again[6:]) and len(again) == 16
+    assert mod.repeats("I'm here to help, and I'm here to help, and I'm here to help.")
+    assert not mod.repeats("The capital of France is Paris, the capital of the French Republic.")
+    rows = [{"ppl_vs_source_pct": p, "same": p == 0, "artifact": "a b c d"} for p in (0, 10, 60, 300, 20, 40, 49, 51)]
+    s = mod.summary(rows)
+    assert s["within_line"] == 5 and s["six_within_line"] == 4 and s["six_worst_pct"] == 300 and s["same"] == 1
