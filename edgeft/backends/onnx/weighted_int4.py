@@ -88,23 +88,25 @@ def unpack(packed: "np.ndarray", scales: "np.ndarray", k: int) -> "np.ndarray":
 
 def quantize(w: "np.ndarray", column_weight: "np.ndarray", block: int) -> tuple["np.ndarray", "np.ndarray"]:
     """(packed uint8 [N, blocks, block // 2], scales float32 [N, blocks]) of weights [N, K] whose columns weigh
-    `column_weight` [K]; K is padded with zeros to whole blocks, as the builder pads it."""
+    `column_weight` [K]; K is padded with zeros to whole blocks, as the builder pads it. Rows go through
+    in chunks, so a large head never has more than CHUNK weights in the search at once."""
     import numpy as np
 
     n, k = w.shape
     blocks = -(-k // block)
-    padded = np.zeros((n, blocks * block), np.float32)
-    padded[:, :k] = w
     cw = np.zeros(blocks * block, np.float32)
     cw[:k] = np.maximum(column_weight, 0) + 1e-12 * max(float(np.max(column_weight)), 1e-30)
-    x = padded.reshape(n * blocks, block)
-    wb = np.tile(cw.reshape(blocks, block), (n, 1))
-    q = np.empty(x.shape, np.int8)
-    s = np.empty(n * blocks, np.float32)
-    step = max(CHUNK // block, 1)
-    for start in range(0, x.shape[0], step):
-        q[start:start + step], s[start:start + step] = round_blocks(x[start:start + step], wb[start:start + step])
-    return pack(q, n, blocks, block), s.reshape(n, blocks)
+    cw = cw.reshape(blocks, block)
+    packed = np.empty((n, blocks, block // 2), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    rows = max(CHUNK // (blocks * block), 1)
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        x = np.zeros((r1 - r0, blocks * block), np.float32)
+        x[:, :k] = w[r0:r1]
+        q, s = round_blocks(x.reshape(-1, block), np.tile(cw, (r1 - r0, 1)))
+        packed[r0:r1], scales[r0:r1] = pack(q, r1 - r0, blocks, block), s.reshape(r1 - r0, blocks)
+    return packed, scales
 
 
 def hf_weights(name: str, read: Callable[[str], "np.ndarray | None"], tied_head: bool) -> tuple["np.ndarray", str] | None:
