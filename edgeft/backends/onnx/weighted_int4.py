@@ -32,7 +32,7 @@ QMIN, QMAX, ZERO = -8, 7, 8
 # trade that weight's error for a finer grid everywhere else. Each is then refitted to its rounding.
 DIVISORS = (8.0, -8.0, -7.5, -7.0, -6.5, -6.0, -8.5, -9.0, 7.5, 7.0, 6.5)
 CHUNK = 1 << 22  # weights rounded per numpy pass: bounds the memory of the candidate search
-_NAME = re.compile(r"^(?P<prefix>model\.layers\.(?P<layer>\d+)\.(?P<part>attn|mlp)\.(?P<proj>\w+))\.MatMul\.weight_Q4$")
+_NAME = re.compile(r"^model\.layers\.(?P<layer>\d+)\.(?P<part>attn|mlp)\.(?P<proj>\w+)\.MatMul\.weight_Q4$")
 
 
 def round_blocks(x: "np.ndarray", weight: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
