@@ -13,11 +13,17 @@ def marker(backend: str, quant: str) -> dict:
     return {"backend": backend, "quant": quant}
 
 
-def read_level(path: Path, backend: str) -> str | None:
-    """The level recorded in a folder (or beside its graph file) that `backend` exported, else None."""
+def read_marker(path: Path) -> dict | None:
+    """What a folder (or the folder beside its graph file) says about itself, else None."""
     folder = path.parent if path.is_file() else path
     try:
         data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data.get("quant") if isinstance(data, dict) and data.get("backend") == backend else None
+    return data if isinstance(data, dict) else None
+
+
+def read_level(path: Path, backend: str) -> str | None:
+    """The level recorded in a folder (or beside its graph file) that `backend` exported, else None."""
+    data = read_marker(path)
+    return data.get("quant") if data is not None and data.get("backend") == backend else None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from edgeft.backends.base import Artifact
-from edgeft.backends.marker import marker
+from edgeft.backends.marker import marker, read_marker
 from edgeft.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -34,14 +34,7 @@ def artifact_dir(out_dir: Path, quant: str) -> Path:
 def _importance_of(artifact: Artifact) -> Path | None:
     """The importance file an exported folder's rounding was weighed by, so that exporting it again (with LoRA
     inputs) rounds it the same way; None when it was not, or the file is gone."""
-    import json
-
-    from edgeft.backends.marker import MARKER
-
-    try:
-        recorded = json.loads((artifact.path / MARKER).read_text(encoding="utf-8")).get("importance") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
+    recorded = (read_marker(artifact.path) or {}).get("importance") or {}
     path = Path(recorded["file"]) if recorded.get("file") else None
     return path if path is not None and path.is_file() else None
 

@@ -181,8 +181,8 @@ def requantize(model_path: Path, hf_dir: Path, importance_file: Path) -> dict[st
             counts["left"] += 1
             continue
         w = found[0]
-        packed, scales = numpy_helper.to_array(inits[q_name]), numpy_helper.to_array(inits[s_name]).astype(np.float32)
-        scales = scales.reshape(packed.shape[0], packed.shape[1])
+        packed, stored = numpy_helper.to_array(inits[q_name]), numpy_helper.to_array(inits[s_name])
+        scales = stored.astype(np.float32).reshape(packed.shape[0], packed.shape[1])
         builder = unpack(packed, scales, k)
         # the builder's decoding must be the HF weights to within its own rounding: half a step, or one
         # where it clipped a block's largest positive weight to +7 (its scale is the largest magnitude / 8)
@@ -191,7 +191,6 @@ def requantize(model_path: Path, hf_dir: Path, importance_file: Path) -> dict[st
             counts["left"] += 1
             continue
         new_q, new_s = quantize(w, weights, block)
-        stored = numpy_helper.to_array(inits[s_name])
         inits[q_name].CopyFrom(numpy_helper.from_array(new_q.reshape(packed.shape), q_name))
         inits[s_name].CopyFrom(numpy_helper.from_array(new_s.reshape(stored.shape).astype(stored.dtype), s_name))
         counts["rewritten"] += 1
