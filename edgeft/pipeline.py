@@ -237,7 +237,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         t = time.perf_counter()
         trained = train_adapters(model, source_hf, hf_dir, src_key, tasks, build_preset(preset), backend, work, out_dir,
                                  base=artifact, reference=reference, target=target, teacher=teacher, adapter=adapter,
-                                 nf4_base=nf4_base)
+                                 nf4_base=nf4_base, importance=weights if weighed else None)
         entries, artifact, reference = trained.entries, trained.base, trained.reference
         stages["tasks"] = {"seconds": round(time.perf_counter() - t, 2), "base": artifact.path.name, "adapters": entries}
     stages["export_check"] = export_check_stage(hf_dir, artifact, target)  # on the base as shipped

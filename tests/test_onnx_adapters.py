@@ -271,6 +271,42 @@ def test_a_gguf_prefix_build_is_one_line(tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_a_weighed_int4_base_is_exported_again_only_with_the_importance_file_it_was_rounded_by(tmp_path):
+    """Adding LoRA inputs exports the base again; it must be rounded as the compiled one was. The folder's
+    marker keeps the importance file's digest, not its path: with no file, or another, the base is
+    refused before anything is written; with its own, it is rounded again."""
+    from edgeft import importance
+    from edgeft.backends.onnx.backend import OnnxBackend
+    from edgeft.config import load_target
+    from edgeft.errors import ArtifactError
+
+    base_dir = tiny_llama(tmp_path / "base", hidden=256)
+    adapter = _adapter(base_dir, tmp_path / "one", seed=1)
+    files = {}
+    for name, rows in (("right", [[5, 9, 40, 7, 3] * 4, [11, 12, 13] * 5]), ("other", [[60, 61, 62] * 6])):
+        records = write_jsonl(tmp_path / f"{name}.jsonl", [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows])
+        files[name] = tmp_path / name / importance.FILE
+        importance.collect(base_dir, records, files[name])
+    target = load_target(str(tiny_profile(tmp_path, backend="onnx", quant="int4", name="int4.toml")))
+    backend = OnnxBackend()
+    ref = backend.reference(base_dir, target.with_overrides(quant="fp32"), tmp_path / "work", name="tiny")
+    art = backend.compile(base_dir, target, tmp_path / "out", reference=ref, name="tiny", importance=files["right"])
+    marker = json.loads((art.path / "edgeft_export.json").read_text())["importance"]
+    assert "file" not in marker and str(tmp_path) not in json.dumps(marker) and len(marker["sha256"]) == 64
+
+    before = {p.name: p.read_bytes() for p in (*art.path.iterdir(), *ref.path.iterdir())}
+    for given in (None, files["other"]):
+        with pytest.raises(ArtifactError, match="rounded weighing importance") as err:
+            backend.adapter_base(art, ref, base_dir, [adapter], target, importance=given)
+        assert str(art.path) in str(err.value)
+    assert {p.name: p.read_bytes() for p in (*art.path.iterdir(), *ref.path.iterdir())} == before  # nothing written
+
+    new, _ = backend.adapter_base(art, ref, base_dir, [adapter], target, importance=files["right"])
+    again = json.loads((new.path / "edgeft_export.json").read_text())["importance"]
+    # (with LoRA on q and v the builder writes q, k and v apart, so more tensors than the fused export)
+    assert again["sha256"] == marker["sha256"] and again["rewritten"] >= marker["rewritten"] > 0 and again["left"] == 0
+
+
 @pytest.mark.parametrize("method", ["lora", "prefix"])
 def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path, method):
     """`build --target <onnx profile> --task ... [--method prefix]`: one base folder, one adapter file per
@@ -293,6 +329,7 @@ def test_an_onnx_task_build_ships_the_base_and_adapters_and_proves_them(tmp_path
     # the int4 base is rounded weighing the importance file, also when LoRA needs it exported again
     shipped = json.loads((out / "model-onnx-int4" / "edgeft_export.json").read_text())
     assert shipped["importance"]["rewritten"] > 0 and shipped["importance"]["left"] == 0, shipped
+    assert str(tmp_path) not in json.dumps(shipped), shipped  # the folder ships: no path of the build machine in it
     assert manifest["stages"]["compile"]["importance"].startswith("rounding weighed"), manifest["stages"]["compile"]
     row = json.loads((out / "bench.json").read_text())["tasks"]["tasks"][0]
     assert row["proof"]["matches"] and row["proof"]["applied"], row["proof"]

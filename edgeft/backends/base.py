@@ -156,10 +156,11 @@ class Backend(Protocol):
         ...
 
     def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
-                     target: "Target") -> tuple[Artifact, Artifact]:
+                     target: "Target", *, importance: Path | None = None) -> tuple[Artifact, Artifact]:
         """The compiled base and its reference, made ready to take the peft LoRA adapters in `adapter_dirs`
         at run time (trained on the HF folder `model_dir`): unchanged where any adapter of that base loads
-        (GGUF), exported again where the graph must carry the adapters' inputs (ONNX)."""
+        (GGUF), exported again where the graph must carry the adapters' inputs (ONNX). `importance` is the
+        file `compile` weighed the base's rounding by, if any, so that an export again rounds it the same."""
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:
         """A peft LoRA adapter trained on the HF folder `base_dir`, written (atomically) as one file in

@@ -73,7 +73,8 @@ class TaskAdapters:
 def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str, tasks: Sequence[TaskSpec],
                    preset: "BuildPreset", backend: "Backend", work: Path, out_dir: Path,
                    *, base: "Artifact", reference: "Artifact", target: "Target", teacher: bool = True,
-                   nf4_base: bool = False, adapter: str = "lora", prefix_lr: float = PREFIX_LR) -> TaskAdapters:
+                   nf4_base: bool = False, adapter: str = "lora", prefix_lr: float = PREFIX_LR,
+                   importance: Path | None = None) -> TaskAdapters:
     """Train every task's adapter, make the compiled base (and its reference) take them, and export
     each in the backend's format. `model` is the teacher's source string (for the data stage),
     `teacher_dir` its HF folder, `base_dir` the base, `base` the compiled base the adapters ship beside.
@@ -122,7 +123,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
                         "peft_adapter": str(distill_dir / "adapter"), "eval_split": str(prepared.eval),
                         "base_key": base_key, "reused": reused, "seconds": round(time.perf_counter() - t, 2)})
     peft_dirs = [Path(e["peft_adapter"]) for e in entries]
-    base, reference = backend.adapter_base(base, reference, base_dir, peft_dirs, target)
+    base, reference = backend.adapter_base(base, reference, base_dir, peft_dirs, target, importance=importance)
     for entry, peft_dir in zip(entries, peft_dirs):
         backend.export_adapter(peft_dir, base_dir, Path(entry["adapter"]), base=base)
     return TaskAdapters(entries, base, reference)

@@ -312,7 +312,7 @@ class GGUFBackend:
         return LlamaCppRunner(artifact.path, threads=target.resolved_threads(), context=target.bench.context)
 
     def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
-                     target: "Target") -> tuple[Artifact, Artifact]:
+                     target: "Target", *, importance: Path | None = None) -> tuple[Artifact, Artifact]:
         """llama.cpp applies a LoRA file to any base with the same tensors: nothing to change."""
         return base, reference
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from edgeft.backends.base import Artifact
 from edgeft.backends.marker import marker, read_marker
-from edgeft.errors import BackendUnavailable
+from edgeft.errors import ArtifactError, BackendUnavailable
 
 if TYPE_CHECKING:
     from edgeft.backends.onnx.runner import OnnxRunner
@@ -31,12 +31,20 @@ def artifact_dir(out_dir: Path, quant: str) -> Path:
     return out_dir / f"model-onnx-{quant}"
 
 
-def _importance_of(artifact: Artifact) -> Path | None:
-    """The importance file an exported folder's rounding was weighed by, so that exporting it again (with LoRA
-    inputs) rounds it the same way; None when it was not, or the file is gone."""
-    recorded = (read_marker(artifact.path) or {}).get("importance") or {}
-    path = Path(recorded["file"]) if recorded.get("file") else None
-    return path if path is not None and path.is_file() else None
+def _importance_for(artifact: Artifact, importance: Path | None) -> Path | None:
+    """The importance file to export `artifact` again with (LoRA inputs added), so that it is rounded as it was:
+    None when its marker says it was not weighed. It must be the file it was weighed by (the marker keeps
+    its digest, not its path); any other would ship a base unlike the one measured, so that is refused."""
+    recorded = (read_marker(artifact.path) or {}).get("importance")
+    if not recorded:
+        return None
+    from edgeft.manifest import sha256
+
+    if importance is None or not Path(importance).is_file() or sha256(importance) != recorded.get("sha256"):
+        raise ArtifactError(f"its int4 weights were rounded weighing {recorded.get('name', 'an importance file')}, which "
+                            "this build does not have; build the base and its task adapters again in one build",
+                            file=artifact.path)
+    return Path(importance)
 
 
 class OnnxBackend:
@@ -93,9 +101,10 @@ class OnnxBackend:
         return Artifact(path=folder, backend=self.name, quant=target.quant, files=files)
 
     def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
-                     target: "Target") -> tuple[Artifact, Artifact]:
+                     target: "Target", *, importance: Path | None = None) -> tuple[Artifact, Artifact]:
         """The base and its reference exported again with LoRA inputs for every projection the adapters
-        train (adapters.py); a folder that already takes them all is kept as it is."""
+        train (adapters.py); a folder that already takes them all is kept as it is. `importance` is the
+        file the base's int4 rounding was weighed by, if it was: the new export is rounded the same way."""
         import tempfile
 
         from edgeft.backends.onnx import adapters
@@ -106,17 +115,20 @@ class OnnxBackend:
         needed = set()
         for folder in lora:
             needed.update(adapters.peft_tensors(folder))
+        # each folder to export again, with the importance file it is rounded by: all checked before either is written
+        again = {artifact.path: _importance_for(artifact, importance) for artifact in (reference, base)
+                 if not needed <= set(adapters.lora_inputs(artifact.path / adapters.MODEL_FILE))}
         out = []
         with tempfile.TemporaryDirectory(prefix="edgeft-lora-template-") as tmp:
             template = None
             for artifact in (reference, base):
-                if needed <= set(adapters.lora_inputs(artifact.path / adapters.MODEL_FILE)):
+                if artifact.path not in again:
                     out.append(artifact)
                     continue
                 if template is None:
                     template = adapters.write_template(model_dir, adapters.target_modules(lora), Path(tmp) / "template")
                 out.append(self._export(model_dir, target.with_overrides(quant=artifact.quant), artifact.path,
-                                        adapter_template=template, importance=_importance_of(artifact)))
+                                        adapter_template=template, importance=again[artifact.path]))
         return out[1], out[0]
 
     def export_adapter(self, adapter_dir: Path, base_dir: Path, out_path: Path, *, base: Artifact) -> Path:

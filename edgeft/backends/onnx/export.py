@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from edgeft.atomic_io import atomic_dir
 from edgeft.errors import ArtifactError, ModelSourceError, UnsupportedArchitecture
+from edgeft.manifest import sha256
 from edgeft.progress import progress
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *
     With `adapter_template` (a peft LoRA folder), the graph takes LoRA weights as inputs for every
     projection the template adapts, and computes the plain model while none are fed (adapters.py).
     With `importance` (`edgeft.importance`'s file for `model_dir`), the builder's int4 weights are
-    rounded again weighing it (weighted_int4.py); the marker records the file and what was rewritten."""
+    rounded again weighing it (weighted_int4.py); the marker records the file's digest and what was rewritten."""
     check_architecture(model_dir)
     if quant not in PRECISIONS:
         raise ArtifactError(f"unknown onnx level {quant!r} (known: {', '.join(PRECISIONS)})", file=model_dir)
@@ -127,7 +128,8 @@ def export(model_dir: Path, out_dir: Path, quant: str, options: "OnnxOptions", *
 
             status(f"rounding the {quant} weights again, weighed by {importance.parent.name}/{importance.name} ...")
             counts = requantize(tmp / MODEL_FILE, model_dir, importance)
-            marker = {**(marker or {}), "importance": {"file": str(Path(importance).resolve()), **counts}}
+            # the file's name and digest, not its path: the folder ships, and the build machine's paths stay behind
+            marker = {**(marker or {}), "importance": {"name": importance.name, "sha256": sha256(importance), **counts}}
         check_loadable(tmp / MODEL_FILE, model_dir)
         if marker is not None:
             (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")

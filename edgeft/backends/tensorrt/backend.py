@@ -104,7 +104,7 @@ class TensorRTBackend:
         return self._artifact(folder, target.quant)
 
     def adapter_base(self, base: Artifact, reference: Artifact, model_dir: Path, adapter_dirs: "Sequence[Path]",
-                     target: "Target") -> tuple[Artifact, Artifact]:
+                     target: "Target", *, importance: Path | None = None) -> tuple[Artifact, Artifact]:
         from edgeft.backends.registry import no_adapters
 
         raise no_adapters(self.name, file=model_dir)
