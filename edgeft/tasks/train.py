@@ -78,6 +78,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
     """Train every task's adapter, make the compiled base (and its reference) take them, and export
     each in the backend's format. `model` is the teacher's source string (for the data stage),
     `teacher_dir` its HF folder, `base_dir` the base, `base` the compiled base the adapters ship beside.
+    `importance`: the file `base`'s rounding was weighed by, if any (a base exported again is rounded the same).
 
     The adapters train on the base at fp32 unless `nf4_base`: the shipped file is made from those
     weights, and an adapter trained on an NF4 base also learns to correct NF4's error, which the
