@@ -57,12 +57,12 @@ def test_tight_profile_prunes_and_distills_the_largest_student_that_fits(tmp_pat
     student = stages["student"]
     assert student["mode"] == "distill" and student["pruned"] and student["fits"]
     measured = [c for c in student["candidates"] if c.get("measured", True)]
-    assert measured[0]["layers"] == 30 and not measured[0]["fits"]  # the source itself does not fit 85 MB
+    assert measured[0]["layers"] == 30 and not measured[0]["fits"]  # the source itself does not fit 90 MB
     assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == student["layers"]
     distill_eval = stages["distill"]["eval"]
     assert distill_eval["student_after"]["perplexity"] < distill_eval["student_before"]["perplexity"]
     bench = _report_is_honest(out, result.output)
-    assert bench["metrics"]["package_mb"] <= 85
+    assert bench["metrics"]["package_mb"] <= 90
     line = next(b for b in bench["budget"] if b["budget"] == "ppl_vs_source_pct")
     if line["status"] == "FAIL":
         assert "Levers:" in result.output and "`--quant auto`" in result.output  # a FAIL says what would fix it
