@@ -13,6 +13,11 @@ build's 27-layer student, data and teacher.
     python benchmarks/answer_levers.py --build out/demo-small --only untrained,demo,seed1
     python benchmarks/answer_levers.py --build out/demo-small --only data192 --data data192=/tmp/data192
 
+`--layers 29,28` scores the build's source pruned to that many layers instead (the block pick), untrained
+(`layers29`) and after the demo's training (`layers29-demo`); `--mlp-width 1280` prunes every layer's
+MLP to that many channels instead of dropping layers (`mlp1280`, `mlp1280-demo`: the channels whose
+mean square activation times their down-projection column's square norm is largest, Minitron-style).
+
 `--data NAME=FOLDER` adds a lever that trains on another prepared folder, for example twice the
 teacher answers (`edgeft data prepare -o DIR --max-length 256 --max-new-tokens 64
 --synth-max-records 192`) or greedy ones (`--temperature 0`); its prompts are kept out of the
@@ -80,6 +85,62 @@ def scored_prompts(excluded: set[str], n: int) -> list[str]:
     return list(CHAT_PROMPTS) + [pool[int(i * step)] for i in range(min(n, len(pool)))]
 
 
+def mlp_channel_scores(model, records: list[list[int]], max_length: int = 256) -> list:
+    """Per layer, each MLP channel's importance: the sum over tokens of its activation squared (the input
+    of down_proj) times its down_proj column's square norm, i.e. the energy it adds to the residual."""
+    import torch
+
+    sums: dict[int, "torch.Tensor"] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        def hook(_module, args, i=i):
+            h = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sums[i] = sums.get(i, 0) + (h * h).sum(0)
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for ids in records:
+                model(torch.tensor([ids[:max_length]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [sums[i] * layer.mlp.down_proj.weight.detach().float().pow(2).sum(0) for i, layer in enumerate(model.model.layers)]
+
+
+def prune_mlp(model, scores: list, width: int):
+    """Keep the `width` highest-scoring MLP channels of every layer (in their order), in place."""
+    import torch
+
+    for layer, score in zip(model.model.layers, scores):
+        keep = torch.sort(torch.topk(score, width).indices).values
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, width, bias=False)
+            new.weight.data = old.weight.data[keep].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        mlp.down_proj = torch.nn.Linear(width, old.out_features, bias=False)
+        mlp.down_proj.weight.data = old.weight.data[:, keep].clone()
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = width
+    model.config.intermediate_size = width
+    return model
+
+
+def _mlp_student(source: Path, data: Path, width: int, out: Path) -> Path:
+    """The source with every MLP pruned to `width` channels, scored on the data's training split, saved to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (out / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        records = [json.loads(line)["input_ids"] for line in (data / "train.jsonl").read_text().splitlines()]
+        prune_mlp(model, mlp_channel_scores(model, records), width).save_pretrained(out)
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
 def repeats(text: str) -> bool:
     """A loop a reader sees: some four words (case and punctuation aside) that come back three times or more."""
     words = re.findall(r"[\w']+", text.lower())
@@ -124,6 +185,8 @@ def main() -> None:
                     help="a lever that trains the demo's settings on another prepared folder (its prompts are not scored)")
     ap.add_argument("--gguf", action="append", default=[], metavar="NAME=FILE",
                     help="also score a shipped GGUF file (through llama.cpp, as the bench runs it) under NAME")
+    ap.add_argument("--layers", default="", help="comma-separated layer counts: the source pruned to each (block pick)")
+    ap.add_argument("--mlp-width", default="", help="comma-separated MLP widths: every layer's MLP pruned to each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "answer_levers.json")
     args = ap.parse_args()
 
@@ -137,10 +200,19 @@ def main() -> None:
     work = args.build / "work"
     keep = tuple(json.loads((work / "distill" / "student.json").read_text())["kept_layers"])
     data = work / "data"
-    names = ([] if args.gguf else list(VARIANTS)) if args.only is None else [n for n in args.only.split(",") if n]
+    names = ([] if args.gguf or args.layers or args.mlp_width else list(VARIANTS)) if args.only is None else [n for n in args.only.split(",") if n]
     folders = {name: Path(folder) for name, _, folder in (spec.partition("=") for spec in args.data)}
     if args.only is None:
         names += [n for n in folders if n not in names]
+    # the pruning levers: a student other than the build's, untrained and after the demo's training
+    students: dict[str, dict] = {}
+    for n in (int(x) for x in args.layers.split(",") if x):
+        students[f"layers{n}"] = {"keep_layers": None, "student_layers": n}
+    for w in (int(x) for x in args.mlp_width.split(",") if x):
+        students[f"mlp{w}"] = {"keep_layers": None, "layer_pick": "even",
+                               "student": str(_mlp_student(work / "source-hf", data, w, args.build / "answer-levers" / f"mlp{w}-student"))}
+    for name in students:
+        names += [name, f"{name}-demo"]
     prompts = scored_prompts(_trained_inputs(data, *folders.values()), args.prompts)
 
     class Teacher(SourceRunner):
@@ -167,24 +239,28 @@ def main() -> None:
         _print(results[name])
     for name in names:
         started = time.perf_counter()
-        changes = {**VARIANTS.get(name, {}), **({"seed": args.seed} if args.seed is not None else {})}
+        pruned = name.removesuffix("-demo") if name.removesuffix("-demo") in students else None
+        untrained = name in ("untrained", pruned)
+        changes = {**VARIANTS.get(name, {}), **students.get(pruned, {}), **({"seed": args.seed} if args.seed is not None else {})}
         label = name if args.seed is None else f"{name}-seed{args.seed}"
-        run_dir = args.build / "answer-levers" / ("demo" if name == "untrained" else label)
+        # a pruning lever's untrained and trained students come from one run (before and after its training)
+        run_name = "demo" if name == "untrained" else pruned if pruned else label
+        run_dir = args.build / "answer-levers" / (run_name if args.seed is None or not pruned else f"{run_name}-seed{args.seed}")
         config = dataclasses.replace(build_preset("demo").distill, keep_layers=keep, save_every=0, **changes)
         folder = folders.get(name, data)
-        if not (name == "untrained" and (run_dir / "distill.json").exists()):
+        if not ((untrained or pruned) and (run_dir / "distill.json").exists()):
             run(str(work / "source-hf"), open_prepared(folder), run_dir, config,
                 cache_dir=args.build / "answer-levers" / f"cache-{folder.name}")
         report = json.loads((run_dir / "distill.json").read_text())
         base = qlora.load_base(Path(report["student"]["path"]), quantize=False)
-        model = base if name == "untrained" else qlora.load_adapter(base, run_dir / "adapter").merge_and_unload()
+        model = base if untrained else qlora.load_adapter(base, run_dir / "adapter").merge_and_unload()
         model.eval()
         torch.manual_seed(0)
         rows = side_by_side(teacher, _Greedy(model, stop, pad), tuple(prompts), ANSWER_TOKENS)
         ev = report["eval"]
         results[label] = {"variant": label, "changes": changes, "data": str(folder),
                          "heldout_ppl_teacher": ev["teacher"]["perplexity"],
-                         "heldout_ppl_after": ev["student_after"]["perplexity"] if name != "untrained" else ev["student_before"]["perplexity"],
+                         "heldout_ppl_after": ev["student_before" if untrained else "student_after"]["perplexity"],
                          "answers": summary(rows), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
         _print(results[label])
         write(args.out, {"context": context(), "build": str(args.build), "keep_layers": list(keep),

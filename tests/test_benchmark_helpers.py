@@ -185,3 +185,38 @@ def test_answer_levers_scores_the_six_then_untrained_prompts_and_counts_loops():
     rows = [{"ppl_vs_source_pct": p, "same": p == 0, "artifact": "a b c d"} for p in (0, 10, 60, 300, 20, 40, 49, 51)]
     s = mod.summary(rows)
     assert s["within_line"] == 5 and s["six_within_line"] == 4 and s["six_worst_pct"] == 300 and s["same"] == 1
+
+
+def test_answer_levers_mlp_pruning_keeps_the_highest_scored_channels_and_at_full_width_the_model(tmp_path):
+    """answer_levers.py's width lever: pruned to its own width a model is unchanged; pruned narrower, each
+    layer keeps exactly its top-scored channels, in order, and still runs and saves as a Llama."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import tiny_llama
+
+    mod = _load("answer_levers")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path / "m"), dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 9, 40, 7, 3, 11, 12]])
+    with torch.no_grad():
+        before = model(ids).logits
+    scores = mod.mlp_channel_scores(model, [ids[0].tolist(), [20, 21, 22]])
+    width = model.config.intermediate_size
+    assert len(scores) == model.config.num_hidden_layers and scores[0].shape == (width,)
+    assert all((s > 0).all() for s in scores)
+    down = [layer.mlp.down_proj.weight.detach().clone() for layer in model.model.layers]
+    mod.prune_mlp(model, scores, width)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, before, atol=1e-5)
+    mod.prune_mlp(model, scores, width // 4)
+    for layer, score, w in zip(model.model.layers, scores, down):
+        top = sorted(torch.topk(score, width // 4).indices.tolist())
+        assert torch.equal(layer.mlp.down_proj.weight, w[:, top]) and layer.mlp.gate_proj.out_features == width // 4
+    with torch.no_grad():
+        after = model(ids).logits
+    assert torch.isfinite(after).all() and not torch.allclose(after, before, atol=1e-3)
+    model.save_pretrained(tmp_path / "pruned")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32).eval()
+    assert again.config.intermediate_size == width // 4
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, after, atol=1e-5)
