@@ -246,7 +246,7 @@ def main() -> None:
         # a pruning lever's untrained and trained students come from one run (before and after its training)
         run_name = "demo" if name == "untrained" else pruned if pruned else label
         run_dir = args.build / "answer-levers" / (run_name if args.seed is None or not pruned else f"{run_name}-seed{args.seed}")
-        config = dataclasses.replace(build_preset("demo").distill, keep_layers=keep, save_every=0, **changes)
+        config = dataclasses.replace(build_preset("demo").distill, **{"keep_layers": keep, "save_every": 0, **changes})
         folder = folders.get(name, data)
         if not ((untrained or pruned) and (run_dir / "distill.json").exists()):
             run(str(work / "source-hf"), open_prepared(folder), run_dir, config,
