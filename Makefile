@@ -47,7 +47,7 @@ demo: setup
 	# 1. The default profile: the default model already fits, so nothing is pruned or trained; the
 	#    report leads with its quality against the source and both models' answers.
 	$(VENV)/bin/edgeft build --target gguf --out $(OUT) || [ $$? -eq 1 ]
-	# 2. A tight profile no level of the 135M model fits: the largest pruning that fits is distilled,
+	# 2. A tight profile the 135M model does not fit at its pinned level: the largest pruning that fits is distilled,
 	#    and the report says, PASS or FAIL, how close the student gets to its teacher.
 	$(VENV)/bin/edgeft build --target gguf-small --out $(OUT)-small || [ $$? -eq 1 ]
 
