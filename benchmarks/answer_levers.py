@@ -16,7 +16,8 @@ build's 27-layer student, data and teacher.
 `--layers 29,28` scores the build's source pruned to that many layers instead (the block pick), untrained
 (`layers29`) and after the demo's training (`layers29-demo`); `--mlp-width 1280` prunes every layer's
 MLP to that many channels instead of dropping layers (`mlp1280`, `mlp1280-demo`: the channels whose
-mean square activation times their down-projection column's square norm is largest, Minitron-style).
+mean square activation on the training split (`edgeft.importance`) times their down-projection column's
+square norm is largest, Minitron-style).
 
 `--data NAME=FOLDER` adds a lever that trains on another prepared folder, for example twice the
 teacher answers (`edgeft data prepare -o DIR --max-length 256 --max-new-tokens 64
@@ -85,26 +86,11 @@ def scored_prompts(excluded: set[str], n: int) -> list[str]:
     return list(CHAT_PROMPTS) + [pool[int(i * step)] for i in range(min(n, len(pool)))]
 
 
-def mlp_channel_scores(model, records: list[list[int]], max_length: int = 256) -> list:
-    """Per layer, each MLP channel's importance: the sum over tokens of its activation squared (the input
-    of down_proj) times its down_proj column's square norm, i.e. the energy it adds to the residual."""
-    import torch
-
-    sums: dict[int, "torch.Tensor"] = {}
-    hooks = []
-    for i, layer in enumerate(model.model.layers):
-        def hook(_module, args, i=i):
-            h = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[i] = sums.get(i, 0) + (h * h).sum(0)
-        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for ids in records:
-                model(torch.tensor([ids[:max_length]]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return [sums[i] * layer.mlp.down_proj.weight.detach().float().pow(2).sum(0) for i, layer in enumerate(model.model.layers)]
+def mlp_channel_scores(model, means: dict) -> list:
+    """Per layer, each MLP channel's importance: its activation's mean square (the input of down_proj, from
+    `edgeft.importance`) times its down_proj column's square norm, i.e. the energy it adds to the residual."""
+    return [means[f"model.layers.{i}.mlp.down_proj.weight"] * layer.mlp.down_proj.weight.detach().float().pow(2).sum(0)
+            for i, layer in enumerate(model.model.layers)]
 
 
 def prune_mlp(model, scores: list, width: int):
@@ -133,10 +119,14 @@ def _mlp_student(source: Path, data: Path, width: int, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from edgeft import importance
+
     if not (out / "config.json").exists():
+        means = out.parent / f"{out.name}-{importance.FILE}"  # every token of the training split
+        importance.collect(source, data / "train.jsonl", means, max_tokens=1 << 30)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        records = [json.loads(line)["input_ids"] for line in (data / "train.jsonl").read_text().splitlines()]
-        prune_mlp(model, mlp_channel_scores(model, records), width).save_pretrained(out)
+        scores = mlp_channel_scores(model, {k: torch.from_numpy(v) for k, v in importance.load(means).items()})
+        prune_mlp(model, scores, width).save_pretrained(out)
         AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
 
@@ -242,10 +232,10 @@ def main() -> None:
         pruned = name.removesuffix("-demo") if name.removesuffix("-demo") in students else None
         untrained = name in ("untrained", pruned)
         changes = {**VARIANTS.get(name, {}), **students.get(pruned, {}), **({"seed": args.seed} if args.seed is not None else {})}
-        label = name if args.seed is None else f"{name}-seed{args.seed}"
+        seed = "" if args.seed is None else f"-seed{args.seed}"
+        label = f"{name}{seed}"
         # a pruning lever's untrained and trained students come from one run (before and after its training)
-        run_name = "demo" if name == "untrained" else pruned if pruned else label
-        run_dir = args.build / "answer-levers" / (run_name if args.seed is None or not pruned else f"{run_name}-seed{args.seed}")
+        run_dir = args.build / "answer-levers" / ("demo" if name == "untrained" else f"{pruned}{seed}" if pruned else label)
         config = dataclasses.replace(build_preset("demo").distill, **{"keep_layers": keep, "save_every": 0, **changes})
         folder = folders.get(name, data)
         if not ((untrained or pruned) and (run_dir / "distill.json").exists()):

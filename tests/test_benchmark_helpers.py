@@ -193,14 +193,19 @@ def test_answer_levers_mlp_pruning_keeps_the_highest_scored_channels_and_at_full
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tiny_models import tiny_llama
+    from edgeft import importance
+    from tiny_models import tiny_llama, write_jsonl
 
     mod = _load("answer_levers")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path / "m"), dtype=torch.float32).eval()
+    model_dir = tiny_llama(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([[5, 9, 40, 7, 3, 11, 12]])
     with torch.no_grad():
         before = model(ids).logits
-    scores = mod.mlp_channel_scores(model, [ids[0].tolist(), [20, 21, 22]])
+    records = write_jsonl(tmp_path / "train.jsonl", [{"input_ids": r} for r in (ids[0].tolist(), [20, 21, 22])])
+    importance.collect(model_dir, records, tmp_path / importance.FILE)
+    means = {k: torch.from_numpy(v) for k, v in importance.load(tmp_path / importance.FILE).items()}
+    scores = mod.mlp_channel_scores(model, means)
     width = model.config.intermediate_size
     assert len(scores) == model.config.num_hidden_layers and scores[0].shape == (width,)
     assert all((s > 0).all() for s in scores)
