@@ -13,7 +13,7 @@ def test_shipped_profiles_load(name):
     target = load_target(name)
     assert target.name == name
     assert target.budget.ttft_ms_p90 == 200
-    # The product budget, except the tight profile that forces pruning (below every level of the default model).
+    # The product budget, except the tight profile that forces pruning (below the default model at its pinned level).
     assert target.budget.package_mb == (90 if name == "gguf-small" else 350)
     assert target.budget.ppl_vs_source_pct is not None  # quality against the source, on every profile
     assert target.budget.answer_ppl_vs_source_pct is not None  # and the answers a person would see
