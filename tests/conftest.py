@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
+pytest_plugins = ["tmp_folders"]  # module_tmp
+
 from tiny_models import make_tokenizer, tiny_gemma3, tiny_llama, tiny_mistral, tiny_phi3, tiny_qwen2, tiny_qwen3  # noqa: E402
 
 BUILDERS = {"LlamaForCausalLM": tiny_llama, "Qwen2ForCausalLM": tiny_qwen2, "Qwen3ForCausalLM": tiny_qwen3,
@@ -50,15 +52,3 @@ def tiny_gguf(tiny_llama_dir, tmp_path_factory) -> Path:
     from edgeft.backends.gguf.convert import convert
 
     return convert(tiny_llama_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", "f16")
-
-
-@pytest.fixture(scope="session")
-def default_build(tmp_path_factory):
-    """`edgeft build --target gguf` on the embedded default model, once per session (slow)."""
-    from click.testing import CliRunner
-
-    from edgeft.cli import main
-
-    out = tmp_path_factory.mktemp("default-build") / "out"
-    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--target", "gguf", "--out", str(out)])
-    return out, result

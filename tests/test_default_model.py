@@ -30,6 +30,18 @@ def parity_strings() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def default_build(module_tmp):
+    """`edgeft build --target gguf` on the embedded default model, once for this module."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    out = module_tmp("default-build") / "out"
+    result = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--target", "gguf", "--out", str(out)])
+    return out, result
+
+
+@pytest.fixture(scope="module")
 def built(default_build):
     out, result = default_build
     assert result.exit_code in (0, 1), result.output  # 1: a budget line failed, which this machine may do
@@ -49,6 +61,21 @@ def test_build_outputs_and_bench_fields(built):
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["source_model"]["label"] == "default"
     assert manifest["stages"]["export_check"]["token_mismatches"] == 0
+
+
+def test_default_build_measures_quality_against_its_f16_conversion(built):
+    # SmolLM2-135M-Instruct's numbers must be those of a working language model, and the shipped level
+    # must sit measurably but not far from its f16 reference.
+    bench = json.loads((built / "bench.json").read_text())
+    m = bench["metrics"]
+    # SmolLM2-135M-Instruct on plain English prose: a broken runner or scorer gives hundreds or thousands
+    assert 3 < m["ref_ppl"] < 60, m["ref_ppl"]
+    assert 0 < m["kl_mean"] < 0.5 and m["kl_p99"] > m["kl_mean"]
+    assert 70 < m["top1_agree_pct"] < 100
+    assert -5 < m["ppl_increase_pct"] < 25
+    assert bench["eval"]["reference"].endswith("model-f16.gguf") and bench["eval"]["tokens_scored"] > 1000
+    rc = bench["runtime_counters"]
+    assert rc["harness_decode_steps"] == rc["n_eval"]
 
 
 def test_tokenizer_parity_on_default_model(built):

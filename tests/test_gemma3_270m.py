@@ -33,42 +33,8 @@ def _strings() -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="module")
-def gguf_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gemma-gguf") / "out"
-    result = CliRunner().invoke(main, ["build", "--model", "gemma3-270m", "--no-distill", "--target", "gguf", "--out", str(out)])
-    assert result.exit_code in (0, 1), result.output  # 1: a budget line failed on this machine, which the table says
-    return out, result.output
-
-
-def test_gguf_build_passes_its_export_check_and_reports_against_the_source(gguf_build):
-    out, output = gguf_build
-    manifest = json.loads((out / "manifest.json").read_text())
-    check = manifest["stages"]["export_check"]
-    assert check["token_mismatches"] == 0 and check["eos_matches"] and check["chat_template_matches"] and check["vocab_matches"]
-    assert check["outputs"]["long_input_tokens"] >= 1000
-    bench = json.loads((out / "bench.json").read_text())
-    assert bench["metrics"]["source_ppl"] > 0 and bench["metrics"]["kl_vs_source_mean"] > 0
-    assert "quality against the source" in output
-
-
-def test_tokenizer_parity_with_the_shipped_file_on_200_strings(gguf_build):
-    from transformers import AutoTokenizer
-
-    from edgeft.backends.gguf.backend import LlamaCppRunner
-
-    out, _ = gguf_build
-    tok = AutoTokenizer.from_pretrained(out / "work" / "source-hf")
-    shipped = next(out.glob("*.gguf"))
-    runner = LlamaCppRunner(shipped, threads=1, context=512)
-    try:
-        texts = _strings()
-        bad = [t for t in texts if runner.tokenize(t) != tok(t, add_special_tokens=False)["input_ids"]]
-    finally:
-        runner.close()
-    assert not bad, f"{len(bad)} of {len(texts)} differ, first {bad[0]!r}"
-
-
+# These two run first, before the module's GGUF build exists: each writes GB of its own, and the
+# GGUF build's folder lives until the module ends.
 def test_onnx_build_passes_its_export_check(tmp_path):
     out = tmp_path / "out"
     # --no-bench: the export check still runs (it is part of the build); the bench's figures are the GGUF test's
@@ -101,3 +67,39 @@ def test_compare_gives_the_quant_table(tmp_path):
     assert set(rows) == {"q8_0", "q4_k_m"}
     assert rows["q4_k_m"]["metrics"]["package_mb"] < rows["q8_0"]["metrics"]["package_mb"]
     assert all(r["metrics"]["ppl_vs_source_pct"] is not None for r in rows.values())
+
+
+@pytest.fixture(scope="module")
+def gguf_build(module_tmp):
+    out = module_tmp("gemma-gguf") / "out"
+    result = CliRunner().invoke(main, ["build", "--model", "gemma3-270m", "--no-distill", "--target", "gguf", "--out", str(out)])
+    assert result.exit_code in (0, 1), result.output  # 1: a budget line failed on this machine, which the table says
+    return out, result.output
+
+
+def test_gguf_build_passes_its_export_check_and_reports_against_the_source(gguf_build):
+    out, output = gguf_build
+    manifest = json.loads((out / "manifest.json").read_text())
+    check = manifest["stages"]["export_check"]
+    assert check["token_mismatches"] == 0 and check["eos_matches"] and check["chat_template_matches"] and check["vocab_matches"]
+    assert check["outputs"]["long_input_tokens"] >= 1000
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["metrics"]["source_ppl"] > 0 and bench["metrics"]["kl_vs_source_mean"] > 0
+    assert "quality against the source" in output
+
+
+def test_tokenizer_parity_with_the_shipped_file_on_200_strings(gguf_build):
+    from transformers import AutoTokenizer
+
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+
+    out, _ = gguf_build
+    tok = AutoTokenizer.from_pretrained(out / "work" / "source-hf")
+    shipped = next(out.glob("*.gguf"))
+    runner = LlamaCppRunner(shipped, threads=1, context=512)
+    try:
+        texts = _strings()
+        bad = [t for t in texts if runner.tokenize(t) != tok(t, add_special_tokens=False)["input_ids"]]
+    finally:
+        runner.close()
+    assert not bad, f"{len(bad)} of {len(texts)} differ, first {bad[0]!r}"
