@@ -165,6 +165,23 @@ def _print(result: dict) -> None:
           flush=True)
 
 
+def _requantized(build: Path, specs: list[str]) -> list[Path]:
+    """The build's f16 student rounded at each LEVEL:TABLE, with the build's importance (`compile`'s rounding)."""
+    from edgeft import importance as imp
+    from edgeft.backends.gguf.backend import quantize
+    from edgeft.backends.gguf.imatrix import gguf_importance
+
+    work, files = build / "work", []
+    (build / "answer-levers").mkdir(parents=True, exist_ok=True)
+    weights = gguf_importance(work / "merged", imp.load(work / "importance" / imp.FILE)) if specs else None
+    for spec in specs:
+        level, _, table = spec.partition(":")
+        files.append(quantize(work / "model-f16.gguf", build / "answer-levers" / f"{level}-{table}.gguf", level,
+                              embedding_type=table, importance=weights))
+        print(f"{spec}: {files[-1].stat().st_size / 1e6:.2f} MB", flush=True)
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", type=Path, required=True, help="a finished `edgeft build --target gguf-small` folder")
@@ -175,6 +192,9 @@ def main() -> None:
                     help="a lever that trains the demo's settings on another prepared folder (its prompts are not scored)")
     ap.add_argument("--gguf", action="append", default=[], metavar="NAME=FILE",
                     help="also score a shipped GGUF file (through llama.cpp, as the bench runs it) under NAME")
+    ap.add_argument("--requant", default="", metavar="LEVEL:TABLE,...",
+                    help="also round the build's own f16 student at each level with the token table at TABLE, weighed by "
+                         "the build's importance file as the build rounds it, and score each file (named LEVEL-TABLE)")
     ap.add_argument("--layers", default="", help="comma-separated layer counts: the source pruned to each (block pick)")
     ap.add_argument("--mlp-width", default="", help="comma-separated MLP widths: every layer's MLP pruned to each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "answer_levers.json")
@@ -190,6 +210,7 @@ def main() -> None:
     work = args.build / "work"
     keep = tuple(json.loads((work / "distill" / "student.json").read_text())["kept_layers"])
     data = work / "data"
+    args.gguf += [f"{Path(f).stem}={f}" for f in _requantized(args.build, [x for x in args.requant.split(",") if x])]
     names = ([] if args.gguf or args.layers or args.mlp_width else list(VARIANTS)) if args.only is None else [n for n in args.only.split(",") if n]
     folders = {name: Path(folder) for name, _, folder in (spec.partition("=") for spec in args.data)}
     if args.only is None:
@@ -220,6 +241,11 @@ def main() -> None:
     pad = teacher.tokenizer.pad_token_id or teacher.tokenizer.eos_token_id
     previous = json.loads(args.out.read_text()) if args.out.exists() and (args.only is not None or args.gguf) else {}
     results = {r["variant"]: r for r in previous.get("rows", [])}
+
+    def save() -> None:  # after every result: a run stopped part way keeps what it measured
+        write(args.out, {"context": context(), "build": str(args.build), "keep_layers": list(keep),
+                         "prompts": prompts, "rows": list(results.values())})
+
     for spec in args.gguf:
         name, _, file = spec.partition("=")
         started = time.perf_counter()
@@ -227,6 +253,7 @@ def main() -> None:
         results[name] = {"variant": name, "file": file, "answers": summary(rows), "rows": rows,
                          "seconds": round(time.perf_counter() - started, 1)}
         _print(results[name])
+        save()
     for name in names:
         started = time.perf_counter()
         pruned = name.removesuffix("-demo") if name.removesuffix("-demo") in students else None
@@ -253,8 +280,7 @@ def main() -> None:
                          "heldout_ppl_after": ev["student_before" if untrained else "student_after"]["perplexity"],
                          "answers": summary(rows), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
         _print(results[label])
-        write(args.out, {"context": context(), "build": str(args.build), "keep_layers": list(keep),
-                         "prompts": prompts, "rows": list(results.values())})
+        save()
 
 
 if __name__ == "__main__":

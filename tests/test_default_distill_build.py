@@ -66,7 +66,7 @@ def test_tight_profile_prunes_and_distills_the_largest_student_that_fits(tmp_pat
     line = next(b for b in bench["budget"] if b["budget"] == "ppl_vs_source_pct")
     if line["status"] == "FAIL":
         assert "Levers:" in result.output and "`--quant auto`" in result.output  # a FAIL says what would fix it
-    # the shipped q4_k_m file's rounding is weighed by what flows into each weight on the training split
+    # the shipped 4-bit file's rounding is weighed by what flows into each weight on the training split
     assert stages["importance"]["text"] == "the training split" and stages["importance"]["tokens"] > 0
     assert stages["compile"]["importance"].startswith("rounding weighed")
     assert "rounded with an importance matrix" in result.output
