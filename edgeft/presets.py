@@ -29,10 +29,15 @@ PRESETS: dict[str, BuildPreset] = {
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
         distill=replace(DISTILL_PRESETS["demo"], steps=48, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block",
-                        lr=1e-3, quantize_base=False),
+                        lr=1e-3, quantize_base=False, target_quant=None),
     ),
-    "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="block", quantize_base=False)),
+    "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="block", quantize_base=False,
+                                                           target_quant=None)),
 }
+# `target_quant=None`: a build prints no size estimate before training. `--student auto` has
+# measured the student's file already, and an estimate from bits per weight misses what a target's
+# level does on a given model (llama.cpp's K levels fall back on widths that are not multiples of
+# 256; the token table has its own type): it said "about 80 MB" for an 89.1 MB file.
 # Why a build trains on the fp32 base (`--nf4-base` for QLoRA's NF4 one): the shipped file is the
 # merged weights, quantized once more at the target's level. Merging onto an NF4 base puts NF4's
 # rounding in those weights first, and on the tight demo that rounding alone cost the student more

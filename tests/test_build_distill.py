@@ -62,6 +62,9 @@ def test_distilling_build_runs_every_stage(distilled_build, tiny_llama_dir):
     teacher = json.loads((tiny_llama_dir / "config.json").read_text())
     assert merged["num_hidden_layers"] == teacher["num_hidden_layers"] // 2  # the student, not the teacher, was compiled
     assert stages["student"]["mode"] == "distill" and stages["student"]["forced"] == {"student_layers": 1}
+    # no size guessed from bits per weight before training: the compiled file is measured instead
+    student = json.loads((out / "work" / "distill" / "student.json").read_text())
+    assert student["estimated_size_bytes"] is None and student["parameters"] > 0
     bench = json.loads((out / "bench.json").read_text())
     assert bench["metrics"]["ppl"] > 0
     assert "eval.jsonl" in json.dumps(bench["eval"])  # scored on the data's held-out split

@@ -30,7 +30,9 @@ class DistillConfig:
     # whose removal costs least on a few training records (student.best_block). On SmolLM2-135M,
     # 15 of 30 layers, held-out perplexity before training: even ~338,000, ends ~3,500, block ~440
     layer_pick: str = "even"
-    target_quant: str = "q4_k_m"  # only for the size estimate printed before training
+    # only for the size estimate printed before training; None: no estimate (a build measures its
+    # candidates' files instead, and an estimate at another level or token table misleads)
+    target_quant: str | None = "q4_k_m"
     # QLoRA
     quantize_base: bool = True  # NF4 (QLoRA) base; False: plain LoRA on an fp32 base
     nf4_engine: str = "auto"  # one of NF4_ENGINES; only read when quantize_base is on

@@ -136,7 +136,8 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
                                           **({"layer_pick": pick} if pick else {})})
     status(f"student: {info.layers} of the teacher's {info.teacher_layers} layers"
            + (f" {list(info.kept_layers)}" if info.kept_layers else "")
-           + f", {info.parameters / 1e6:.1f} M parameters, about {info.est_bytes / 1e6:.0f} MB at {info.quant}")
+           + f", {info.parameters / 1e6:.1f} M parameters"
+           + (f", about {info.est_bytes / 1e6:.0f} MB at {info.quant}" if info.est_bytes is not None else ""))
     return folder, info
 
 

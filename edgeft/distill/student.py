@@ -18,8 +18,8 @@ class StudentInfo:
     teacher_layers: int
     layers: int
     parameters: int
-    est_bytes: int
-    quant: str
+    est_bytes: int | None
+    quant: str | None
 
     def to_dict(self) -> dict:
         return {"kept_layers": list(self.kept_layers) if self.kept_layers else None, "teacher_layers": self.teacher_layers,
@@ -123,11 +123,12 @@ def parameter_count(model: "PreTrainedModel") -> int:
     return total
 
 
-def info(model: "PreTrainedModel", kept: tuple[int, ...] | None, teacher_layers: int, quant: str) -> StudentInfo:
+def info(model: "PreTrainedModel", kept: tuple[int, ...] | None, teacher_layers: int, quant: str | None) -> StudentInfo:
     from edgeft.backends.registry import estimated_bytes
 
     n = parameter_count(model)
-    return StudentInfo(kept, teacher_layers, model.config.num_hidden_layers, n, estimated_bytes(n, quant), quant)
+    size = None if quant is None else estimated_bytes(n, quant)
+    return StudentInfo(kept, teacher_layers, model.config.num_hidden_layers, n, size, quant)
 
 
 def check_vocabulary(teacher_tok: "PreTrainedTokenizerBase", student_tok: "PreTrainedTokenizerBase", teacher_vocab: int,
