@@ -93,18 +93,29 @@ def _silence_loader_bars() -> None:
 
 
 class muted_native_stderr:
-    """Point file descriptor 2 at /dev/null while native code runs: a native quantizer may log every
-    tensor it falls back on straight to stderr, whatever the Python log level says. Use it only in a
-    child process of ours (`edgeft.child`), where nothing else is writing to stderr meanwhile."""
+    """Point file descriptor 2 away from the terminal while native code runs: a native quantizer may
+    log every tensor it falls back on straight to stderr, whatever the Python log level says. The text
+    goes to an unnamed temporary file, so that a failure can still give its reason (`reason()`). Use
+    it only in a child process of ours (`edgeft.child`), where nothing else is writing to stderr."""
 
     def __enter__(self) -> "muted_native_stderr":
+        import tempfile
+
         sys.stderr.flush()
+        self._log = tempfile.TemporaryFile()
         self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+        os.dup2(self._log.fileno(), 2)
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.dup2(self._saved, 2)
         os.close(self._saved)
+
+    def reason(self, limit: int = 8192) -> str:
+        """The last line the native code logged that names an error or failure, else its last line
+        ("" when it logged nothing)."""
+        self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, self._log.tell() - limit))
+        lines = [line.strip() for line in self._log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
+        return (errors or lines or [""])[-1]

@@ -40,6 +40,8 @@ def test_failed_quantization_leaves_no_file(tmp_path):
 
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"not a gguf file at all")
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError) as err:
         quantize(bogus, tmp_path / "out.gguf", "q8_0")
+    # the reason llama.cpp logged, not only its return code (its log is muted on success)
+    assert "return code" in str(err.value) and "gguf" in str(err.value).split("return code", 1)[1].lower()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.gguf"]

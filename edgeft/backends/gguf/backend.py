@@ -30,18 +30,21 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
     from edgeft.child import call
 
     with atomic_path(dst) as tmp:
-        rc = call(_quantize_native, src, tmp, quant, threads, embedding_type=embedding_type,
-                  what=f"llama.cpp quantizing {src.name} to {quant}")
+        rc, said = call(_quantize_native, src, tmp, quant, threads, embedding_type=embedding_type,
+                        what=f"llama.cpp quantizing {src.name} to {quant}")
         if rc != 0:
-            raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc})", file=src)
+            said = said.replace(str(src), src.name).replace(str(tmp), tmp.name)
+            raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc}"
+                                + (f": {said}" if said else "") + ")", file=src)
         if importance:
             call(requantize, tmp, src, dict(importance), threads, what=f"ggml weighing {src.name}'s {quant} rounding")
     return dst
 
 
 def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_requantize: bool = False,
-                     embedding_type: str = "") -> int:
-    """llama.cpp's quantizer in this process (a child of ours); its return code, 0 on success."""
+                     embedding_type: str = "") -> tuple[int, str]:
+    """llama.cpp's quantizer in this process (a child of ours): its return code (0 on success) and,
+    on failure, the reason it logged (its log is muted, so a failure would otherwise say nothing)."""
     import llama_cpp
 
     from edgeft.progress import muted_native_stderr, quiet_libraries
@@ -53,8 +56,9 @@ def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_re
     params.allow_requantize = allow_requantize
     if embedding_type:
         params.token_embedding_type = TENSOR_TYPES[embedding_type]
-    with muted_native_stderr():
-        return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with muted_native_stderr() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    return rc, (log.reason() if rc != 0 else "")
 
 
 def check_embedding_type(path: Path, embedding_type: str, profile: str | None) -> None:
@@ -111,15 +115,18 @@ class LlamaCppRunner:
         from edgeft.progress import muted_native_stderr
 
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-load chatter
+        # muted: llama.cpp prints some load notes (a sliding-window cache's size) whatever `verbose` says;
+        # a load that fails raises, and its reason (what llama.cpp logged) is the one line below
+        log = muted_native_stderr()
         try:
-            # muted: llama.cpp prints some load notes (a sliding-window cache's size) whatever `verbose` says;
-            # a load that fails raises, and its reason is the one line below
-            with muted_native_stderr():
+            with log:
                 llm = Llama(model_path=str(self.path), n_ctx=self.context, n_batch=min(512, self.context),
                             n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
                             verbose=False, seed=self.seed)
         except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"llama.cpp cannot load it ({exc})", file=self.path) from None
+            said = log.reason().replace(str(self.path), self.path.name)
+            raise ArtifactError(f"llama.cpp cannot load it ({exc}" + (f"; {said}" if said else "") + ")",
+                                file=self.path) from None
         self._apply_adapter(llm)
         return llm
 

@@ -56,9 +56,9 @@ def _probe_level(model: Path, quant: str, work: Path, threads: int) -> dict:
     start = time.perf_counter()
     out = work / f"smoke-{quant}.gguf"
     # The default model ships quantized: requantized, each level still runs its own kernels.
-    rc = _quantize_native(model, out, quant, threads, allow_requantize=True)
+    rc, said = _quantize_native(model, out, quant, threads, allow_requantize=True)
     if rc != 0:
-        raise RuntimeError(f"llama.cpp could not quantize to {quant} (return code {rc})")
+        raise RuntimeError(f"llama.cpp could not quantize to {quant} (return code {rc}: {said})")
     llm = Llama(model_path=str(out), n_ctx=256, n_batch=256, n_threads=threads, n_threads_batch=threads,
                 verbose=False, seed=0)
     try:
