@@ -21,3 +21,20 @@ def test_quiet_silences_the_transformers_gguf_loader_bar(quiet, capsys):
     assert list(gguf_utils.tqdm(range(5), desc="Converting and de-quantizing GGUF tensors...")) == list(range(5))
     captured = capsys.readouterr()
     assert "de-quantizing" not in captured.err + captured.out
+
+
+def test_muted_native_stderr_keeps_the_reason_a_failure_logged(capfd):
+    """Native code writing to file descriptor 2 is kept off the terminal, and its error line is what
+    `reason()` gives (a quantizer that fails says why, not only its return code)."""
+    import os
+
+    with progress.muted_native_stderr() as log:
+        os.write(2, b"loading tensor 1\nllama_model_loader: failed to load model from x.gguf\nfreed 3 buffers\n")
+    assert capfd.readouterr().err == ""
+    assert log.reason() == "llama_model_loader: failed to load model from x.gguf"
+    with progress.muted_native_stderr() as quiet:
+        os.write(2, b"one line\nlast line\n")
+    assert quiet.reason() == "last line"
+    with progress.muted_native_stderr() as silent:
+        pass
+    assert silent.reason() == ""
