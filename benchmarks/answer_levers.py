@@ -165,21 +165,46 @@ def _print(result: dict) -> None:
           flush=True)
 
 
-def _requantized(build: Path, specs: list[str]) -> list[Path]:
-    """The build's f16 student rounded at each LEVEL:TABLE, with the build's importance (`compile`'s rounding)."""
+def _requantized(build: Path, specs: list[str]) -> list[tuple[str, Path]]:
+    """(LEVEL-TABLE, file): the build's f16 student compiled again at each LEVEL:TABLE by the GGUF
+    backend's own `compile`, weighed by the build's importance file as the build rounds it."""
     from edgeft import importance as imp
-    from edgeft.backends.gguf.backend import quantize
-    from edgeft.backends.gguf.imatrix import gguf_importance
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.registry import get_backend
+    from edgeft.config import load_target, to_dict
 
-    work, files = build / "work", []
-    (build / "answer-levers").mkdir(parents=True, exist_ok=True)
-    weights = gguf_importance(work / "merged", imp.load(work / "importance" / imp.FILE)) if specs else None
+    work, backend = build / "work", get_backend("gguf")
+    target = load_target(str(build / "target.toml"))
+    f16 = work / "model-f16.gguf"
+    reference = Artifact(path=f16, backend="gguf", quant="f16", files=(f16,))
+    files = []
     for spec in specs:
         level, _, table = spec.partition(":")
-        files.append(quantize(work / "model-f16.gguf", build / "answer-levers" / f"{level}-{table}.gguf", level,
-                              embedding_type=table, importance=weights))
-        print(f"{spec}: {files[-1].stat().st_size / 1e6:.2f} MB", flush=True)
+        at = target.with_overrides(quant=level, gguf={**to_dict(target)["gguf"], "embedding_type": table})
+        name = f"{level}-{table}"
+        artifact = backend.compile(work / "merged", at, build / "answer-levers" / name, reference=reference, name=name,
+                                   importance=work / "importance" / imp.FILE)
+        files.append((name, artifact.path))
+        print(f"{spec}: {artifact.path.stat().st_size / 1e6:.2f} MB", flush=True)
     return files
+
+
+def memo_teacher(hf_dir: Path):
+    """The teacher as the bench runs it (`SourceRunner`), each greedy answer computed once for every lever."""
+    from edgeft.bench.source_model import SourceRunner
+
+    class Teacher(SourceRunner):
+        def __init__(self, folder: Path):
+            super().__init__(folder)
+            self.memo: dict[tuple[int, ...], list[int]] = {}
+
+        def greedy(self, ids, new_tokens):
+            key = (*ids, -new_tokens)
+            if key not in self.memo:
+                self.memo[key] = super().greedy(ids, new_tokens)
+            return self.memo[key]
+
+    return Teacher(hf_dir)
 
 
 def main() -> None:
@@ -202,7 +227,7 @@ def main() -> None:
 
     import torch
 
-    from edgeft.bench.source_model import SourceRunner, side_by_side
+    from edgeft.bench.source_model import side_by_side
     from edgeft.distill import qlora, run
     from edgeft.distill.records import open_prepared
     from edgeft.presets import build_preset
@@ -210,7 +235,7 @@ def main() -> None:
     work = args.build / "work"
     keep = tuple(json.loads((work / "distill" / "student.json").read_text())["kept_layers"])
     data = work / "data"
-    args.gguf += [f"{Path(f).stem}={f}" for f in _requantized(args.build, [x for x in args.requant.split(",") if x])]
+    args.gguf += [f"{name}={f}" for name, f in _requantized(args.build, [x for x in args.requant.split(",") if x])]
     names = ([] if args.gguf or args.layers or args.mlp_width else list(VARIANTS)) if args.only is None else [n for n in args.only.split(",") if n]
     folders = {name: Path(folder) for name, _, folder in (spec.partition("=") for spec in args.data)}
     if args.only is None:
@@ -226,17 +251,7 @@ def main() -> None:
         names += [name, f"{name}-demo"]
     prompts = scored_prompts(_trained_inputs(data, *folders.values()), args.prompts)
 
-    class Teacher(SourceRunner):
-        """The teacher's greedy answers once, for every lever."""
-        memo: dict[tuple[int, ...], list[int]] = {}
-
-        def greedy(self, ids, new_tokens):
-            key = (*ids, -new_tokens)
-            if key not in self.memo:
-                self.memo[key] = super().greedy(ids, new_tokens)
-            return self.memo[key]
-
-    teacher = Teacher(work / "source-hf")
+    teacher = memo_teacher(work / "source-hf")
     stop = sorted(teacher.stop_ids())
     pad = teacher.tokenizer.pad_token_id or teacher.tokenizer.eos_token_id
     previous = json.loads(args.out.read_text()) if args.out.exists() and (args.only is not None or args.gguf) else {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, context, write  # noqa: E402
-from answer_levers import ANSWER_TOKENS, _Greedy, _print, _trained_inputs, scored_prompts, summary  # noqa: E402
+from answer_levers import ANSWER_TOKENS, _Greedy, _print, _trained_inputs, memo_teacher, scored_prompts, summary  # noqa: E402
 
 
 def split_scores(student, records, teacher_logprobs, pad_id: int, batch_size: int) -> dict:
@@ -104,7 +104,7 @@ def main() -> None:
 
     import torch
 
-    from edgeft.bench.source_model import SourceRunner, side_by_side
+    from edgeft.bench.source_model import side_by_side
     from edgeft.distill import student as student_mod
     from edgeft.distill.logits import target_logits
     from edgeft.distill.records import collate, read_records
@@ -115,22 +115,15 @@ def main() -> None:
     single = {int(k.split("-")[0]): v for k, v in pick.items() if k.split("-")[0] == k.split("-")[1]}
     layers = ([int(x) for x in args.layers.split(",") if x] if args.layers
               else sorted(single, key=single.__getitem__)[:args.top])
-    memo: dict = {}
-
-    class Teacher(SourceRunner):
-        """The teacher's greedy answers once, for every candidate."""
-
-        def greedy(self, ids, new_tokens):
-            key = (*ids, -new_tokens)
-            if key not in memo:
-                memo[key] = super().greedy(ids, new_tokens)
-            return memo[key]
-
-    teacher = Teacher(work / "source-hf")
-    tmodel = teacher.model  # fp32, eval mode; each candidate is a deep copy without one layer
+    teacher = memo_teacher(work / "source-hf")
+    tmodel = teacher.model  # fp32, eval mode; each candidate (`without`) is a deep copy without one layer
     n_layers = tmodel.config.num_hidden_layers
     pad = teacher.tokenizer.pad_token_id or teacher.tokenizer.eos_token_id
     stop = sorted(teacher.stop_ids())
+
+    def without(layer: int):
+        return student_mod.drop_layers(tmodel, tuple(i for i in range(n_layers) if i != layer)).eval()
+
     records = read_records(work / "data" / "train.jsonl", vocab_size=tmodel.config.vocab_size, max_length=256)
     batch_size = 8
     prompts = scored_prompts(_trained_inputs(work / "data"), args.prompts)
@@ -139,7 +132,7 @@ def main() -> None:
     if args.criteria_only:
         saved = json.loads(args.out.read_text())
         for row in saved["rows"]:
-            student = student_mod.drop_layers(tmodel, tuple(i for i in range(n_layers) if i != row["dropped"])).eval()
+            student = without(row["dropped"])
             row["train_split"].update(greedy_scores(student, pairs))
             if args.train_answers:
                 row["train_answers"] = summary(side_by_side(teacher, _Greedy(student, stop, pad),
@@ -156,7 +149,7 @@ def main() -> None:
     results = []
     for layer in layers:
         started = time.perf_counter()
-        student = student_mod.drop_layers(tmodel, tuple(i for i in range(n_layers) if i != layer)).eval()
+        student = without(layer)
         scores = {**split_scores(student, records, teacher_logprobs, pad, batch_size), **greedy_scores(student, pairs)}
         rows = side_by_side(teacher, _Greedy(student, stop, pad), tuple(prompts), ANSWER_TOKENS)
         results.append({"variant": f"drop{layer}", "dropped": layer, "block_pick_nll": single.get(layer),
