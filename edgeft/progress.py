@@ -111,11 +111,14 @@ class muted_native_stderr:
         os.dup2(self._saved, 2)
         os.close(self._saved)
 
-    def reason(self, limit: int = 8192) -> str:
+    def reason(self, *paths: "os.PathLike[str]", limit: int = 8192) -> str:
         """The last line the native code logged that names an error or failure, else its last line
-        ("" when it logged nothing)."""
+        ("" when it logged nothing); each of `paths` in it shortened to its file name."""
         self._log.seek(0, os.SEEK_END)
         self._log.seek(max(0, self._log.tell() - limit))
         lines = [line.strip() for line in self._log.read().decode("utf-8", "replace").splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower() or "fail" in line.lower()]
-        return (errors or lines or [""])[-1]
+        said = (errors or lines or [""])[-1]
+        for path in paths:
+            said = said.replace(os.fspath(path), os.path.basename(path))
+        return said

@@ -33,7 +33,6 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
         rc, said = call(_quantize_native, src, tmp, quant, threads, embedding_type=embedding_type,
                         what=f"llama.cpp quantizing {src.name} to {quant}")
         if rc != 0:
-            said = said.replace(str(src), src.name).replace(str(tmp), tmp.name)
             raise ArtifactError(f"llama.cpp could not quantize to {quant} (return code {rc}"
                                 + (f": {said}" if said else "") + ")", file=src)
         if importance:
@@ -58,7 +57,7 @@ def _quantize_native(src: Path, dst: Path, quant: str, threads: int, *, allow_re
         params.token_embedding_type = TENSOR_TYPES[embedding_type]
     with muted_native_stderr() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    return rc, (log.reason() if rc != 0 else "")
+    return rc, (log.reason(src, dst) if rc != 0 else "")
 
 
 def check_embedding_type(path: Path, embedding_type: str, profile: str | None) -> None:
@@ -124,7 +123,7 @@ class LlamaCppRunner:
                             n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all,
                             verbose=False, seed=self.seed)
         except (ValueError, RuntimeError) as exc:
-            said = log.reason().replace(str(self.path), self.path.name)
+            said = log.reason(self.path)
             raise ArtifactError(f"llama.cpp cannot load it ({exc}" + (f"; {said}" if said else "") + ")",
                                 file=self.path) from None
         self._apply_adapter(llm)
