@@ -501,7 +501,8 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
             click.echo(f"  {step['step']}: {step['removed']} removed - " + ", ".join(f"{k} ({v})" for k, v in step["reasons"].items()))
     syn = next(s for s in report["steps"] if s["step"] == "synthesis")
     if syn.get("generated") or syn.get("cached"):
-        click.echo(f"  teacher: {syn['generated']} generated ({syn['generated_tokens']} tokens, {syn['seconds']} s), {syn['cached']} from cache")
+        click.echo(f"  teacher: {syn['generated']} generated ({syn['generated_tokens']} tokens, {syn['seconds']} s), {syn['cached']} from cache"
+                   + (f"; {syn['cut_at_budget']} cut at --max-new-tokens, trained without an end" if syn.get("cut_at_budget") else ""))
     click.echo(f"wrote {result.train}, {result.eval}, {result.report}")
 
 

@@ -68,6 +68,13 @@ def test_prepare_synthesizes_and_caches(tmp_path, tiny_llama_dir):
         assert any(lab != IGNORE_INDEX for lab in row["labels"])
     teacher = [r for r in records if r.get("metadata", {}).get("target_source") == "teacher"]
     assert teacher and all(r["target"] for r in teacher) and all(r["metadata"]["augmented"] for r in teacher)
+    # an answer the 6-token budget cut is learned without the end of the turn; one the teacher ended keeps it
+    eos = _tokenizer(tiny_llama_dir).eos_token_id
+    for row, record in zip(rows, records):
+        learned = [t for t in row["labels"] if t != IGNORE_INDEX]
+        assert (eos in learned) == record.get("metadata", {}).get("target_ends", True)
+    cut = sum(not r["metadata"]["target_ends"] for r in teacher)
+    assert len(teacher) == 6 and cut and report["counts"]["teacher_targets_cut"] == synth["cut_at_budget"] == cut
 
     second = prepare(data, str(tiny_llama_dir), tmp_path / "out2", cfg)
     synth2 = next(s for s in json.loads(second.report.read_text())["steps"] if s["step"] == "synthesis")
@@ -77,6 +84,27 @@ def test_prepare_synthesizes_and_caches(tmp_path, tiny_llama_dir):
     changed = prepare(data, str(tiny_llama_dir), tmp_path / "out3", DataConfig(**{**cfg.__dict__, "synth_max_new_tokens": 5}))
     synth3 = next(s for s in json.loads(changed.report.read_text())["steps"] if s["step"] == "synthesis")
     assert synth3["generated"] == 6  # other generation settings: another cache entry
+
+
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_target_cache_keeps_whether_the_teacher_ended_each_answer(tmp_path):
+    """The cache holds each answer with its end; an entry of an older cache, text alone, is written again."""
+    from edgeft.data.synthesize import GenerationSettings, TargetCache
+
+    settings = GenerationSettings(64, 1.0, 0)
+    cache = TargetCache(tmp_path, "teacher", settings)
+    cache.put("whole", "A week has 7 days.", True)
+    cache.put("cut", "1. **Set a study", False)
+    cache.flush()
+    again = TargetCache(tmp_path, "teacher", settings)
+    assert again.get("whole") == ("A week has 7 days.", True) and again.get("cut") == ("1. **Set a study", False)
+    again.entries[again.key("old")] = "text alone"
+    assert again.get("old") is None and again.get("unknown") is None
 
 
 def _teacher_targets(prepared) -> dict[str, str]:

@@ -61,6 +61,23 @@ def test_plain_format_without_chat_template(tok):
     assert ex["labels"][len(enc.prompt_ids): enc.n_tokens] == enc.target_ids
 
 
+def test_a_cut_target_is_learned_without_the_end_of_its_turn(tok):
+    """A teacher answer its token budget cut short is trained as the text it is, not as a whole turn:
+    otherwise the model learns to stop in mid-sentence."""
+    t = Templater(tok, "unused {input}")
+    inp, target = "Give me three tips for studying.", "1. **Set a study space**: a quiet desk helps you"
+    whole, cut = t.encode_pairs([(inp, target, None)] * 2, ends=[True, False])
+    assert cut.prompt_ids == whole.prompt_ids
+    assert whole.target_ids[: len(cut.target_ids)] == cut.target_ids and len(cut.target_ids) < len(whole.target_ids)
+    assert tok.decode(cut.target_ids) == target
+    assert tok.eos_token_id not in cut.target_ids and tok.eos_token_id in whole.target_ids
+
+    plain = copy.deepcopy(tok)
+    plain.chat_template = None
+    (enc,) = Templater(plain, "### Input:\n{input}\n\n### Response:\n").encode_pairs([(inp, target, None)], ends=[False])
+    assert plain.decode(enc.target_ids) == target
+
+
 def test_pack_keeps_examples_whole_and_masks():
     encs = [Encoded([1, 2, 3], [4, 5]), Encoded([6, 7], [8]), Encoded([9] * 4, [10, 11, 12])]
     rows = pack_examples(encs, max_length=8, pad_id=0)
@@ -80,3 +97,6 @@ def test_default_model_chat_template_mask_is_exact():
     t = Templater(tok, "unused {input}")
     for (inp, target, system), enc in zip(PAIRS, t.encode_pairs(PAIRS)):
         _check_mask(tok, pad_example(enc, 160, pad_token_id(tok)), inp, target, system, 160)
+    for (_, target, _), whole, cut in zip(PAIRS, t.encode_pairs(PAIRS), t.encode_pairs(PAIRS, ends=[False] * len(PAIRS))):
+        assert tok.decode(cut.target_ids) == target and whole.target_ids[: len(cut.target_ids)] == cut.target_ids
+        assert tok.eos_token_id not in cut.target_ids and tok.eos_token_id in whole.target_ids

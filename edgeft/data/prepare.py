@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 DEFAULT_DATA = Path(__file__).with_name("default_prompts.jsonl")
 LAYOUTS = ("pad", "pack", "none")
 REPORT_NAME = "data_report.json"
+# Part of every stage key over prepared data: bumped when `prepare` writes other rows from the same
+# inputs, so a build does not reuse rows the code would no longer write (2: cut teacher answers, no end).
+ROWS_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -379,11 +382,13 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         result = call(synthesize, source, tokenizer, prompts, ids, settings, config.cache_dir or default_cache_dir(),
                       context=config.max_length + config.synth_max_new_tokens, threads=config.synth_threads,
                       what="the teacher writing targets")
-        for r, text in zip(need, result.targets):
+        for r, text, ends in zip(need, result.targets, result.ends):
             r.target = text or None
             r.target_source = "teacher"
-            r.metadata = {**r.metadata, "target_source": "teacher"}
+            r.target_ends = ends
+            r.metadata = {**r.metadata, "target_source": "teacher", "target_ends": ends}
         synth.extra.update({"generated": result.generated, "cached": result.cached, "generated_tokens": result.generated_tokens,
+                            "cut_at_budget": sum(not e for e in result.ends),
                             "seconds": round(result.seconds, 2), "settings": settings.key(), "teacher": source.label})
         for r in need:
             if r.target is None:
@@ -395,7 +400,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
     # tokenization with the exact prompt mask, then the final length check
     tokens = Step("tokenize")
     encoded = templater.encode_pairs([(r.input, r.target, r.metadata.get("system")) for r in progress(records, desc="tokenize")],
-                                     [r.prompt_ids for r in records])
+                                     [r.prompt_ids for r in records], [r.target_ends for r in records])
     kept: list[tuple[Record, Any]] = []
     for r, enc in zip(records, encoded):
         if len(enc.target_ids) < config.min_target_tokens:
@@ -440,6 +445,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
                    "train_examples": sum(1 for r, _ in kept if not r.eval), "eval_examples": sum(1 for r, _ in kept if r.eval),
                    "train_rows": n_train, "eval_rows": n_eval,
                    "teacher_targets": sum(1 for r, _ in kept if r.target_source == "teacher"),
+                   "teacher_targets_cut": sum(1 for r, _ in kept if not r.target_ends),
                    "augmented_in_train": sum(1 for r, _ in kept if not r.eval and r.metadata.get("augmented") is True)},
         "steps": [s.to_json() for s in steps],
         "tokens": {

@@ -28,6 +28,7 @@ class Record:
     eval: bool = False
     key: str = ""  # content hash after normalization
     target_source: str = "data"  # "data" or "teacher"
+    target_ends: bool = True  # False: a teacher answer its token budget cut short, trained without an end
     prompt_ids: list[int] | None = field(default=None, repr=False)  # the templated prompt, tokenized once
 
     def to_json(self) -> dict[str, Any]:

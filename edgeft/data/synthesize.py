@@ -5,7 +5,8 @@ Generation runs through the registered teacher backend's runner (`BackendInfo.te
 faster than transformers' generate. The backend runs a teacher already in its format as is and
 exports any other once, cached. Prompts are rendered with the teacher's chat template by the HF tokenizer, so the token
 ids match training exactly. Targets are cached on disk keyed by the teacher's sha256, the
-generation settings and the rendered prompt, so a rerun regenerates nothing."""
+generation settings and the rendered prompt, so a rerun regenerates nothing. Each target records
+whether the teacher ended it or the token budget cut it: a cut one is trained without an end."""
 
 from __future__ import annotations
 
@@ -65,13 +66,14 @@ def default_cache_dir() -> Path:
 
 
 class TargetCache:
-    """prompt key -> generated target, one JSON file per teacher+settings, rewritten atomically."""
+    """prompt key -> generated target and whether the teacher ended it, one JSON file per
+    teacher+settings, rewritten atomically. An entry without the second (an older cache) is regenerated."""
 
     def __init__(self, cache_dir: Path, teacher_sha: str, settings: GenerationSettings):
         self.settings = settings
         self.prefix = hashlib.sha256(f"{teacher_sha}\x00{settings.key()}".encode()).hexdigest()
         self.path = cache_dir / f"{self.prefix[:32]}.json"
-        self.entries: dict[str, str] = {}
+        self.entries: dict[str, list] = {}
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -84,11 +86,14 @@ class TargetCache:
     def key(self, prompt_text: str) -> str:
         return hashlib.sha256(f"{self.prefix}\x00{prompt_text}".encode("utf-8")).hexdigest()
 
-    def get(self, prompt_text: str) -> str | None:
-        return self.entries.get(self.key(prompt_text))
+    def get(self, prompt_text: str) -> tuple[str, bool] | None:
+        entry = self.entries.get(self.key(prompt_text))
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], bool)):
+            return None
+        return entry[0], entry[1]
 
-    def put(self, prompt_text: str, target: str) -> None:
-        self.entries[self.key(prompt_text)] = target
+    def put(self, prompt_text: str, target: str, ends: bool) -> None:
+        self.entries[self.key(prompt_text)] = [target, ends]
         self.dirty += 1
         if self.dirty >= CACHE_FLUSH_EVERY:
             self.flush()
@@ -115,6 +120,7 @@ def _stop_ids(tokenizer: "PreTrainedTokenizerBase", llm: "Sampler") -> set[int]:
 @dataclass
 class SynthesisResult:
     targets: list[str]
+    ends: list[bool]  # False: the token budget cut the answer, not the teacher
     generated: int  # how many came from the teacher in this run
     cached: int  # how many came from the cache
     generated_tokens: int
@@ -145,7 +151,7 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
 
     teacher_sha = teacher_hash(source)
     cache = TargetCache(cache_dir, teacher_sha, settings)
-    out: list[str | None] = [cache.get(p) for p in prompts]
+    out: list[tuple[str, bool] | None] = [cache.get(p) for p in prompts]
     todo = [i for i, t in enumerate(out) if t is None]
     start = time.perf_counter()
     n_tokens = 0
@@ -166,9 +172,10 @@ def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prom
                 new = llm.sample(list(prompt_ids[i]), budget, sampling, stop)
                 n_tokens += len(new)
                 text = tokenizer.decode(new, skip_special_tokens=True).strip()
-                out[i] = text
-                cache.put(prompts[i], text)
+                out[i] = (text, len(new) < budget)  # the sampler stops at a stop token or at the budget
+                cache.put(prompts[i], *out[i])
         finally:
             cache.flush()
             llm.close()
-    return SynthesisResult([t or "" for t in out], len(todo), len(prompts) - len(todo), n_tokens, time.perf_counter() - start)
+    return SynthesisResult([t[0] if t else "" for t in out], [t[1] if t else True for t in out], len(todo),
+                           len(prompts) - len(todo), n_tokens, time.perf_counter() - start)

@@ -46,18 +46,28 @@ class Templater:
             return self.plain_format.format(input=inp)
         return self.tok.apply_chat_template(self._messages(inp, system), tokenize=False, add_generation_prompt=True)
 
-    def texts(self, inp: str, target: str, system: str | None = None) -> tuple[str, str]:
-        """(prompt text, target text) whose concatenation is the full training text."""
+    def texts(self, inp: str, target: str, system: str | None = None, ends: bool = True) -> tuple[str, str]:
+        """(prompt text, target text) whose concatenation is the full training text.
+
+        `ends=False` is a target cut short (a teacher answer stopped at its token budget): it is rendered
+        without what closes the turn, so the model is not taught to stop in mid-sentence."""
         prompt = self.prompt_text(inp, system)
         if not self.chat:
-            return prompt, target + (self.tok.eos_token or "")
+            return prompt, target + ((self.tok.eos_token or "") if ends else "")
         full = self.tok.apply_chat_template(
             self._messages(inp, system) + [{"role": "assistant", "content": target}], tokenize=False
         )
         if not full.startswith(prompt):
             raise EdgeftError("the tokenizer's chat template renders the assistant turn in a way that does not extend "
                               "the generation prompt; cannot mask the prompt exactly", place="chat_template")
-        return prompt, full[len(prompt):]
+        turn = full[len(prompt):]
+        if ends:
+            return prompt, turn
+        at = turn.find(target.strip())
+        if at < 0:
+            raise EdgeftError("the tokenizer's chat template changes the assistant's text; cannot leave the end of the "
+                              "turn off a cut-short target", place="chat_template")
+        return prompt, turn[: at + len(target.strip())]
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -69,9 +79,12 @@ class Templater:
         return self.encode_texts([self.prompt_text(i, s) for i, s in inputs])
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str, str | None]],
-                     prompt_ids: Sequence[list[int] | None] | None = None) -> list[Encoded]:
-        """`prompt_ids`, when given, are the already tokenized prompt texts (None where unknown)."""
-        rendered = [self.texts(i, t, s) for i, t, s in pairs]
+                     prompt_ids: Sequence[list[int] | None] | None = None,
+                     ends: Sequence[bool] | None = None) -> list[Encoded]:
+        """`prompt_ids`, when given, are the already tokenized prompt texts (None where unknown);
+        `ends`, whether each target ends its answer (`texts`; all do when not given)."""
+        ends = list(ends) if ends is not None else [True] * len(pairs)
+        rendered = [self.texts(i, t, s, e) for (i, t, s), e in zip(pairs, ends, strict=True)]
         known = list(prompt_ids) if prompt_ids is not None else [None] * len(rendered)
         todo = [k for k, ids in enumerate(known) if ids is None]
         for k, ids in zip(todo, self.encode_texts([rendered[k][0] for k in todo])):
