@@ -54,15 +54,13 @@ def distill_student(model: str, hf_dir: Path, src_key: str, data: Path | None, p
     """data -> distill -> merge, each stage reused while its inputs are unchanged.
 
     Returns the merged HF folder, its key (what later stages hash against) and the data's splits."""
-    from dataclasses import asdict
-
     from edgeft import distill
-    from edgeft.data.prepare import REPORT_NAME, ROWS_FORMAT, prepare
+    from edgeft.data.prepare import REPORT_NAME, prepare, settings_key
     from edgeft.merge import merge
 
     t = time.perf_counter()
     data_dir = work / "data"
-    data_key = _key("data", file_key(data), src_key, asdict(preset.data), ROWS_FORMAT)
+    data_key = _key("data", file_key(data), src_key, settings_key(preset.data))
     reused = _reusable(data_dir, data_key)
     if not reused:
         status("data: cleaning, splitting and letting the teacher write missing answers ...")
@@ -311,13 +309,11 @@ def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", prese
     prepared: "Iterable[list[int]]" = ()
     by = "count" if isinstance(trim, int) else str(trim)
     if not isinstance(trim, int):
-        from dataclasses import asdict
-
-        from edgeft.data.prepare import ROWS_FORMAT, prepare
+        from edgeft.data.prepare import prepare, settings_key
         from edgeft.presets import build_preset
 
         data_dir, config = work / "trim-data", build_preset(preset).data
-        data_key = _key("trim-data", file_key(trim), src_key, asdict(config), ROWS_FORMAT)
+        data_key = _key("trim-data", file_key(trim), src_key, settings_key(config))
         if not _reusable(data_dir, data_key):
             status(f"trim: preparing {trim} (the teacher writes missing answers) ...")
             prepare(trim, model, data_dir, config)

@@ -69,7 +69,9 @@ def test_prepare_synthesizes_and_caches(tmp_path, tiny_llama_dir):
     teacher = [r for r in records if r.get("metadata", {}).get("target_source") == "teacher"]
     assert teacher and all(r["target"] for r in teacher) and all(r["metadata"]["augmented"] for r in teacher)
     # an answer the 6-token budget cut is learned without the end of the turn; one the teacher ended keeps it
-    eos = _tokenizer(tiny_llama_dir).eos_token_id
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(tiny_llama_dir).eos_token_id
     for row, record in zip(rows, records):
         learned = [t for t in row["labels"] if t != IGNORE_INDEX]
         assert (eos in learned) == record.get("metadata", {}).get("target_ends", True)
@@ -84,12 +86,6 @@ def test_prepare_synthesizes_and_caches(tmp_path, tiny_llama_dir):
     changed = prepare(data, str(tiny_llama_dir), tmp_path / "out3", DataConfig(**{**cfg.__dict__, "synth_max_new_tokens": 5}))
     synth3 = next(s for s in json.loads(changed.report.read_text())["steps"] if s["step"] == "synthesis")
     assert synth3["generated"] == 6  # other generation settings: another cache entry
-
-
-def _tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_target_cache_keeps_whether_the_teacher_ended_each_answer(tmp_path):

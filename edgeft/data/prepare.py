@@ -31,8 +31,7 @@ if TYPE_CHECKING:
 DEFAULT_DATA = Path(__file__).with_name("default_prompts.jsonl")
 LAYOUTS = ("pad", "pack", "none")
 REPORT_NAME = "data_report.json"
-# Part of every stage key over prepared data: bumped when `prepare` writes other rows from the same
-# inputs, so a build does not reuse rows the code would no longer write (2: cut teacher answers, no end).
+# Bumped when `prepare` writes other rows from the same inputs (2: cut teacher answers, no end).
 ROWS_FORMAT = 2
 
 
@@ -129,6 +128,12 @@ class Analysis:
     @property
     def rejected(self) -> Step:
         return self.steps[0]
+
+
+def settings_key(config: DataConfig) -> dict[str, Any]:
+    """What of the data stage a reuse key must cover besides the data and the model: its settings, and
+    the rows format, so that a stage made by older code is not reused for rows it would no longer write."""
+    return {**asdict(config), "rows_format": ROWS_FORMAT}
 
 
 def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fields: set[str]) -> tuple[list[Record], int]:

@@ -63,11 +63,12 @@ class Templater:
         turn = full[len(prompt):]
         if ends:
             return prompt, turn
-        at = turn.find(target.strip())
+        text = target.strip()
+        at = turn.find(text)
         if at < 0:
             raise EdgeftError("the tokenizer's chat template changes the assistant's text; cannot leave the end of the "
                               "turn off a cut-short target", place="chat_template")
-        return prompt, turn[: at + len(target.strip())]
+        return prompt, turn[: at + len(text)]
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:

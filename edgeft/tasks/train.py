@@ -8,7 +8,7 @@ on the fp32 base: against the teacher's logits beside the targets (KD), or on th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -85,7 +85,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
     shipped file does not have (measured: benchmarks/README.md, task_levers.py)."""
     from edgeft import distill
     from edgeft.backends.registry import adapter_suffix
-    from edgeft.data.prepare import ROWS_FORMAT, prepare
+    from edgeft.data.prepare import prepare, settings_key
     from edgeft.distill.records import open_prepared
 
     suffix = adapter_suffix(backend.name, method=adapter)
@@ -95,7 +95,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
         t = time.perf_counter()
         root = work / "tasks" / task.name
         data_dir = root / "data"
-        data_key = key("task-data", sha256(task.data), base_key, asdict(preset.data), ROWS_FORMAT)
+        data_key = key("task-data", sha256(task.data), base_key, settings_key(preset.data))
         if not reusable(data_dir, data_key):
             status(f"task {task.name}: cleaning, splitting and letting the teacher write missing answers ...")
             prepare(task.data, model, data_dir, preset.data)
