@@ -224,7 +224,7 @@ def _higher_level(artifact: dict) -> str:
 
 
 def _print_bench(result: dict, as_json: bool) -> None:
-    from edgeft.bench.report import answers_block, budget_table, metrics_table, source_quality
+    from edgeft.bench.report import answers_block, budget_table, latency_note, metrics_table, source_quality
 
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -237,6 +237,8 @@ def _print_bench(result: dict, as_json: bool) -> None:
         click.echo(answers_block(result))
     click.echo("")
     click.echo(metrics_table(result))
+    if latency_note(result):
+        click.echo(latency_note(result))
     click.echo("")
     click.echo(budget_table(result))
     click.echo("")

@@ -25,6 +25,7 @@ from edgeft.stages import prepare_source, resolve_for, source_hash
 from edgeft.stages import key as _key
 from edgeft.stages import reusable as _reusable
 from edgeft.stages import stamp as _stamp
+from edgeft.student_auto import StudentSearch
 from edgeft.sweep import compile_level, quantize_to_fit, weighs_importance
 
 if TYPE_CHECKING:
@@ -248,7 +249,9 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         t = time.perf_counter()
         if result is None:  # quant=auto benchmarked the kept level already
             status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
-            result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf)
+            # Timed as `--student auto` timed the candidates: a busy moment must not fail the student it chose.
+            result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf,
+                           latency_tries=StudentSearch().latency_tries)
         if entries:
             from edgeft.tasks.bench import bench_tasks
 
@@ -379,7 +382,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     Reused while the source and the target are unchanged."""
     from edgeft.bench.run import bench
     from edgeft.bench.machine import OtherLoad
-    from edgeft.student_auto import StudentSearch, busy_warning, choose, settle_timing
+    from edgeft.student_auto import busy_warning, choose, settle_timing
 
     stage = work / "student-auto"
     key = _key("student-auto", src_key, to_dict(target))

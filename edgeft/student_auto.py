@@ -17,10 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeft.bench.budgets import BUDGET_METRICS, BudgetLine, device_failures
+from edgeft.bench.budgets import BUDGET_METRICS, TIMED_BUDGETS, BudgetLine, device_failures
 
-# Budget lines that a busy machine can fail: load only ever adds time, never bytes.
-TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
 # Other processes' average use, in cores, above which a timing is called the machine's rather than the model's.
 BUSY_CORES = 0.5
 

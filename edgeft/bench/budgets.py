@@ -18,6 +18,8 @@ BUDGET_METRICS = {
 }
 # Budgets on quality: judged on the finished artifact, never on an untrained candidate (`student_auto`).
 QUALITY_BUDGETS = ("ppl_increase_pct", "ppl_vs_source_pct", "answer_ppl_vs_source_pct")
+# Budgets that a busy machine can fail: load only ever adds time, never bytes.
+TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ def device_failures(lines: list[dict]) -> list[dict]:
     """The failing size, latency and memory lines (BudgetLine.to_json() dicts): what a device cannot
     hold, as opposed to quality, which is judged on a finished artifact."""
     return [b for b in lines if b["budget"] not in QUALITY_BUDGETS and b["status"] == "FAIL"]
+
+
+def timing_excess(metrics: dict[str, float], budget: Budget) -> float:
+    """The worst timing line's value over its limit (above 1: it fails); 0 when no timing line is set
+    or measured. Ranks re-runs of one latency bench: the lowest is the least disturbed by load."""
+    ratios = [metrics[BUDGET_METRICS[key]] / getattr(budget, key) for key in TIMED_BUDGETS
+              if getattr(budget, key) is not None and metrics.get(BUDGET_METRICS[key]) is not None]
+    return max(ratios, default=0.0)
 
 
 def all_pass(lines: list[BudgetLine]) -> bool:

@@ -44,6 +44,18 @@ def metrics_table(result: dict) -> str:
     return table(rows, ["metric", "median", "p90", ""])
 
 
+def latency_note(result: dict) -> str:
+    """One line when the latency was measured more than once (`run.settled_latency`): which run the
+    table shows and what each measured, so a PASS after a failed run is not a surprise."""
+    tries = result.get("latency_tries") or []
+    if len(tries) < 2:
+        return ""
+    each = ", ".join(f"{t['ttft_ms_p90']:.0f} ms" + ("" if t["others_cores"] is None else f" ({t['others_cores']:.1f} cores busy)")
+                     + (" <- shown" if t["kept"] else "") for t in tries)
+    return (f"latency measured {len(tries)} times, as a timing line failed (load only adds time; the least "
+            f"disturbed run is shown): TTFT p90 {each}")
+
+
 def source_quality(result: dict) -> str:
     """The first lines of every report: the artifact against the model the user gave."""
     m = result["metrics"]

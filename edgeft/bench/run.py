@@ -15,13 +15,13 @@ MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
 
 
 def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = None, eval_data: Path | None = None,
-          quality: bool = True, source: Path | None = None, adapter: Path | None = None) -> dict:
+          quality: bool = True, source: Path | None = None, adapter: Path | None = None, latency_tries: int = 1) -> dict:
     """Latency and memory in one child process, then quality in another: perplexity; KL, top-1 and the
     perplexity increase against `reference` (the unquantized export: quantization loss alone) and
     against `source` (the HF folder of the model the user gave), with both models' greedy answers to
-    a few chat prompts side by side."""
+    a few chat prompts side by side. `latency_tries`: see `settled_latency`."""
     active = {"adapter": str(adapter)} if adapter is not None else {}  # a task adapter active in both processes
-    raw = latency.run_worker(artifact, target, **active)
+    raw, tries = settled_latency(artifact, target, latency_tries, **active)
     metrics, per_run = latency.latency_metrics(raw)
     evaluation = None
     answers = None
@@ -58,9 +58,43 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
         "eval": evaluation,  # what quality was measured on; None when it was not
         "answers": answers,  # greedy answers of the source and the artifact to CHAT_PROMPTS; None without a source
         "runs": per_run,
+        "latency_tries": tries,  # each latency run's timing p90s and other processes' cores; `kept` marks the one reported
         "budget": [line.to_json() for line in lines],
         "pass": budgets.all_pass(lines),
     }
+
+
+def settled_latency(artifact: Artifact, target: Target, tries: int, **active) -> tuple[dict, list[dict]]:
+    """The latency run, run again while a timing budget line fails, at most `tries` runs in all; the
+    run kept is the one whose worst timing line is lowest against its limit, reported whole.
+
+    Why: load only ever adds time, so on a busy machine the least disturbed run is the best estimate
+    of the model's own. `--student auto` settles each candidate's timing this way (`student_auto.
+    settle_timing`); a build's final bench that measured once could fail the student the search had
+    just timed well inside the line. Every run's figures stay in bench.json (`latency_tries`)."""
+    from edgeft.bench.machine import OtherLoad
+    from edgeft.progress import status
+
+    runs: list[tuple[float, dict]] = []
+    record: list[dict] = []
+    while len(runs) < max(1, tries):
+        if runs:
+            last = record[-1]
+            busy = "" if last["others_cores"] is None else f"; other processes used {last['others_cores']:.1f} cores"
+            status(f"bench: a timing line failed (TTFT p90 {last['ttft_ms_p90']:.0f} ms, {last['ms_per_token_p90']:.1f} "
+                   f"ms/token{busy}); measuring again in case the machine was busy ({len(runs) + 1} of {tries}) ...")
+        with OtherLoad() as others:
+            raw = latency.run_worker(artifact, target, **active)
+        metrics, _ = latency.latency_metrics(raw)
+        excess = budgets.timing_excess(metrics, target.budget)
+        runs.append((excess, raw))
+        record.append({"ttft_ms_p90": metrics["ttft_ms_p90"], "ms_per_token_p90": metrics["ms_per_token_p90"],
+                       "others_cores": others.cores, "kept": False})
+        if excess <= 1.0:
+            break
+    kept = min(range(len(runs)), key=lambda i: runs[i][0])
+    record[kept]["kept"] = True
+    return runs[kept][1], record
 
 
 def _identified(path: Path, *, default_backend: str) -> Artifact:
