@@ -25,7 +25,7 @@ from edgeft.stages import prepare_source, resolve_for, source_hash
 from edgeft.stages import key as _key
 from edgeft.stages import reusable as _reusable
 from edgeft.stages import stamp as _stamp
-from edgeft.student_auto import StudentSearch
+from edgeft.bench.budgets import LATENCY_TRIES
 from edgeft.sweep import compile_level, quantize_to_fit, weighs_importance
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
             status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
             # Timed as `--student auto` timed the candidates: a busy moment must not fail the student it chose.
             result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf,
-                           latency_tries=StudentSearch().latency_tries)
+                           latency_tries=LATENCY_TRIES)
         if entries:
             from edgeft.tasks.bench import bench_tasks
 
@@ -382,7 +382,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     Reused while the source and the target are unchanged."""
     from edgeft.bench.run import bench
     from edgeft.bench.machine import OtherLoad
-    from edgeft.student_auto import busy_warning, choose, settle_timing
+    from edgeft.student_auto import StudentSearch, busy_warning, choose, settle_timing
 
     stage = work / "student-auto"
     key = _key("student-auto", src_key, to_dict(target))

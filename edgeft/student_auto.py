@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeft.bench.budgets import BUDGET_METRICS, TIMED_BUDGETS, BudgetLine, device_failures
+from edgeft.bench.budgets import BUDGET_METRICS, LATENCY_TRIES, TIMED_BUDGETS, BudgetLine, device_failures
 
 # Other processes' average use, in cores, above which a timing is called the machine's rather than the model's.
 BUSY_CORES = 0.5
@@ -37,7 +37,7 @@ class StudentSearch:
     pruned it to 12 layers; a model that fits must not be cut for that."""
 
     fractions: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
-    latency_tries: int = 3
+    latency_tries: int = LATENCY_TRIES
     refine: bool = True  # then halve the gap between the step that fits and the one above it
 
 

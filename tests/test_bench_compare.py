@@ -208,3 +208,17 @@ def test_quant_auto_keeps_the_closest_level_that_fits_when_none_passes():
     assert kept.artifact.quant == "f16" and "kept the largest" in verdict
     kept, verdict = keep_level([_level("q4_0", 78, 22.0, 85), _level("q8_0", 80, 5.0, 85), _level("f16", 270, 0.1, 85)])
     assert kept.artifact.quant == "q8_0" and verdict == "met every budget"
+
+
+def test_the_table_says_when_a_level_was_timed_again():
+    from edgeft.bench.compare import table_rows
+
+    def row(quant: str, runs: int, ok: bool) -> dict:
+        return {"model": "m", "backend": "gguf", "quant": quant, "artifact": quant, "pass": ok, "latency_runs": runs,
+                "metrics": {"ttft_ms_p90": 150.0 if ok else 250.0},
+                "budget": [{"budget": "ttft_ms_p90", "value": 150.0 if ok else 250.0, "limit": 200.0,
+                            "status": "PASS" if ok else "FAIL"}]}
+
+    header, rows = table_rows({"rows": [row("q8_0", 1, True), row("q4_0", 3, False)], "recommended": None})
+    spread = header.index("spread")
+    assert rows[0][spread] == "0%" and rows[1][spread] == "0%, best of 3"

@@ -20,6 +20,9 @@ BUDGET_METRICS = {
 QUALITY_BUDGETS = ("ppl_increase_pct", "ppl_vs_source_pct", "answer_ppl_vs_source_pct")
 # Budgets that a busy machine can fail: load only ever adds time, never bytes.
 TIMED_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
+# How many latency runs in all a decision on a timing line may take while it fails (`run.settled_latency`,
+# `student_auto.settle_timing`): a busy moment passes, load that lasts does not.
+LATENCY_TRIES = 3
 
 
 @dataclass(frozen=True)

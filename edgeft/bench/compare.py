@@ -124,7 +124,8 @@ def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]],
                          "bench_json": str(level_dir / "bench.json"),
                          "importance": found.get("importance") if weights is not None
                          and weighs_importance(target.backend, target.with_overrides(quant=lv.artifact.quant)) else None,
-                         "metrics": result["metrics"], "budget": result["budget"], "pass": result["pass"],
+                         "metrics": result["metrics"], "latency_runs": len(result["latency_tries"]),
+                         "budget": result["budget"], "pass": result["pass"],
                          "eval": result["eval"], "machine": result["machine"], "versions": result["versions"]})
     return source.label, rows, references
 
@@ -199,7 +200,9 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
             cells.append("-" if value is None else fmt.format(value))
         # the widest run-to-run spread of the timings; above the warning level the medians are not trustworthy
         cv = max(r["metrics"].get(f"{k}_cv", 0.0) for k in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"))
-        cells.append(f"{cv:.0%} noisy" if cv > SPREAD_WARN_CV else f"{cv:.0%}")
+        spread = f"{cv:.0%} noisy" if cv > SPREAD_WARN_CV else f"{cv:.0%}"
+        runs = r.get("latency_runs", 1)  # a timing line failed: the least disturbed of these runs is shown
+        cells.append(spread + (f", best of {runs}" if runs > 1 else ""))
         mark = "PASS" if r["pass"] else f"FAIL {_first_failure(r)}"
         if data["recommended"] and r["artifact"] == data["recommended"]["artifact"]:
             mark += " <- recommended"
