@@ -193,7 +193,17 @@ def _print_student(student: dict) -> None:
 
 
 def _print_levers(result) -> None:
-    """When quality against the source fails after training, say which lever would move it."""
+    """When quality against the source fails after training, say which lever would move it; when a
+    timing line failed on every run while other processes kept the machine busy, say that first."""
+    from edgeft.bench.budgets import TIMED_BUDGETS
+    from edgeft.student_auto import BUSY_CORES
+
+    timing = [b["budget"] for b in result.bench["budget"] if b["budget"] in TIMED_BUDGETS and b["status"] == "FAIL"]
+    others = [t["others_cores"] for t in result.bench.get("latency_tries") or [] if t.get("others_cores") is not None]
+    if timing and others and min(others) > BUSY_CORES:
+        click.echo(f"timing: FAIL ({', '.join(timing)}) on each of {len(others)} runs while other processes kept at least "
+                   f"{min(others):.1f} cores busy: the machine's time, perhaps not the model's; measure again on a quiet "
+                   f"machine (`edgeft bench {result.artifact} --target {result.out_dir / 'target.toml'}`).")
     failed = [b["budget"] for b in result.bench["budget"]
               if b["budget"] in ("ppl_vs_source_pct", "answer_ppl_vs_source_pct") and b["status"] == "FAIL"]
     mode = (result.student or {}).get("mode")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from edgeft import models, vocab_trim
 from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import adapter_suffix, get_backend
+from edgeft.bench.budgets import LATENCY_TRIES
 from edgeft.config import AUTO_QUANT, Target, to_dict
 from edgeft.errors import ConfigError, EdgeftError
 from edgeft.manifest import sha256, source_entry, write_manifest
@@ -25,7 +26,6 @@ from edgeft.stages import prepare_source, resolve_for, source_hash
 from edgeft.stages import key as _key
 from edgeft.stages import reusable as _reusable
 from edgeft.stages import stamp as _stamp
-from edgeft.bench.budgets import LATENCY_TRIES
 from edgeft.sweep import compile_level, quantize_to_fit, weighs_importance
 
 if TYPE_CHECKING:
