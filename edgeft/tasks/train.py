@@ -95,7 +95,8 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
         t = time.perf_counter()
         root = work / "tasks" / task.name
         data_dir = root / "data"
-        data_key = key("task-data", sha256(task.data), base_key, settings_key(preset.data))
+        data_sha = sha256(task.data)
+        data_key = key("task-data", data_sha, base_key, settings_key(preset.data))
         if not reusable(data_dir, data_key):
             status(f"task {task.name}: cleaning, splitting and letting the teacher write missing answers ...")
             prepare(task.data, model, data_dir, preset.data)
@@ -116,7 +117,7 @@ def train_adapters(model: str, teacher_dir: Path, base_dir: Path, base_key: str,
                    f"({'against the teacher' if method == 'kd' else 'on the targets alone'}) ...")
             distill.run(str(teacher_dir), prepared, distill_dir, config)
             stamp(distill_dir, distill_key)
-        entries.append({"task": task.name, "data": str(task.data), "data_sha256": sha256(task.data),
+        entries.append({"task": task.name, "data": str(task.data), "data_sha256": data_sha,
                         "adapter_type": adapter, "modules": task.modules if adapter == "lora" else None,
                         "prefix_tokens": config.prefix_tokens if adapter == "prefix" else None,
                         "method": method, "nf4_base": nf4_base,
