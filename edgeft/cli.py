@@ -247,8 +247,9 @@ def _print_bench(result: dict, as_json: bool) -> None:
         click.echo(answers_block(result))
     click.echo("")
     click.echo(metrics_table(result))
-    if latency_note(result):
-        click.echo(latency_note(result))
+    note = latency_note(result)
+    if note:
+        click.echo(note)
     click.echo("")
     click.echo(budget_table(result))
     click.echo("")

@@ -7,12 +7,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from edgeft.backends.base import Artifact
 from edgeft.bench.stats import summarize
 from edgeft.config import Target
 from edgeft.child import exit_failure
 from edgeft.errors import EdgeftError
+
+T = TypeVar("T")
 
 
 def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
@@ -38,6 +41,24 @@ def run_worker(artifact: Artifact, target: Target, **extra) -> dict:
     if "error" in data:
         raise EdgeftError(data["error"])
     return data
+
+
+def least_disturbed(measure: Callable[[], T], excess: Callable[[T], float], tries: int,
+                    again: Callable[[T, int], None]) -> tuple[list[T], int]:
+    """`measure()`, run again while its result's `excess` is above 1 (a timing line fails), at most
+    `tries` runs in all; every result, and the index of the one with the lowest excess. `again(last,
+    n)` says why run n is made. Why: load only ever adds time, so on a busy machine the least
+    disturbed run is the best estimate of the model's own."""
+    results: list[T] = []
+    excesses: list[float] = []
+    while len(results) < max(1, tries):
+        if results:
+            again(results[-1], len(results) + 1)
+        results.append(measure())
+        excesses.append(excess(results[-1]))
+        if excesses[-1] <= 1.0:
+            break
+    return results, min(range(len(results)), key=excesses.__getitem__)
 
 
 def latency_metrics(raw: dict) -> tuple[dict[str, float], list[dict[str, float]]]:

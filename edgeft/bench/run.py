@@ -65,36 +65,31 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
 
 
 def settled_latency(artifact: Artifact, target: Target, tries: int, **active) -> tuple[dict, list[dict]]:
-    """The latency run, run again while a timing budget line fails, at most `tries` runs in all; the
-    run kept is the one whose worst timing line is lowest against its limit, reported whole.
+    """The latency run, run again while a timing budget line fails, at most `tries` runs in all
+    (`latency.least_disturbed`); the run kept is reported whole.
 
-    Why: load only ever adds time, so on a busy machine the least disturbed run is the best estimate
-    of the model's own. `--student auto` settles each candidate's timing this way (`student_auto.
-    settle_timing`); a build's final bench that measured once could fail the student the search had
-    just timed well inside the line. Every run's figures stay in bench.json (`latency_tries`)."""
+    `--student auto` settles each candidate's timing this way (`student_auto.settle_timing`); a
+    build's final bench that measured once could fail the student the search had just timed well
+    inside the line. Every run's figures stay in bench.json (`latency_tries`)."""
     from edgeft.bench.machine import OtherLoad
     from edgeft.progress import status
 
-    runs: list[tuple[float, dict]] = []
-    record: list[dict] = []
-    while len(runs) < max(1, tries):
-        if runs:
-            last = record[-1]
-            busy = "" if last["others_cores"] is None else f"; other processes used {last['others_cores']:.1f} cores"
-            status(f"bench: a timing line failed (TTFT p90 {last['ttft_ms_p90']:.0f} ms, {last['ms_per_token_p90']:.1f} "
-                   f"ms/token{busy}); measuring again in case the machine was busy ({len(runs) + 1} of {tries}) ...")
+    def measure() -> dict:
         with OtherLoad() as others:
             raw = latency.run_worker(artifact, target, **active)
         metrics, _ = latency.latency_metrics(raw)
-        excess = budgets.timing_excess(metrics, target.budget)
-        runs.append((excess, raw))
-        record.append({"ttft_ms_p90": metrics["ttft_ms_p90"], "ms_per_token_p90": metrics["ms_per_token_p90"],
-                       "others_cores": others.cores, "kept": False})
-        if excess <= 1.0:
-            break
-    kept = min(range(len(runs)), key=lambda i: runs[i][0])
-    record[kept]["kept"] = True
-    return runs[kept][1], record
+        return {"raw": raw, "excess": budgets.timing_excess(metrics, target.budget), "ttft_ms_p90": metrics["ttft_ms_p90"],
+                "ms_per_token_p90": metrics["ms_per_token_p90"], "others_cores": others.cores}
+
+    def again(last: dict, n: int) -> None:
+        busy = "" if last["others_cores"] is None else f"; other processes used {last['others_cores']:.1f} cores"
+        status(f"bench: a timing line failed (TTFT p90 {last['ttft_ms_p90']:.0f} ms, {last['ms_per_token_p90']:.1f} "
+               f"ms/token{busy}); measuring again in case the machine was busy ({n} of {tries}) ...")
+
+    runs, kept = latency.least_disturbed(measure, lambda r: r["excess"], tries, again)
+    record = [{"ttft_ms_p90": r["ttft_ms_p90"], "ms_per_token_p90": r["ms_per_token_p90"], "others_cores": r["others_cores"],
+               "kept": i == kept} for i, r in enumerate(runs)]
+    return runs[kept]["raw"], record
 
 
 def _identified(path: Path, *, default_backend: str) -> Artifact:

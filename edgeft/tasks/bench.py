@@ -52,9 +52,9 @@ def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries
 
 
 def _settled(measure, target: Target) -> tuple[dict, int]:
-    """The tasks worker's run, run again while some task's timing line fails, at most `LATENCY_TRIES` in
-    all, keeping the run whose worst task timing is lowest against its limit (as `bench.run.
-    settled_latency` does for the base: load only adds time). Returns it and how many runs were made."""
+    """The tasks worker's run, run again while some task's timing line fails (`latency.least_disturbed`,
+    as the base's bench does); the run whose worst task timing is lowest against its limit, and how
+    many runs were made."""
     from edgeft.progress import status
 
     def excess(raw: dict) -> float:
@@ -62,16 +62,12 @@ def _settled(measure, target: Target) -> tuple[dict, int]:
         return max((budgets.timing_excess(latency.latency_metrics({"runs": res["runs"], **memory})[0], target.budget)
                     for res in raw["tasks"]), default=0.0)
 
-    runs: list[tuple[float, dict]] = []
-    while len(runs) < budgets.LATENCY_TRIES:
-        if runs:
-            status(f"task bench: a task's timing line failed; measuring again in case the machine was busy "
-                   f"({len(runs) + 1} of {budgets.LATENCY_TRIES}) ...")
-        raw = measure()
-        runs.append((excess(raw), raw))
-        if runs[-1][0] <= 1.0:
-            break
-    return min(runs, key=lambda r: r[0])[1], len(runs)
+    def again(_: dict, n: int) -> None:
+        status(f"task bench: a task's timing line failed; measuring again in case the machine was busy "
+               f"({n} of {budgets.LATENCY_TRIES}) ...")
+
+    runs, kept = latency.least_disturbed(measure, excess, budgets.LATENCY_TRIES, again)
+    return runs[kept], len(runs)
 
 
 def table(result: dict) -> str:
