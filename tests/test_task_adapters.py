@@ -283,3 +283,57 @@ def test_a_task_timing_line_that_fails_is_measured_again_and_the_least_disturbed
     assert runs == 3 and kept["tasks"][1]["runs"][0]["token_times"][0] == pytest.approx(0.30)
     seen = iter([raw(10_000.0)])
     assert bench._settled(lambda: next(seen), replace(target, budget=Budget(package_mb=350.0)))[1] == 1  # no timing line
+
+
+def test_a_task_bench_run_made_again_times_only_and_keeps_the_first_runs_quality_and_proof(task_build, tiny_llama_dir,
+                                                                                           monkeypatch):
+    """Quality and the proof do not depend on load: a run made for a failing timing line measures
+    latency alone, and the first run's quality and proof stand beside its timings."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from edgeft.backends.base import Artifact
+    from edgeft.bench import latency
+    from edgeft.config import Budget, load_target
+    from edgeft.tasks import bench
+
+    out, result = task_build
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    compiled = manifest["stages"]["compile"]
+    artifact = Artifact(path=out / compiled["artifact"], backend="gguf", quant=compiled["quant"])
+    reference = Artifact(path=Path(compiled["reference"]), backend="gguf", quant="f16")
+    target = load_target(out / "target.toml")
+    target = replace(target, budget=Budget(ttft_ms_p90=1e-6))  # no run can pass: three runs
+    calls, real = [], latency.run_worker
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        raw = real(*args, **kwargs)
+        calls[-1] = {**kwargs, "raw": raw}
+        return raw
+
+    monkeypatch.setattr(latency, "run_worker", spy)
+    res = bench.bench_tasks(artifact, reference, target, manifest["stages"]["tasks"]["adapters"], tiny_llama_dir)
+    assert [c["timing_only"] for c in calls] == [False, True, True] and res["latency_runs"] == 3
+    full = calls[0]["raw"]
+    for timed in (c["raw"] for c in calls[1:]):
+        assert all(set(t) == {"task", "runs"} for t in timed["tasks"])  # no quality, no proof: not measured again
+    for row, first in zip(res["tasks"], full["tasks"]):
+        assert row["quality"] == first["quality"] and row["proof"] == first["proof"]
+    lines = {(line["task"], line["budget"]): line["status"] for line in res["budget"]}
+    assert lines[("intent", "ttft_ms_p90")] == "FAIL" and lines[("intent", "adapter_applied")] == "PASS"
+
+
+def test_with_timings_takes_the_timings_and_memory_of_the_run_made_again():
+    from edgeft.tasks.bench import with_timings
+
+    full = {"tasks": [{"task": "a", "runs": [1], "quality": {"value": 9}, "proof": {"matches": True}}],
+            "switch_ms": 1.0, "base_runs": [1], "prompt_tokens": 64, "peak_rss_mb": 100.0, "rss_before_load_mb": 40.0}
+    timed = {"tasks": [{"task": "a", "runs": [2]}], "switch_ms": 0.5, "base_runs": [2], "prompt_tokens": 64,
+             "peak_rss_mb": 90.0, "rss_before_load_mb": 41.0}
+    merged = with_timings(full, timed)
+    assert merged["tasks"] == [{"task": "a", "runs": [2], "quality": {"value": 9}, "proof": {"matches": True}}]
+    assert (merged["switch_ms"], merged["base_runs"], merged["peak_rss_mb"]) == (0.5, [2], 90.0)
+    with pytest.raises(ValueError):  # another task list is a bug, not a merge
+        with_timings(full, {**timed, "tasks": []})

@@ -153,6 +153,8 @@ def proof(reference_runner: "AdapterRunner", base_dir: Path, peft_dir: Path, ada
 
 
 def measure(request: dict) -> dict:
+    """`request["timing_only"]`: latency, switch time and memory alone, for a run made again because a
+    timing line failed; quality and the proof are deterministic, so the first run's stand."""
     from edgeft.backends.base import Artifact
     from edgeft.backends.registry import get_backend
     from edgeft.bench.prompt import prompt_ids
@@ -160,6 +162,7 @@ def measure(request: dict) -> dict:
     from edgeft.config import load_target
 
     rss_before_load = peak_rss_mb()
+    timing_only = bool(request.get("timing_only"))
     target = load_target(request["target"])
     artifact, reference = Artifact.from_json(request["artifact"]), Artifact.from_json(request["reference"])
     backend = get_backend(artifact.backend)
@@ -179,6 +182,10 @@ def measure(request: dict) -> dict:
         runner.use_adapter(None)
         switch = switch_ms(runner, adapters)
         for task in request["tasks"]:
+            if timing_only:
+                runner.use_adapter(Path(task["adapter"]))
+                results.append({"task": task["task"], "runs": _latency(runner, ids, target.bench)})
+                continue
             records = fitting(split_records(Path(task["eval_ids"]), Path(task["eval_text"])),
                               target.bench.context - virtual_tokens(Path(task["peft_adapter"])))[: request.get("max_records", 48)]
             if not records:
@@ -197,6 +204,10 @@ def measure(request: dict) -> dict:
         rss = peak_rss_mb()  # the base with every adapter loaded, before the proof loads torch models
     finally:
         runner.close()
+    timings = {"switch_ms": switch, "base_runs": base_runs, "prompt_tokens": len(ids), "peak_rss_mb": rss,
+               "rss_before_load_mb": rss_before_load}
+    if timing_only:
+        return {"tasks": results, **timings}
     ref_runner = backend.load(reference, target)
     try:
         for task, res in zip(request["tasks"], results):
@@ -204,5 +215,4 @@ def measure(request: dict) -> dict:
                                  res.pop("records"))
     finally:
         ref_runner.close()
-    return {"tasks": results, "switch_ms": switch, "base_runs": base_runs, "prompt_tokens": len(ids),
-            "peak_rss_mb": rss, "rss_before_load_mb": rss_before_load}
+    return {"tasks": results, **timings}
