@@ -73,6 +73,29 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_writable(path: Path, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a file where a folder is needed
+    (or the reverse), or no write permission in the folder that would hold it. Why before: a bench or
+    build that runs for minutes and then fails to write its report gives a CI job the exit code of a
+    failed budget. Missing parent folders are fine: they are made on write."""
+    from edgeft.errors import EdgeftError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise EdgeftError(f"is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'} path",
+                          file=path, place=option)
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgeftError(f"cannot be written: {parent} is a file, not a folder", file=path, place=option)
+    try:  # a probe, not os.access: root passes os.access on folders it cannot write (/proc, read-only mounts)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise EdgeftError(f"cannot be written in {parent}: {exc.strerror or exc}", file=path, place=option) from None
+
+
 def write_text(final: Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")

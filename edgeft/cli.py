@@ -62,6 +62,8 @@ def main(quiet: bool) -> None:
     Typical use:
       edgeft build --target gguf                 # default model -> one GGUF file + bench + budget
       edgeft build --model ./my-hf-model --target gguf-q8 --out out/q8
+      edgeft bench new/model-q8_0.gguf --against old/model-q8_0.gguf   # CI: did latency, size or quality regress?
+      edgeft compare --target gguf               # every quantization level: one table, one plot, the smallest that fits
       edgeft targets                             # the shipped target profiles
       edgeft doctor                              # which backends run on this machine
     """
@@ -75,6 +77,29 @@ def _parse_trim(value: str | None) -> int | Path | None:
     from edgeft.vocab_trim import parse_trim
 
     return None if value is None else parse_trim(value)
+
+
+def _only_with(given: bool, needs: str, *params: str) -> None:
+    """Refuse options that apply only beside another one, when given without it: silently ignored
+    they would let a user believe a gate ran that did not."""
+    from click.core import ParameterSource
+
+    if given:
+        return
+    ctx = click.get_current_context()
+    for name in params:
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            flag = "--" + name.replace("_", "-")
+            raise EdgeftError(f"applies only with {needs}", place=flag)
+
+
+def _writable(folder: bool = False, **paths: Path | None) -> None:
+    """Every output path given, checked before any work (`atomic_io.check_writable`)."""
+    from edgeft.atomic_io import check_writable
+
+    for option, path in paths.items():
+        if path is not None:
+            check_writable(path, option, folder=folder)
 
 
 def _load_target(target: str, quant: str | None, threads: int | None):
@@ -136,7 +161,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     """Build a deployable model for a target and check it against the target's budget.
 
     \b
-    MODEL is the source (the teacher when a student is distilled):
+    --model is the source (the teacher when a student is distilled):
       student  --student auto: the source and prunings of it by layer count are compiled and benched
                for size, latency and memory (no training); the largest that fits is the student
       data     clean and split --data (or the shipped prompts); the teacher writes missing answers
@@ -150,7 +175,8 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
       bench    latency, memory, size and quality in a separate process, against the budget
 
     Writes the model, target.toml, bench.json and manifest.json into the output folder; finished
-    stages under work/ are reused while their inputs are unchanged. Exit code 1 when a budget fails.
+    stages under work/ are reused while their inputs are unchanged. Exit code 0 when every budget
+    passes, 1 when one fails (the table says which; the files are still written), 2 on bad input.
     """
     from edgeft.pipeline import build as run_build
     from edgeft.tasks.spec import parse_tasks, read_task_file
@@ -165,6 +191,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
         raise ConfigError([("--task-modules", "a prefix adapts every layer's keys and values, not chosen modules")])
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
+    _writable(folder=True, **{"--out": out_dir})
     result = run_build(model, resolved, out_dir, run_bench=not no_bench, eval_data=eval_data, distill=not no_distill,
                        data=data, preset=preset, student=student, student_layers=student_layers, trim_vocab=trim_vocab,
                        tasks=specs, teacher=not no_teacher, adapter=adapter_method, nf4_base=nf4_base)
@@ -203,7 +230,7 @@ def _print_levers(result) -> None:
     if timing and others and min(others) > BUSY_CORES:
         click.echo(f"timing: FAIL ({', '.join(timing)}) on each of {len(others)} runs while other processes kept at least "
                    f"{min(others):.1f} cores busy: the machine's time, perhaps not the model's; measure again on a quiet "
-                   f"machine (`edgeft bench {result.artifact} --target {result.out_dir / 'target.toml'}`).")
+                   f"machine (`edgeft bench {result.out_dir}`: the build's file, profile, source and reference).")
     failed = [b["budget"] for b in result.bench["budget"]
               if b["budget"] in ("ppl_vs_source_pct", "answer_ppl_vs_source_pct") and b["status"] == "FAIL"]
     mode = (result.student or {}).get("mode")
@@ -234,7 +261,8 @@ def _higher_level(artifact: dict) -> str:
 
 
 def _print_bench(result: dict, as_json: bool) -> None:
-    from edgeft.bench.report import answers_block, budget_table, latency_note, metrics_table, source_quality
+    from edgeft.bench.report import (answers_block, budget_table, budget_verdict, latency_note, metrics_table,
+                                     source_quality)
 
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -258,7 +286,7 @@ def _print_bench(result: dict, as_json: bool) -> None:
 
         click.echo(task_table(result["tasks"]))
         click.echo("")
-    click.echo("budget: PASS" if result["pass"] else "budget: FAIL")
+    click.echo(budget_verdict(result))
 
 
 @main.group(invoke_without_command=True)
@@ -322,6 +350,7 @@ def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None, data
     from edgeft.pipeline import build as run_build
 
     resolved = _load_target(target, quant, None)
+    _writable(folder=True, **{"--out": out})
     result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False, data=data)
     click.echo(str(result.artifact))
 
@@ -496,6 +525,7 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
     call the same code."""
     from edgeft.data.prepare import prepare
 
+    _writable(folder=True, **{"--out": out})
     config = _data_config(field=field, max_length=max_length, eval_fraction=eval_fraction, augment_ratio=augment_ratio, strict=strict,
                           layout=layout, synth_max_new_tokens=synth_max_new_tokens, synth_temperature=synth_temperature,
                           synth_max_records=synth_max_records, synth_threads=synth_threads, cache_dir=cache_dir)
@@ -561,6 +591,13 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     """Benchmark a built artifact: latency, memory, size, quality; budgets and the CI gate.
 
     \b
+    Examples:
+      edgeft bench out/demo                       # a build folder: the file it shipped, against its budget
+      edgeft bench NEW.gguf --against OLD.gguf    # the A/B gate: both in this job, interleaved
+      edgeft bench OLD.gguf --json base.json      # store a baseline ...
+      edgeft bench NEW.gguf --baseline base.json  # ... and gate a later build against it
+
+    \b
     Two gates:
       --against OLD   both artifacts in this job, in two warm processes that each serve both; a round
                       runs each side once in each process, order drawn per round;
@@ -574,12 +611,31 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     inconclusive (see --inconclusive-exit), 2 on bad input (missing or corrupt artifact, malformed
     baseline, mismatched metrics or fingerprints).
     """
+    from click.core import ParameterSource
+
     from edgeft.atomic_io import write_json, write_text
     from edgeft.bench import summary as reports
     from edgeft.bench.baseline import parse_tolerance
     from edgeft.bench.report import gate_table
     from edgeft.bench.run import bench_file
 
+    _only_with(against_path is not None, "--against OLD", "rounds", "max_seconds", "adaptive", "inconclusive_exit", "plot", "seed")
+    _only_with(baseline is not None, "--baseline FILE", "allow_fingerprint_mismatch")
+    _only_with(baseline is not None or against_path is not None, "--baseline FILE or --against OLD", "tolerance")
+    _writable(**{"--json": json_out, "--summary": summary, "--junit": junit, "--plot": plot})
+    built = artifact.is_dir() and (artifact / "manifest.json").is_file() and (artifact / "target.toml").is_file()
+    if built and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE:
+        target = str(artifact / "target.toml")  # a build folder: its own profile, unless one is named
+    if built and against_path is None:
+        from edgeft.bench.run import build_inputs
+        from edgeft.progress import status
+
+        found = build_inputs(artifact)
+        reference, source, eval_data = (reference or found.get("reference"), source or found.get("source"),
+                                        eval_data or found.get("eval_data"))
+        if found:
+            status(f"bench: {artifact} is a build folder: its profile, and " + ", ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in found.items()) + " as its own bench measured")
     resolved = _load_target(target, None, threads)
     tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
     if against_path is not None:
@@ -618,14 +674,19 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
                    json_out: Path | None, summary: Path | None, junit: Path | None) -> None:
     from edgeft.atomic_io import write_json, write_text
     from edgeft.bench import summary as reports
+    from edgeft.bench.ab import MIN_ROUNDS
     from edgeft.bench.against import against, resolve_artifact
     from edgeft.bench.report import table
+    from edgeft.bench.summary import shown
     from edgeft.progress import status
 
+    if rounds < MIN_ROUNDS:  # before any progress line: bad input is one line
+        raise EdgeftError(f"at least {MIN_ROUNDS} rounds are needed for a 95% interval, got {rounds}", place="--rounds")
     new_art = resolve_artifact(artifact, target.backend)
     old_art = resolve_artifact(old, target.backend)
     tol = tolerance_pct if tolerance_pct is not None else target.regression.tolerance_pct
-    status(f"A/B: {old_art.path.name} (A) against {new_art.path.name} (B), up to {rounds} interleaved rounds ...")
+    pair = f"new {shown(new_art.path)} against old {shown(old_art.path)}"
+    status(f"A/B: {pair} (B and A), up to {rounds} interleaved rounds ...")
     result = against(new_art, old_art, target, tolerance_pct=tol, rounds=rounds, max_seconds=max_seconds, adaptive=adaptive,
                      seed=seed, eval_data=eval_data,
                      progress=lambda i, n: status(f"A/B: round {i} of at most {n}") if i % 5 == 0 else None)
@@ -645,7 +706,7 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
     rows += [[f"{s['metric']} (once)", f"{s['new'] / s['old']:.3f}" if s["old"] else "-", "", f"{1 + s['tolerance_pct'] / 100:.2f}",
               s["status"]] for s in result["static"]]
     click.echo(table(rows, ["metric", "new/old (>1 worse)", "95% CI", "limit", "verdict"]))
-    click.echo(f"A/B gate ({len(result['rounds'])} paired rounds, {result['seconds']:.0f} s): {result['verdict']}")
+    click.echo(f"A/B gate, {pair} ({len(result['rounds'])} paired rounds, {result['seconds']:.0f} s): {result['verdict']}")
     if result["verdict"] == "FAIL":
         sys.exit(1)
     if result["verdict"] == "INCONCLUSIVE" and inconclusive_exit:
@@ -658,8 +719,9 @@ def _bench_against(artifact: Path, old: Path, target, tolerance_pct: float | Non
 @click.option("--models", default=None, help="Several model sources, comma-separated (e.g. default,gemma3-270m), in one "
               "table and plot; each is measured against its own source.")
 @click.option("--targets", default=None, help="Several target profiles, comma-separated (e.g. gguf,onnx), compared in one table and plot.")
-@click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q4_k_m,q4_0 or, with "
-              "--targets gguf,onnx, q4_k_m,q4_0,int8,int4: each target takes its backend's [default: the profile's].")
+@click.option("--quant", default=None, help="Levels to compare, comma-separated, e.g. f16,q8_0,q4_k_m,q4_0; with several "
+              "--targets each takes the levels of its own backend (q4_k_m,int4). [default: one target: every level "
+              "`--quant auto` weighs, plus the profile's; several targets: each profile's own level]")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/compare"), show_default=True, help="Output folder.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None, help="Held-out JSONL with `input_ids` to score.")
 @click.option("--threads", type=int, default=None, help="Override the profile's runtime threads (0 = all cores).")
@@ -677,6 +739,7 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
     names = [n.strip() for n in (targets or target).split(",") if n.strip()]
     loaded = [_load_target(n, None, threads) for n in names]
     levels = parse_levels(quant, loaded)
+    _writable(folder=True, **{"--out": out})
     several = [m.strip() for m in models.split(",") if m.strip()] if models else None
     if several and model != "default":
         raise EdgeftError("--model and --models name the models twice; give one", place="--models")
@@ -785,6 +848,7 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
         from edgeft.merge import read_adapter_meta
 
         read_adapter_meta(continue_from)  # one line before any work if it is not an adapter folder
+    _writable(folder=True, **{"--out": out})
     adapter = run(teacher, open_data(data, teacher, out), out, config, resume=resume, cache_dir=cache_dir)
     report = json.loads((out / "distill.json").read_text(encoding="utf-8"))
     if as_json:
@@ -807,6 +871,7 @@ def merge(adapter_dir: Path, out: Path, dtype: str) -> None:
     """Merge a LoRA adapter into its (dequantized) base: a dense Hugging Face folder."""
     from edgeft.merge import merge as run_merge
 
+    _writable(folder=True, **{"--out": out})
     click.echo(f"merged model: {run_merge(adapter_dir, out, dtype)}")
 
 

@@ -110,7 +110,12 @@ class Target:
         data.update(changes)
         if "backend" in changes and changes["backend"] != self.backend:
             data.pop(self.backend, None)
-        return _build_target(data, name=self.name, source=self.source or "<flags>")
+        try:
+            return _build_target(data, name=self.name, source=self.source or "<flags>")
+        except ConfigError as exc:  # the profile was valid: a problem with a changed key is the flag's
+            if not all(key in changes for key, _ in exc.problems):
+                raise
+            raise ConfigError([(f"--{key}", why) for key, why in exc.problems]) from None
 
     def to_toml(self) -> str:
         """The resolved profile, saved beside the artifacts it produced."""

@@ -177,6 +177,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     for path in (data, trim_vocab if isinstance(trim_vocab, Path) else None, eval_data):
         if path is not None and not path.is_file():  # before minutes of dequantizing, not after
             raise EdgeftError("no such data file", file=path)
+    if data is not None:
+        from edgeft.data.prepare import check_records
+
+        check_records(data)
     if trim_vocab is not None and distill and student != AUTO_STUDENT:
         raise ConfigError([("--student", "a given student has the full vocabulary; with --trim-vocab the student is a "
                                          "pruning of the trimmed model (--student auto or --student-layers N)")])

@@ -43,3 +43,19 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
             raise RuntimeError
     assert [p.name for p in final.iterdir()] == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
+
+
+def test_check_writable_refuses_what_cannot_be_written_and_leaves_nothing(tmp_path):
+    from edgeft.atomic_io import check_writable
+    from edgeft.errors import EdgeftError
+
+    check_writable(tmp_path / "new" / "deeper" / "bench.json", "--json")  # missing folders are made on write
+    check_writable(tmp_path / "out", "--out", folder=True)
+    assert list(tmp_path.iterdir()) == []  # the probe leaves no file and makes no folder
+    (tmp_path / "f").write_text("")
+    with pytest.raises(EdgeftError, match="--json: cannot be written: .* is a file, not a folder"):
+        check_writable(tmp_path / "f" / "bench.json", "--json")
+    with pytest.raises(EdgeftError, match="--out: is a file; give a folder path"):
+        check_writable(tmp_path / "f", "--out", folder=True)
+    with pytest.raises(EdgeftError, match="--json: is a folder; give a file path"):
+        check_writable(tmp_path, "--json")

@@ -222,3 +222,17 @@ def test_the_table_says_when_a_level_was_timed_again():
     header, rows = table_rows({"rows": [row("q8_0", 1, True), row("q4_0", 3, False)], "recommended": None})
     spread = header.index("spread")
     assert rows[0][spread] == "0%" and rows[1][spread] == "0%, best of 3"
+    assert rows[1][-1] == "FAIL ttft_ms_p90 250 > 200"  # the value that failed, not only the line's name
+
+
+def test_without_quant_one_target_compares_every_level_auto_weighs_and_several_their_own():
+    from edgeft.backends.registry import info
+    from edgeft.bench.compare import parse_levels
+    from edgeft.config import load_target
+
+    small = load_target("gguf-small")  # q4_k_s: not among the levels auto weighs, so added in its place by size
+    levels = parse_levels(None, [small])["gguf-small"]
+    assert set(levels) == {*info("gguf").auto_levels, "q4_k_s"}
+    bits = info("gguf").bits_per_weight
+    assert [bits[q] for q in levels] == sorted(bits[q] for q in levels)
+    assert parse_levels(None, [load_target("gguf"), load_target("onnx")]) == {"gguf": ["q8_0"], "onnx": [load_target("onnx").quant]}

@@ -209,3 +209,71 @@ def test_eval_data_is_scored(q4, tmp_path):
 def test_bad_tolerance_exits_2(q4, tmp_path):
     proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(_profile(tmp_path)), "--tolerance", "lots"])
     _one_line_exit_2(proc, "--tolerance")
+
+
+@pytest.mark.parametrize("option", ["--json", "--summary", "--junit"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_bench(q4, tmp_path, option):
+    """Not after minutes of measuring, and not with exit 1, which a CI job reads as a failed budget."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(_profile(tmp_path)), option, str(blocker / "out.x")])
+    _one_line_exit_2(proc, option, "is a file, not a folder")
+    proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(_profile(tmp_path)), option, str(tmp_path)])
+    _one_line_exit_2(proc, option, "is a folder")
+
+
+@pytest.mark.parametrize("args, flag", [(["--rounds", "10"], "--rounds"), (["--adaptive"], "--adaptive"),
+                                        (["--inconclusive-exit", "0"], "--inconclusive-exit"),
+                                        (["--allow-fingerprint-mismatch"], "--allow-fingerprint-mismatch")])
+def test_an_option_of_a_gate_without_that_gate_is_refused(q4, tmp_path, args, flag):
+    """Silently ignored, it would let a CI job believe a gate ran."""
+    proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(_profile(tmp_path)), *args])
+    _one_line_exit_2(proc, flag, "applies only with")
+
+
+def test_a_baseline_from_another_thread_count_is_refused_first_with_the_fix(benched, q4):
+    tmp, profile, _ = benched
+    baseline = json.loads((tmp / "bench.json").read_text())
+    baseline["machine"]["threads"] = 3
+    (tmp / "threads3.json").write_text(json.dumps(baseline))
+    proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(profile), "--baseline", str(tmp / "threads3.json"),
+                     "--reference", str(tmp / "missing-so-a-bench-would-fail-later.gguf")])
+    _one_line_exit_2(proc, "threads3.json", "3 threads", "--threads 3")  # before the missing reference: nothing ran
+
+
+def test_a_folder_that_is_no_artifact_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = _run_cli(["--quiet", "bench", str(tmp_path / "empty"), "--target", str(_profile(tmp_path))])
+    _one_line_exit_2(proc, "empty", "a folder, not a GGUF file")
+
+
+def test_unmeasured_budget_lines_are_named_and_skipped_in_junit(q4, tmp_path):
+    """A quality line without a source neither passes nor fails: the verdict says so, JUnit skips it."""
+    out = tmp_path / "j.xml"
+    profile = _profile(tmp_path, budget="package_mb = 350\nppl_vs_source_pct = 10")
+    result = CliRunner().invoke(main, ["--quiet", "bench", str(q4), "--target", str(profile), "--junit", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "budget: PASS (1 line not measured: ppl_vs_source_pct)" in result.output
+    suite = ET.parse(out).getroot()
+    assert suite.get("skipped") == "1" and suite.get("failures") == "0"
+    case = next(c for c in suite if c.get("name") == "budget.ppl_vs_source_pct")
+    assert case.find("skipped") is not None and "not measured" in case.find("skipped").get("message")
+
+
+def test_a_build_folder_is_benched_with_its_own_source_reference_and_tokens(tmp_path):
+    from edgeft.bench.run import build_inputs
+
+    (tmp_path / "work" / "source-hf").mkdir(parents=True)
+    (tmp_path / "work" / "model-f16.gguf").write_bytes(b"x")
+    (tmp_path / "work" / "eval.jsonl").write_text("{}\n")
+    ev = {"source": str(tmp_path / "work" / "eval.jsonl"), "reference": str(tmp_path / "work" / "model-f16.gguf"),
+          "source_model": str(tmp_path / "work" / "source-hf")}
+    (tmp_path / "bench.json").write_text(json.dumps({"eval": ev}))
+    assert build_inputs(tmp_path) == {"reference": tmp_path / "work" / "model-f16.gguf",
+                                      "source": tmp_path / "work" / "source-hf", "eval_data": tmp_path / "work" / "eval.jsonl"}
+    (tmp_path / "work" / "eval.jsonl").unlink()  # gone from disk: not given
+    ev["source"] = "edgeft/assets/eval.txt"  # the shipped text is the default anyway: not given either
+    (tmp_path / "bench.json").write_text(json.dumps({"eval": ev}))
+    assert set(build_inputs(tmp_path)) == {"reference", "source"}
+    (tmp_path / "bench.json").write_text("{not json")
+    assert build_inputs(tmp_path) == {}

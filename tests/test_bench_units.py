@@ -201,3 +201,9 @@ def test_without_a_timing_line_latency_is_measured_once(monkeypatch):
     target = replace(load_target("gguf"), budget=Budget(package_mb=350.0))
     _, tries = run.settled_latency(Artifact(path=Path("model.gguf"), backend="gguf", quant="q8_0"), target, 3)
     assert len(calls) == 1 and tries[0]["kept"]
+
+
+def test_a_small_change_is_not_printed_as_minus_zero():
+    from edgeft.bench.report import pct
+
+    assert (pct(-0.2), pct(0.48), pct(-13.4), pct(93.2)) == ("-0.2 %", "+0.5 %", "-13 %", "+93 %")

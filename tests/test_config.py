@@ -74,6 +74,13 @@ def test_overrides_are_validated():
         target.with_overrides(quant="q9_9")
 
 
+def test_a_bad_flag_is_named_as_the_flag_not_as_the_profile():
+    """The profile was valid: `--threads -3` is the flag's problem, not gguf.toml's."""
+    with pytest.raises(ConfigError) as info:
+        load_target("gguf").with_overrides(threads=-3)
+    assert info.value.one_line().startswith("--threads: ") and "gguf.toml" not in info.value.one_line()
+
+
 def test_targets_dir_is_the_repository_folder():
     assert (targets_dir() / "gguf.toml").is_file()
 

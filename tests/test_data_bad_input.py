@@ -77,6 +77,28 @@ def test_build_with_a_missing_data_file_exits_2_before_any_stage(flag, tmp_path,
     assert not (out / "work").exists()  # refused before the source was even read
 
 
+@pytest.mark.parametrize("name, content, needle", [("empty.jsonl", b"", "empty file"),
+                                                     ("allbad.jsonl", b'{"text": "no input field"}\n', "no usable records")])
+def test_build_with_unusable_data_exits_2_before_any_stage(name, content, needle, tmp_path, tiny_llama_dir):
+    """Found in a second, not after the minutes a build spends on its model before its data stage."""
+    data, out = tmp_path / name, tmp_path / "out"
+    data.write_bytes(content)
+    proc = _cli(["build", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out), "--no-bench"])
+    _assert_one_line_error(proc, name, needle)
+    assert not out.exists()
+
+
+def test_a_record_cut_short_is_placed_where_it_stops(tmp_path):
+    """The line end is not part of the record: the column is where the text stops, not 1."""
+    from edgeft.data.readers import read_raw
+
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(GOOD + b'{"input": "broken", \n' + b'{"input": "tab\there"}\n')
+    problems = [r.problem for r in read_raw(path) if r.problem]
+    assert problems[0].startswith("malformed JSON at column 21: Expecting property name")
+    assert "raw control character" in problems[1] and not problems[1].endswith(" at")
+
+
 # (file content, place, reason) -- each one bad record among good ones
 RECORD_CASES = {
     "malformed_line": (GOOD + b'{"input": "unterminated\n' + GOOD2, "line 2", "malformed JSON"),

@@ -30,6 +30,8 @@ STORED_BASELINE_NOTE = ("note: a stored baseline was measured at another time, s
                         "from a regression; `edgeft bench NEW --against OLD` benches both in one job, interleaved")
 # Settings that change what a metric means: two results that differ here cannot be compared.
 _SAME_SETTINGS = ("prompt_tokens", "new_tokens", "context", "eval_window", "eval_tokens")
+# Gated metrics measured only against an unquantized export (`edgeft bench --reference`).
+_NEEDS_REFERENCE = ("top1_agree_pct",)
 
 
 class BenchFileError(EdgeftError):
@@ -119,7 +121,8 @@ def gate(baseline: dict, result: dict, regression: Regression, *, baseline_file:
         if old_m.get(metric) is None:
             continue
         if new_m.get(metric) is None:
-            raise BenchFileError(f"mismatched metrics: the baseline has {metric}, this run did not measure it",
+            hint = "; pass --reference (the unquantized export), as the baseline's run did" if metric in _NEEDS_REFERENCE else ""
+            raise BenchFileError(f"mismatched metrics: the baseline has {metric}, this run did not measure it{hint}",
                                  file=baseline_file, place=f"metrics.{metric}")
         lines.append(GateLine(metric, better, float(old_m[metric]), float(new_m[metric]), regression.for_metric(metric)))
     if not lines:
@@ -142,6 +145,31 @@ def parse_tolerance(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise EdgeftError(f"must be a positive percentage, got {text!r}", place="--tolerance")
     return value
+
+
+def precheck(old: dict, target_json: dict, machine_now: dict, *, baseline_file: Path | str,
+             allow_fingerprint_mismatch: bool) -> None:
+    """What can be compared before measuring anything: the bench settings, the thread count and this
+    machine against the baseline's. Why first: each of these ends the gate anyway, and a user should
+    learn it, with the fix, in a second rather than after the bench."""
+    old_bench = (old.get("target") or {}).get("bench") or {}
+    new_bench = target_json.get("bench") or {}
+    for key in _SAME_SETTINGS:
+        if key in old_bench and key in new_bench and old_bench[key] != new_bench[key]:
+            raise BenchFileError(f"mismatched metrics: the baseline was measured with [bench] {key} = {old_bench[key]}, "
+                                 f"this profile gives {new_bench[key]}: bench with the baseline's profile (its "
+                                 "target.toml)", file=baseline_file, place=f"target.bench.{key}")
+    if allow_fingerprint_mismatch:
+        return
+    old_threads = (old.get("machine") or {}).get("threads")
+    if old_threads is not None and machine_now.get("threads") is not None and old_threads != machine_now["threads"]:
+        raise BenchFileError(f"the baseline was measured with {old_threads} threads, this run would use "
+                             f"{machine_now['threads']}: pass --threads {old_threads}", file=baseline_file, place="machine.threads")
+    differences = fingerprint_differences(old, {"machine": machine_now})
+    if differences:
+        raise BenchFileError("the baseline was measured on another machine (" + "; ".join(differences) + "): its timings "
+                             "are not comparable; bench both with --against, or pass --allow-fingerprint-mismatch",
+                             file=baseline_file, place="machine")
 
 
 def fingerprint_differences(old: dict, new: dict) -> list[str]:

@@ -47,11 +47,18 @@ class CompareResult:
 def parse_levels(text: str | None, targets: list[Target]) -> dict[str, list[str]]:
     """`--quant f16,q8_0,int4,...` over one or several targets: each target takes the listed levels of
     its own backend (its profile's level when none is listed); a level no target's backend has is an
-    error, reported all at once."""
-    from edgeft.backends.registry import quant_levels
+    error, reported all at once. Without `--quant`, one target compares every level `--quant auto`
+    weighs (what "compare the levels" means), several targets each their profile's level (what
+    comparing backends means)."""
+    from edgeft.backends.registry import info, quant_levels
 
     if not text:
-        return {t.name: [t.quant] for t in targets}
+        if len(targets) == 1:  # one target: every level `--quant auto` weighs, and the profile's own
+            t = targets[0]
+            spec = info(t.backend)
+            levels = [*spec.auto_levels, *([] if t.quant in spec.auto_levels or t.quant == AUTO_QUANT else [t.quant])]
+            return {t.name: sorted(levels, key=lambda q: spec.bits_per_weight.get(q, float("inf")))}
+        return {t.name: [t.quant] for t in targets}  # several: the backends side by side, each at its profile's level
     levels = [q.strip() for q in text.split(",") if q.strip()]
     if len(set(levels)) != len(levels):
         raise ConfigError([("--quant", f"a level is listed twice: {text}")])
@@ -64,8 +71,12 @@ def parse_levels(text: str | None, targets: list[Target]) -> dict[str, list[str]
 
 
 def _first_failure(row: dict) -> str | None:
-    failed = [b["budget"] for b in row["budget"] if b["status"] == "FAIL"]
-    return failed[0] if failed else None
+    """The first failing budget line with its value and limit: which line alone is not why."""
+    failed = [b for b in row["budget"] if b["status"] == "FAIL"]
+    if not failed:
+        return None
+    b = failed[0]
+    return f"{b['budget']} {b['value']:.3g} > {b['limit']:g}" if b.get("value") is not None else b["budget"]
 
 
 def recommend(rows: list[dict], *, by_model: bool = False) -> tuple[dict | None, str]:

@@ -23,13 +23,26 @@ def compare_plot(data: dict, out: Path) -> Path:
     budgets: dict = {}
     for b in data.get("budget", {}).values():
         budgets.update(b)
-    has_quality = any(r["metrics"].get("ppl_increase_pct") is not None for r in rows)
-    fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
-    panels = [
-        (ax_q, "ppl_increase_pct" if has_quality else "ppl", "perplexity increase vs reference (%)" if has_quality else "perplexity",
-         "ppl_increase_pct" if has_quality else None),
-        (ax_t, "ttft_ms_p90", "time to first token, p90 (ms)", "ttft_ms_p90"),
-    ]
+    def measured(key: str) -> bool:
+        return any(r["metrics"].get(key) is not None for r in rows)
+
+    # Quality against the source, the budget's measure, where it was measured; else quantization loss alone,
+    # labelled so; else the perplexity itself.
+    if measured("ppl_vs_source_pct"):
+        quality = ("ppl_vs_source_pct", "perplexity increase vs the source (%)", "ppl_vs_source_pct")
+    elif measured("ppl_increase_pct"):
+        quality = ("ppl_increase_pct", "perplexity increase vs its own unquantized export (%)", "ppl_increase_pct")
+    else:
+        quality = ("ppl", "perplexity", None)
+    answers = measured("answer_ppl_vs_source_pct")
+    fig, axes = plt.subplots(1, 3 if answers else 2, figsize=(16 if answers else 11, 4.6), constrained_layout=True)
+    ax_q, ax_t = axes[0], axes[-1]
+    panels = [(ax_q, *quality)]
+    if answers:
+        panels.append((axes[1], "answer_ppl_vs_source_pct", "worst fixed-prompt answer vs the source (%)",
+                       "answer_ppl_vs_source_pct"))
+        axes[1].set_title("answers: lower is better")
+    panels.append((ax_t, "ttft_ms_p90", "time to first token, p90 (ms)", "ttft_ms_p90"))
     recommended = (data.get("recommended") or {}).get("artifact")
     for ax, key, label, budget_key in panels:
         for i, backend in enumerate(backends):

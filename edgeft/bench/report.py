@@ -19,6 +19,20 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def pct(value: float) -> str:
+    """A signed percentage: whole numbers, but a tenth below 1 so that a small change is not "-0 %"."""
+    return f"{value:+.1f} %" if abs(value) < 1 else f"{value:+.0f} %"
+
+
+def budget_verdict(result: dict) -> str:
+    """The last line: PASS or FAIL, and which lines could not be measured (they neither pass nor fail)."""
+    unmeasured = [b["budget"] for b in result.get("budget", []) if b["status"] == "NOT MEASURED"]
+    head = "budget: PASS" if result["pass"] else "budget: FAIL"
+    if unmeasured:
+        head += f" ({len(unmeasured)} line{'s' if len(unmeasured) > 1 else ''} not measured: {', '.join(unmeasured)})"
+    return head
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -30,7 +44,10 @@ def metrics_table(result: dict) -> str:
     rows = []
     for label, key, unit in _ROWS:
         cv = m.get(f"{key}_cv", 0.0)
-        note = f"spread {cv:.0%}: noisy, add runs" if cv > SPREAD_WARN_CV else f"spread {cv:.0%}"
+        note = (f"spread {cv:.0%}: noisy, add runs ([bench] runs in a profile)" if cv > SPREAD_WARN_CV
+                else f"spread {cv:.0%}")
+        if unit == "tok/s":  # a speed's 90th percentile is its fast end, a time's its slow end
+            note += "; p90 is the fast end"
         rows.append([label, _fmt(m.get(f"{key}_p50"), unit), _fmt(m.get(f"{key}_p90"), unit), note])
     rows.append(["peak memory (RSS)", _fmt(m.get("peak_rss_mb"), "MB"), "", f"model share {_fmt(m.get('model_rss_mb'), 'MB')}"])
     rows.append(["package size", _fmt(m.get("package_mb"), "MB"), "", f"model file {_fmt(m.get('model_mb'), 'MB')}"])
@@ -60,8 +77,11 @@ def source_quality(result: dict) -> str:
     """The first lines of every report: the artifact against the model the user gave."""
     m = result["metrics"]
     if m.get("ppl_vs_source_pct") is None:
+        below = ("the 'vs unquantized export' row below is quantization loss alone" if m.get("ppl_increase_pct") is not None
+                 else "the perplexity below is the artifact's own, compared with nothing (`--reference FILE`: against its "
+                      "unquantized export, quantization loss alone)")
         return ("quality against the source: not measured (give the model it was built from: `--source HF_FOLDER`); "
-                "the numbers below compare the artifact with its own unquantized export only")
+                + below)
     ev = result.get("eval") or {}
     head = (f"quality against the source ({ev.get('source_model', 'the model you gave')}), {ev.get('tokens_scored', '?')} "
             f"tokens of {ev.get('source', '?')}:\n")
@@ -91,11 +111,11 @@ def answers_block(result: dict, width: int = 100) -> str:
         lines.append(f"  > {row['prompt']}")
         lines.append(f"    source:   {cut(row['source'])}")
         increase = row.get("ppl_vs_source_pct")  # absent in a bench.json from before answers were scored
-        verdict = "(same)" if row["same"] else "" if increase is None else f"({increase:+.0f} % to the source)"
+        verdict = "(same)" if row["same"] else "" if increase is None else f"({pct(increase)} to the source)"
         lines.append(f"    artifact: {cut(row['artifact'])}  {verdict}")
     if m.get("answer_ppl_vs_source_pct") is not None:
         lines.append(f"  {m['answers_same']} of {m['answers_total']} answers the same; worst answer "
-                     f"{m['answer_ppl_vs_source_pct']:+.0f} %, mean {m['answer_ppl_vs_source_mean_pct']:+.0f} % "
+                     f"{pct(m['answer_ppl_vs_source_pct'])}, mean {pct(m['answer_ppl_vs_source_mean_pct'])} "
                      "(budget key answer_ppl_vs_source_pct: the worst)")
     return "\n".join(lines)
 

@@ -102,6 +102,22 @@ def _identified(path: Path, *, default_backend: str) -> Artifact:
     return Artifact(path=path, backend=backend, quant=level)
 
 
+def build_inputs(folder: Path) -> dict[str, Path]:
+    """What a build folder's own bench measured with, where still on disk: its unquantized reference,
+    the source model it judged quality against and its evaluation tokens (from its bench.json). Why:
+    `edgeft bench out/demo` measures again what the build measured, quality against the source
+    included, not the artifact alone."""
+    import json
+
+    try:
+        ev = json.loads((Path(folder) / "bench.json").read_text(encoding="utf-8")).get("eval") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    found = {"reference": ev.get("reference"), "source": ev.get("source_model"),
+             "eval_data": ev.get("source") if str(ev.get("source", "")).endswith(".jsonl") else None}
+    return {k: Path(v) for k, v in found.items() if v and Path(v).exists()}
+
+
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
                adapter: Path | None = None,
                baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None,
@@ -115,10 +131,15 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     from edgeft.errors import ArtifactError
 
     old = gate.load_bench(baseline) if baseline is not None else None
+    if old is not None:
+        gate.precheck(old, to_dict(target), machine.describe(target.resolved_threads()), baseline_file=baseline,
+                      allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model"), (adapter, "adapter")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
-    artifact = _identified(Path(artifact_path), default_backend=target.backend)
+    from edgeft.bench.against import resolve_artifact
+
+    artifact = resolve_artifact(Path(artifact_path), target.backend)  # a build folder names its artifact
     if artifact.backend == target.backend and artifact.quant in info(target.backend).quant_levels:
         target = target.with_overrides(quant=artifact.quant)  # the report names the file's own level, not the profile's
     # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.

@@ -27,7 +27,8 @@ def markdown(result: dict, gate: list[dict] | None = None) -> str:
                   f"({m['ppl_vs_source_pct']:+.1f}%), KL mean {_cell(m['kl_vs_source_mean'])}, "
                   f"top-1 agreement {_cell(m['top1_vs_source_pct'])}%", ""]
     else:
-        lines += ["Against the source model: not measured; quality below is against the unquantized export only.", ""]
+        lines += ["Against the source model: not measured; " + ("ppl_increase_pct below is quantization loss alone."
+                  if m.get("ppl_increase_pct") is not None else "the perplexity below is the artifact's own, compared with nothing."), ""]
     for row in result.get("answers") or []:
         lines += [f"> **{row['prompt']}**  ", f"> source: {' '.join(row['source'].split())}  ",
                   f"> artifact: {' '.join(row['artifact'].split())}", ""]
@@ -62,16 +63,21 @@ def junit(result: dict, gate: list[dict] | None = None) -> str:
     cases = []
     for b in result["budget"]:
         msg = f"{b['budget']} = {_cell(b['value'])}, limit {_cell(b['limit'])}"
-        cases.append((f"budget.{b['budget']}", b["status"] == "FAIL", msg))
+        if b["status"] == "NOT MEASURED":
+            msg = f"{b['budget']}: not measured (limit {_cell(b['limit'])})"
+        cases.append((f"budget.{b['budget']}", b["status"], msg))
     for g in gate or []:
         msg = f"{g['metric']}: {_cell(g['old'])} -> {_cell(g['new'])} ({g['change_pct']:+.1f}%, tolerance {g['tolerance_pct']:g}%)"
-        cases.append((f"regression.{g['metric']}", g["status"] == "FAIL", msg))
-    failures = sum(1 for _, failed, _ in cases if failed)
+        cases.append((f"regression.{g['metric']}", g["status"], msg))
+    failures = sum(1 for _, status, _ in cases if status == "FAIL")
+    skipped = sum(1 for _, status, _ in cases if status == "NOT MEASURED")
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuite name={quoteattr("edgeft bench " + name)} tests="{len(cases)}" failures="{failures}">']
-    for case, failed, msg in cases:
-        if failed:
+           f'<testsuite name={quoteattr("edgeft bench " + name)} tests="{len(cases)}" failures="{failures}" skipped="{skipped}">']
+    for case, status, msg in cases:
+        if status == "FAIL":
             out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><failure message={quoteattr(msg)}/></testcase>")
+        elif status == "NOT MEASURED":  # neither passed nor failed: a CI report shows it as skipped
+            out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><skipped message={quoteattr(msg)}/></testcase>")
         else:
             out.append(f"  <testcase classname=\"edgeft.bench\" name={quoteattr(case)}><system-out>{quoteattr(msg)[1:-1]}</system-out></testcase>")
     out.append("</testsuite>")
@@ -93,12 +99,21 @@ def _against_cases(result: dict) -> list[tuple[str, str, str]]:
     return cases
 
 
+def shown(path: str | Path) -> str:
+    """A path as a report names it: relative to the working folder when under it, else whole. Why not
+    the file name: a CI job gates `new/model-q4_k_m.gguf` against `old/model-q4_k_m.gguf`."""
+    import os
+
+    rel = os.path.relpath(Path(path).absolute())
+    return str(Path(path).absolute()) if rel.startswith("..") else rel
+
+
 def against_markdown(result: dict) -> str:
     """The A/B gate as a CI job-summary section: the verdict, then every ratio with its interval."""
-    old, new = Path(result["old"]["path"]).name, Path(result["new"]["path"]).name
-    lines = [f"### edgeft bench `{new}` against `{old}`: {result['verdict']}", "",
-             f"{len(result['rounds'])} interleaved rounds (A = `{old}`, B = `{new}`), {result['method']['interval']}; "
-             "ratio > 1 is worse.", "",
+    old, new = shown(result["old"]["path"]), shown(result["new"]["path"])
+    lines = [f"### edgeft bench: new `{new}` against old `{old}`: {result['verdict']}", "",
+             f"{len(result['rounds'])} interleaved rounds (A = old `{old}`, B = new `{new}`), {result['method']['interval']}; "
+             "ratio new/old > 1 is worse.", "",
              "| metric | median ratio | 95% CI | limit | verdict |", "| --- | ---: | ---: | ---: | --- |"]
     for v in result["verdicts"]:
         mark = v["status"] + (f" (~{v['rounds_to_decide']} rounds to settle)" if v["status"] == "INCONCLUSIVE" and v["rounds_to_decide"] else "")
@@ -114,7 +129,7 @@ def against_junit(result: dict) -> str:
     cases = _against_cases(result)
     failures = sum(1 for _, status, _ in cases if status == "FAIL")
     skipped = sum(1 for _, status, _ in cases if status == "INCONCLUSIVE")
-    name = f"edgeft bench {Path(result['new']['path']).name} against {Path(result['old']['path']).name}"
+    name = f"edgeft bench: new {shown(result['new']['path'])} against old {shown(result['old']['path'])}"
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuite name={quoteattr(name)} tests="{len(cases)}" failures="{failures}" skipped="{skipped}">']
     for case, status, msg in cases:

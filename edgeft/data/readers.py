@@ -88,10 +88,19 @@ def read_jsonl(path: Path) -> Iterator[RawRecord]:
             except UnicodeDecodeError as exc:
                 yield RawRecord(place, problem=_utf8_problem(exc))
                 continue
-            try:
-                yield RawRecord(place, json.loads(text))
+            try:  # without its line end, so that a record cut short is placed where it stops
+                yield RawRecord(place, json.loads(text.rstrip("\r\n")))
             except json.JSONDecodeError as exc:
-                yield RawRecord(place, problem=f"malformed JSON at column {exc.colno}: {exc.msg}")
+                yield RawRecord(place, problem=f"malformed JSON at column {exc.colno}: {_json_reason(exc.msg)}")
+
+
+def _json_reason(msg: str) -> str:
+    """json's message, whole: some end in "at", as the position follows them in its own text."""
+    if msg == "Invalid control character at":
+        return "a raw control character (a tab or line break) inside a string; write it as \\t or \\n"
+    if msg == "Expecting value" or msg.startswith("Unterminated"):
+        return msg + " (the record stops early?)"
+    return msg
 
 
 def read_json(path: Path) -> Iterator[RawRecord]:
@@ -101,7 +110,8 @@ def read_json(path: Path) -> Iterator[RawRecord]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (one object per line? name the file .jsonl)" if exc.msg == "Extra data" else ""
-        raise DataFileError(f"malformed JSON: {exc.msg}{hint}", file=path, place=f"line {exc.lineno} column {exc.colno}") from None
+        raise DataFileError(f"malformed JSON: {_json_reason(exc.msg)}{hint}", file=path,
+                            place=f"line {exc.lineno} column {exc.colno}") from None
     if isinstance(data, dict):
         for key in ("data", "records", "examples"):
             if isinstance(data.get(key), list):

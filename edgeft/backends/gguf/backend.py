@@ -77,6 +77,8 @@ def check_embedding_type(path: Path, embedding_type: str, profile: str | None) -
 
 def check_gguf_file(path: Path) -> None:
     """Refuse a missing, truncated or foreign file with a one-line reason before llama.cpp sees it."""
+    if path.is_dir():
+        raise ArtifactError("a folder, not a GGUF file (nor a build folder with manifest.json)", file=path)
     if not path.is_file():
         raise ArtifactError("no such file", file=path)
     with open(path, "rb") as fh:
