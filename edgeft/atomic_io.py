@@ -50,6 +50,17 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _readable_as_umask_allows(folder: Path) -> None:
+    """Libraries that write through their own temporary files (safetensors' shards) leave them 0600
+    while their siblings are 0644: a shipped folder gets the read bits the umask allows, throughout."""
+    read = 0o444 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode & read != read:
+                os.chmod(path, mode | read)
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds."""
@@ -59,6 +70,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
+        _readable_as_umask_allows(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -162,7 +162,9 @@ def load_target(name_or_path: str | Path) -> Target:
     """Resolve `--target`: a shipped profile name or a path to a TOML file."""
     text = str(name_or_path)
     path = Path(text)
-    if not (path.suffix == ".toml" or os.sep in text or path.exists()):
+    # A bare name is a file here only when it is a file: `--out onnx` leaves a folder that must not hide
+    # the shipped profile of that name.
+    if not (path.suffix == ".toml" or os.sep in text or path.is_file()):
         path = targets_dir() / f"{text}.toml"
         if not path.exists():
             raise ConfigError(

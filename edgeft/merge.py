@@ -84,6 +84,9 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: str = "float16") -> Path:
     from transformers import AutoTokenizer
 
     from edgeft.distill import qlora
+    from edgeft.progress import quiet_libraries
+
+    quiet_libraries()  # transformers' loading and shard-writing bars are its noise, not our progress
 
     if dtype not in DTYPES:
         raise ConfigError([("dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")])

@@ -59,3 +59,20 @@ def test_check_writable_refuses_what_cannot_be_written_and_leaves_nothing(tmp_pa
         check_writable(tmp_path / "f", "--out", folder=True)
     with pytest.raises(EdgeftError, match="--json: is a folder; give a file path"):
         check_writable(tmp_path, "--json")
+
+
+def test_a_folder_written_by_a_library_gets_normal_read_permissions(tmp_path):
+    """safetensors writes through a 0600 temporary file; the shipped folder must not keep that."""
+    import os
+    import stat
+
+    from edgeft.atomic_io import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "merged") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+            os.chmod(tmp / "model.safetensors", 0o600)
+        assert stat.S_IMODE((tmp_path / "merged" / "model.safetensors").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

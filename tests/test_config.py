@@ -97,3 +97,12 @@ def test_targets_validate_command(tmp_path):
     result = CliRunner().invoke(main, ["targets", "validate", "gguf", str(bad)])
     assert result.exit_code == 2
     assert "quant" in result.output
+
+
+def test_a_folder_named_like_a_shipped_profile_does_not_hide_it(tmp_path, monkeypatch):
+    """`edgeft build --out onnx` leaves ./onnx; the next `--target onnx` still means the shipped profile."""
+    (tmp_path / "onnx").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_target("onnx").backend == "onnx"
+    (tmp_path / "mine").write_text('backend = "gguf"\nquant = "q4_0"\n')  # a file by that bare name is still read
+    assert load_target("mine").quant == "q4_0"

@@ -25,10 +25,21 @@ def test_normalize_nfc_controls_and_whitespace():
 @pytest.mark.parametrize("text,reason", [
     ("", "empty"), ("12345 678", "no letters"), ("?!?! ... ---", "no letters"), ("aaaaaaaaaaaa", "repeated characters"),
     ("哈哈哈哈哈哈哈哈", "repeated characters"), ("ababababababab", "repeated characters"),
-    ("What is 2 + 2?", None), ("天气很好。", None), ("ok", None),
+    ("What is 2 + 2?", None), ("天气很好。", None), ("ok", None), ("Say aaaa", None),
 ])
 def test_garbage(text, reason):
     assert garbage_reason(text, max_char_share=CFG.garbage_max_char_share, min_distinct_chars=CFG.garbage_min_distinct_chars) == reason
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("4.", None), ("0", None), ("1", None), ("1945", None), ("3.14", None), ("1776-07-04", None), ("1,000,000", None),
+    ("100000000000000", None), ("50%", None), ("?!?! ... ---", "no letters or digits"), ("!!!!!!!!", "no letters or digits"),
+    ("zzzzzzzzzzzz", "repeated characters"),
+])
+def test_an_answer_that_is_a_number_is_not_garbage(text, reason):
+    """Labels, years and sums are answers; the filter is for noise."""
+    assert garbage_reason(text, max_char_share=CFG.garbage_max_char_share, min_distinct_chars=CFG.garbage_min_distinct_chars,
+                          numbers_ok=True) == reason
 
 
 def test_exact_duplicates_after_normalization(tmp_path, tok):

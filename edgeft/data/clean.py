@@ -12,6 +12,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\
 _SPACES = re.compile(r"[ \t\u00a0\u3000\u2000-\u200a\u202f\u205f]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _LETTER = re.compile(r"[^\W\d_]")  # any Unicode letter (CJK included)
+_NUMBER = re.compile(r"[-+]?\d[\d.,:/%-]*")  # 4, 1945, 3.14, 1,000, 1776-07-04, 12:30, 50%
 
 
 def normalize_text(text: str) -> str:
@@ -37,19 +38,22 @@ def normalize_record(rec: Record) -> Record:
     return rec
 
 
-def garbage_reason(text: str, *, max_char_share: float, min_distinct_chars: int) -> str | None:
+def garbage_reason(text: str, *, max_char_share: float, min_distinct_chars: int, numbers_ok: bool = False) -> str | None:
     """Why `text` is not worth training on, or None. Empty, no letters at all, or one character
-    repeated ("!!!!!!", "aaaaaaa", "哈哈哈哈哈哈")."""
+    repeated ("!!!!!!", "aaaaaaa", "哈哈哈哈哈哈"). `numbers_ok` (an answer): a number, a year, a
+    date or a 0/1 label is an answer, not garbage, however few letters or many zeros it has."""
     if not text:
         return "empty"
-    if not _LETTER.search(text):
-        return "no letters"
     compact = "".join(text.split())
-    if len(compact) >= 6:
-        top = max(compact.count(c) for c in set(compact))
-        if top / len(compact) > max_char_share:
-            return "repeated characters"
-    if len(compact) >= 12 and len(set(compact)) < min_distinct_chars:
+    if numbers_ok and _NUMBER.fullmatch(compact):
+        return None
+    if not _LETTER.search(text):
+        return "no letters or digits" if numbers_ok else "no letters"
+    # One character dominating: in a short text only when it is the only one ("Say aaaa" is a request).
+    top = max(compact.count(c) for c in set(compact))
+    if len(compact) >= 6 and len(set(compact)) == 1:
+        return "repeated characters"
+    if len(compact) >= 12 and (top / len(compact) > max_char_share or len(set(compact)) < min_distinct_chars):
         return "repeated characters"
     return None
 

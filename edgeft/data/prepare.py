@@ -218,7 +218,7 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
         why = garbage_reason(rec.input, max_char_share=config.garbage_max_char_share, min_distinct_chars=config.garbage_min_distinct_chars)
         if why is None and rec.target is not None:
             why = garbage_reason(rec.target, max_char_share=config.garbage_max_char_share,
-                                 min_distinct_chars=config.garbage_min_distinct_chars)
+                                 min_distinct_chars=config.garbage_min_distinct_chars, numbers_ok=True)
             why = None if why is None else f"target: {why}"
         elif why is not None:
             why = f"input: {why}"
@@ -421,8 +421,9 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         else:
             kept.append((r, enc))
     if not kept:
-        raise DataFileError("no records left after cleaning and length filters (see the data report reasons: "
-                            + "; ".join(f"{s.name}: {dict(s.reasons)}" for s in an.steps + [cap, synth, tokens] if s.removed)
+        raise DataFileError("no records left after cleaning and length filters (removed, by step and reason: "
+                            + "; ".join(f"{s.name}: " + ", ".join(f"{why} x{n}" for why, n in s.reasons.items())
+                                        for s in an.steps + [cap, synth, tokens] if s.removed)
                             + ")", file=an.file)
 
     pad_id = pad_token_id(tokenizer)
