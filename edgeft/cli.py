@@ -5,6 +5,7 @@ budget or check; no traceback for either."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -189,6 +190,8 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
         raise ConfigError([("--task-modules/--no-teacher/--method", "go with --task NAME=FILE")])
     if task_modules and adapter_method == "prefix":
         raise ConfigError([("--task-modules", "a prefix adapts every layer's keys and values, not chosen modules")])
+    if student_layers is not None and student_layers < 1:
+        raise ConfigError([("--student-layers", f"must be at least 1, got {student_layers}")])
     resolved = _load_target(target, quant, threads)
     out_dir = out or Path("out") / resolved.name
     _writable(folder=True, **{"--out": out_dir})
@@ -317,19 +320,28 @@ def targets(ctx: click.Context, as_json: bool) -> None:
 
 @targets.command("validate")
 @click.argument("files", nargs=-1, required=True)
-def targets_validate(files: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file: name, ok, and the problems.")
+@click.pass_context
+def targets_validate(ctx: click.Context, files: tuple[str, ...], as_json: bool) -> None:
     """Check target profiles (names or TOML paths); every problem of every file is reported."""
     from edgeft.config import load_target
 
-    failed = 0
+    as_json = as_json or bool(ctx.parent and ctx.parent.params.get("as_json"))  # `targets --json validate` too
+    results = []
     for name in files:
         try:
             load_target(name)
-            click.echo(f"{name}: ok")
+            results.append({"target": name, "ok": True, "problems": []})
+            if not as_json:
+                click.echo(f"{name}: ok")
         except EdgeftError as exc:
-            failed += 1
-            click.echo(f"edgeft: error: {exc.one_line()}", err=True)
-    if failed:
+            problems = [{"key": key, "reason": why} for key, why in getattr(exc, "problems", [("", exc.reason)])]
+            results.append({"target": name, "ok": False, "file": exc.file, "problems": problems})
+            if not as_json:
+                click.echo(f"edgeft: error: {exc.one_line()}", err=True)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if not all(r["ok"] for r in results):
         sys.exit(2)
 
 
@@ -337,7 +349,7 @@ def targets_validate(files: tuple[str, ...]) -> None:
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default=DEFAULT_TARGET, show_default=True, help="Target profile name or TOML path.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--quant", default=None, help=QUANT_HELP)
+@click.option("--quant", default=None, help="Override the profile's quantization level (e.g. q4_k_m, q8_0, f16).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Prompts (JSONL/CSV/text, as `build --data`) to measure the importance matrix on, for levels "
                    "below 8 bits: your app's own kind of text. Default: the shipped prompts.")
@@ -349,6 +361,9 @@ def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None, data
     the source, target.toml and manifest.json in OUT."""
     from edgeft.pipeline import build as run_build
 
+    if quant == "auto" or (quant is None and _load_target(target, None, None).quant == "auto"):
+        raise ConfigError([("--quant", "'auto' picks a level by benchmarking each; compile benchmarks nothing: "
+                                       "`edgeft build --quant auto`, or name a level")])
     resolved = _load_target(target, quant, None)
     _writable(folder=True, **{"--out": out})
     result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False, data=data)
@@ -761,6 +776,25 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
 
 # ---- distill and merge (issue 4) ----------------------------------------------------------
 
+def _distill_config(preset: str, **overrides):
+    from edgeft.distill.config import preset as get_preset
+
+    return get_preset(preset).with_overrides(**overrides)
+
+
+@contextlib.contextmanager
+def _problems_as_flags():
+    """A config's problems named by the current command's flags (`steps` -> `--steps`): the user typed
+    the flag, not the config key."""
+    try:
+        yield
+    except ConfigError as exc:
+        ctx = click.get_current_context()
+        flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
+        flags["target_quant"] = "--quant"
+        raise ConfigError([(flags.get(key, key), why) for key, why in exc.problems]) from None
+
+
 def _layer_list(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -832,18 +866,18 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
     and loss.png. Merge the result with `edgeft merge OUT/adapter --out DIR`.
     """
     from edgeft.distill import open_data, run
-    from edgeft.distill.config import preset as get_preset
 
-    config = get_preset(preset).with_overrides(
-        student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers), layer_pick=layer_pick, steps=steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight,
-        temperature=temperature, top_k=top_k, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
-        quantize_base=False if no_quantize_base else None, nf4_engine=nf4_engine, grad_checkpointing=grad_checkpointing,
-        save_every=save_every, seed=seed, target_quant=quant,
-        continue_from=str(continue_from) if continue_from else None, ewc_lambda=ewc_lambda, replay_ratio=replay_ratio,
-        fisher_records=fisher_records)
+    with _problems_as_flags():
+        config = _distill_config(
+            preset, student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers),
+            layer_pick=layer_pick, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+            warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight, temperature=temperature, top_k=top_k,
+            lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
+            quantize_base=False if no_quantize_base else None, nf4_engine=nf4_engine,
+            grad_checkpointing=grad_checkpointing, save_every=save_every, seed=seed, target_quant=quant,
+            continue_from=str(continue_from) if continue_from else None, ewc_lambda=ewc_lambda,
+            replay_ratio=replay_ratio, fisher_records=fisher_records)
     if continue_from is not None:
         from edgeft.merge import read_adapter_meta
 

@@ -57,7 +57,9 @@ def write_manifest(out_dir: Path, *, source: dict, target: dict, outputs: list[P
 
 
 def verify(out_dir: Path) -> list[str]:
-    """Problems found re-hashing the outputs a manifest lists; empty when everything matches."""
+    """Problems found re-hashing the outputs a manifest lists; empty when everything matches. A manifest
+    that lists nothing, or a path outside its folder, is malformed: it would verify nothing, or hash
+    files that are not the build's."""
     import json
 
     from edgeft.errors import ArtifactError
@@ -67,12 +69,21 @@ def verify(out_dir: Path) -> list[str]:
         raise ArtifactError("no manifest.json here", file=out_dir)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        outputs = manifest["outputs"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"malformed manifest ({type(exc).__name__}: {exc})", file=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"malformed manifest: not JSON ({exc})", file=path) from None
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    if not isinstance(outputs, list) or not outputs:
+        raise ArtifactError("malformed manifest: `outputs` must list the build's files", file=path)
+    root = out_dir.resolve()
     problems = []
-    for entry in outputs:
+    for n, entry in enumerate(outputs):
+        place = f"outputs[{n}]"
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):
+            raise ArtifactError("malformed manifest: an output needs path, bytes and sha256", file=path, place=place)
         f = out_dir / entry["path"]
+        if Path(entry["path"]).is_absolute() or not f.resolve().is_relative_to(root):
+            raise ArtifactError(f"malformed manifest: {entry['path']} is outside the build folder", file=path, place=place)
         if not f.is_file():
             problems.append(f"{f}: missing")
         elif f.stat().st_size != entry["bytes"]:

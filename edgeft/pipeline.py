@@ -181,6 +181,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         from edgeft.data.prepare import check_records
 
         check_records(data)
+    if eval_data is not None and run_bench:  # read in full now: its ids are a few MB at most
+        from edgeft.bench.perplexity import read_eval_data
+
+        read_eval_data(eval_data)
     if trim_vocab is not None and distill and student != AUTO_STUDENT:
         raise ConfigError([("--student", "a given student has the full vocabulary; with --trim-vocab the student is a "
                                          "pruning of the trimmed model (--student auto or --student-layers N)")])
@@ -356,6 +360,12 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
     from edgeft.data.prepare import human_target_count
 
     if student_layers is not None or student != AUTO_STUDENT:
+        if student_layers is not None:  # before the data stage and the teacher load, not after
+            import json
+
+            layers = json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+            if layers is not None and student_layers > layers:
+                raise ConfigError([("--student-layers", f"{student_layers} is more than the model's {layers} layers")])
         forced = {"student": None if student == AUTO_STUDENT else student, "student_layers": student_layers}
         stages["student"] = {"mode": "distill", "forced": {k: v for k, v in forced.items() if v is not None},
                              "reason": "forced by " + ("--student-layers" if student_layers is not None else "--student")}

@@ -169,6 +169,20 @@ def test_verify_detects_a_changed_output(tiny_build, tmp_path):
     assert bad.exit_code == 1 and "target.toml" in bad.output
 
 
+@pytest.mark.parametrize("manifest, needle", [
+    ('{"outputs": "x"}', "`outputs` must list"), ('{"outputs": []}', "`outputs` must list"), ("{}", "`outputs` must list"),
+    ('{"outputs": [{"path": "a"}]}', "outputs[0]: malformed manifest: an output needs"),
+    ('{"outputs": [{"path": "../../etc/hostname", "bytes": 1, "sha256": "x"}]}', "outside the build folder"),
+    ('{"outputs": [{"path": "/etc/hostname", "bytes": 1, "sha256": "x"}]}', "outside the build folder"),
+    ("{not json", "not JSON"),
+])
+def test_a_malformed_manifest_is_bad_input_not_a_pass(tmp_path, manifest, needle):
+    """An empty list would verify nothing, and a path outside the folder is not the build's file."""
+    (tmp_path / "manifest.json").write_text(manifest)
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 2 and needle in result.output, result.output
+
+
 def test_compile_command(tiny_llama_dir, tmp_path):
     result = CliRunner().invoke(main, ["compile", str(tiny_llama_dir), "--target", "gguf-q8", "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output

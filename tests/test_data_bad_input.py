@@ -153,3 +153,17 @@ def test_bad_flag_value_exits_2(tmp_path, tiny_llama_dir):
     path.write_bytes(GOOD)
     proc = _cli(["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--eval-fraction", "1.5"])
     _assert_one_line_error(proc, "eval_fraction")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--eval-data", "{eval}"], "input_ids"),
+    (["--student-layers", "0"], "--student-layers: must be at least 1"),
+])
+def test_a_bad_build_flag_is_refused_before_any_stage(args, needle, tmp_path, tiny_llama_dir):
+    """Not after the source is read and the model compiled: and named as the flag, not a config key."""
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"input": "text, not token ids"}\n')
+    out = tmp_path / "out"
+    proc = _cli(["build", "--model", str(tiny_llama_dir), "--out", str(out), *[a.format(eval=bad) for a in args]])
+    _assert_one_line_error(proc, needle)
+    assert not out.exists()

@@ -122,4 +122,4 @@ def test_hidden_state_term_trains_and_is_logged(tmp_path):
     assert len(rows) == 2 and all(0.0 < float(row["hidden"]) <= 2.0 for row in rows)
     bad = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student", str(t_dir), "--out",
                   str(tmp_path / "o2"), "--hidden-weight", "0.5")
-    assert bad.exit_code == 2 and "hidden_weight" in bad.output
+    assert bad.exit_code == 2 and "--hidden-weight: needs a student pruned" in bad.output

@@ -302,3 +302,16 @@ def test_prefix_tuning_settings_are_validated():
                           ({"method": "prefix", "quantize_base": False, "prefix_init": "zeros"}, "prefix_init")):
         with pytest.raises(ConfigError, match=text):
             DistillConfig(**changes).validate()
+
+
+def test_a_short_run_reaches_its_learning_rate():
+    """`--steps 4` with a preset's 15 warm-up steps: the warm-up is capped at half the steps."""
+    from dataclasses import replace
+
+    from edgeft.distill.config import DistillConfig
+    from edgeft.distill.loop import _schedule
+
+    short = replace(DistillConfig(), steps=4, warmup_steps=15)
+    assert max(_schedule(s, short) for s in range(4)) == 1.0
+    long = replace(DistillConfig(), steps=48, warmup_steps=3)  # the demo: unchanged
+    assert [round(_schedule(s, long), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

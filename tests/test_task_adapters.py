@@ -337,3 +337,17 @@ def test_with_timings_takes_the_timings_and_memory_of_the_run_made_again():
     assert (merged["switch_ms"], merged["base_runs"], merged["peak_rss_mb"]) == (0.5, [2], 90.0)
     with pytest.raises(ValueError):  # another task list is a bug, not a merge
         with_timings(full, {**timed, "tasks": []})
+
+
+def test_the_task_table_shows_how_many_records_an_accuracy_rests_on():
+    from edgeft.tasks.bench import table
+
+    proof = {"kl_adapter_vs_merged": 1e-5, "kl_base_vs_merged": 1.0, "matches": True, "applied": True}
+    row = {"task": "sent", "quality": {"metric": "label_accuracy_pct", "value": 100.0, "records": 1},
+           "base_quality": {"metric": "label_accuracy_pct", "value": 0.0, "records": 1}, "ttft_ms_p90": 10.0,
+           "ms_per_token_p90": 1.0, "adapter_bytes": 1000, "proof": proof}
+    result = {"tasks": [row], "base_bytes": 1e6, "package_bytes": 1.001e6, "switch_ms": None, "budget": []}
+    text = table(result)
+    assert "held-out" in text.splitlines()[2] and "few held-out records for an accuracy: sent (1)" in text
+    row["quality"]["records"] = 48
+    assert "few held-out" not in table(result)

@@ -98,7 +98,9 @@ def _json_reason(msg: str) -> str:
     """json's message, whole: some end in "at", as the position follows them in its own text."""
     if msg == "Invalid control character at":
         return "a raw control character (a tab or line break) inside a string; write it as \\t or \\n"
-    if msg == "Expecting value" or msg.startswith("Unterminated"):
+    if msg.startswith("Unterminated string"):
+        return "a string that never closes (the record stops early?)"
+    if msg == "Expecting value":
         return msg + " (the record stops early?)"
     return msg
 

@@ -143,12 +143,19 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
 
 # ---- the loop ------------------------------------------------------------------------------
 
+def warmup_steps(config: DistillConfig) -> int:
+    """The warm-up used: at most half the steps, so that a short run (`--steps 4` with a preset's 15
+    warm-up steps) still reaches its learning rate."""
+    return min(config.warmup_steps, config.steps // 2)
+
+
 def _schedule(step: int, config: DistillConfig) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to zero at `steps`."""
-    if step < config.warmup_steps:
-        return (step + 1) / (config.warmup_steps + 1)
-    span = max(1, config.steps - config.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+    warm = warmup_steps(config)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    span = max(1, config.steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / span)))
 
 
 def _micro_batch(records: Sequence[Record], micro: int, config: DistillConfig) -> list[int]:

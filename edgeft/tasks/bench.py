@@ -13,6 +13,7 @@ from edgeft.config import Target
 MB = 1_000_000
 # Budget keys judged per task, on the figures measured with that task's adapter active.
 PER_TASK_BUDGETS = ("ttft_ms_p90", "ms_per_token_p90")
+FEW_RECORDS = 20  # below this many held-out records a task's accuracy is flagged as a rough figure
 
 
 def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries: Sequence[dict], base_dir: Path) -> dict:
@@ -94,7 +95,7 @@ def table(result: dict) -> str:
     for r in result["tasks"]:
         q, b, p = r["quality"], r["base_quality"], r["proof"]
         unit = "ppl" if q["metric"] == "target_ppl" else "%"
-        out.append([r["task"], q["metric"], f"{b['value']:.1f} {unit}", f"{q['value']:.1f} {unit}",
+        out.append([r["task"], q["metric"], str(q.get("records", "?")), f"{b['value']:.1f} {unit}", f"{q['value']:.1f} {unit}",
                     f"{r['ttft_ms_p90']:.1f} ms", f"{r['ms_per_token_p90']:.2f} ms", f"{r['adapter_bytes'] / MB:.2f} MB",
                     f"KL {p['kl_adapter_vs_merged']:.1e} vs {p['kl_base_vs_merged']:.1e} off: "
                     + ("applied" if p["matches"] and p["applied"] else "NOT APPLIED")])
@@ -106,6 +107,11 @@ def table(result: dict) -> str:
         head += f"; timings: the least disturbed of {result['latency_runs']} runs, as a task's timing line failed"
     lines = [[line["task"], line["budget"], f"{line['value']:.3g}", f"{line['limit']:g}", line["status"]]
              for line in result["budget"]]
-    return (head + "\n" + render(out, ["task", "metric", "base alone", "with adapter", "ttft p90", "ms/token p90", "adapter",
-                                       "runtime vs merged (reference export)"])
+    few = [f"{r['task']} ({r['quality']['records']})" for r in result["tasks"]
+           if r["quality"].get("metric") != "target_ppl" and r["quality"].get("records", FEW_RECORDS) < FEW_RECORDS]
+    if few:  # one record moves an accuracy by 100/n points: say so beside it
+        head += (f"\nfew held-out records for an accuracy: {', '.join(few)}; one record moves it by 100/n points "
+                 "(more task data, or a larger eval split, makes it a measurement)")
+    return (head + "\n" + render(out, ["task", "metric", "held-out", "base alone", "with adapter", "ttft p90", "ms/token p90",
+                                       "adapter", "runtime vs merged (reference export)"])
             + "\n\n" + render(lines, ["task", "budget", "value", "limit", "result"]))

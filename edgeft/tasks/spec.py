@@ -33,7 +33,7 @@ class TaskSpec:
 def _pair(text: str, flag: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name or not value:
-        raise ConfigError([(flag, f"expected NAME=VALUE, got {text!r}")], file=flag)
+        raise ConfigError([(flag, f"expected NAME=VALUE, got {text!r}")])
     return name.strip(), value.strip()
 
 
@@ -61,7 +61,7 @@ def parse_tasks(tasks: Sequence[str], modules: Sequence[str] = ()) -> list[TaskS
         else:
             kinds[name] = kind
     if problems:
-        raise ConfigError(problems, file="--task")
+        raise ConfigError(problems)  # each problem names its flag
     for name, path in specs.items():
         if not path.is_file():
             raise EdgeftError(f"no such data file (task {name})", file=path)
