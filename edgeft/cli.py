@@ -639,18 +639,23 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     _only_with(baseline is not None or against_path is not None, "--baseline FILE or --against OLD", "tolerance")
     _writable(**{"--json": json_out, "--summary": summary, "--junit": junit, "--plot": plot})
     built = artifact.is_dir() and (artifact / "manifest.json").is_file() and (artifact / "target.toml").is_file()
-    if built and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE:
+    own_profile = built and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE
+    if own_profile:
         target = str(artifact / "target.toml")  # a build folder: its own profile, unless one is named
     if built and against_path is None:
-        from edgeft.bench.run import build_inputs
+        from edgeft.bench.baseline import load_bench
+        from edgeft.bench.run import build_inputs, measured_inputs
         from edgeft.progress import status
 
-        found = build_inputs(artifact)
-        reference, source, eval_data = (reference or found.get("reference"), source or found.get("source"),
-                                        eval_data or found.get("eval_data"))
-        if found:
-            status(f"bench: {artifact} is a build folder: its profile, and " + ", ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in found.items()) + " as its own bench measured")
+        # with a baseline, what the baseline was measured with (like with like); else what the build's bench was
+        found = measured_inputs(load_bench(baseline)) if baseline is not None else build_inputs(artifact)
+        given = {"reference": reference, "source": source, "eval_data": eval_data}
+        taken = {k: v for k, v in found.items() if given[k] is None}
+        reference, source, eval_data = (given[k] or taken.get(k) for k in ("reference", "source", "eval_data"))
+        if taken or own_profile:
+            status(f"bench: {artifact} is a build folder: " + ", ".join(
+                (["its target.toml"] if own_profile else []) + [f"--{k.replace('_', '-')} {v}" for k, v in taken.items()])
+                + (" (as the baseline was measured)" if baseline is not None else " (as its own bench measured)"))
     resolved = _load_target(target, None, threads)
     tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
     if against_path is not None:

@@ -277,3 +277,6 @@ def test_a_build_folder_is_benched_with_its_own_source_reference_and_tokens(tmp_
     assert set(build_inputs(tmp_path)) == {"reference", "source"}
     (tmp_path / "bench.json").write_text("{not json")
     assert build_inputs(tmp_path) == {}
+    for odd in ('{"eval": "x"}', '{"eval": {"reference": 3}}', "[1]"):  # not a bench.json: nothing taken, no crash
+        (tmp_path / "bench.json").write_text(odd)
+        assert build_inputs(tmp_path) == {}

@@ -207,3 +207,18 @@ def test_a_small_change_is_not_printed_as_minus_zero():
     from edgeft.bench.report import pct
 
     assert (pct(-0.2), pct(0.48), pct(-13.4), pct(93.2)) == ("-0.2 %", "+0.5 %", "-13 %", "+93 %")
+
+
+def test_a_baseline_from_another_machine_is_named_so_before_its_thread_count():
+    """Passing --threads 16 on an 8-core machine would not make a 16-core baseline comparable."""
+    from edgeft.bench.baseline import BenchFileError, precheck
+
+    old = {"machine": {"cpu": "X", "cores": 16, "threads": 16}, "target": {"bench": {}}}
+    with pytest.raises(BenchFileError, match="another machine .*cores: 16 -> 8"):
+        precheck(old, {"bench": {}}, {"cpu": "X", "cores": 8, "threads": 8}, baseline_file="b.json",
+                 allow_fingerprint_mismatch=False)
+    with pytest.raises(BenchFileError, match="pass --threads 16"):
+        precheck(old, {"bench": {}}, {"cpu": "X", "cores": 16, "threads": 8}, baseline_file="b.json",
+                 allow_fingerprint_mismatch=False)
+    precheck(old, {"bench": {}}, {"cpu": "X", "cores": 16, "threads": 16}, baseline_file="b.json",
+             allow_fingerprint_mismatch=False)

@@ -183,6 +183,27 @@ def test_a_malformed_manifest_is_bad_input_not_a_pass(tmp_path, manifest, needle
     assert result.exit_code == 2 and needle in result.output, result.output
 
 
+def test_verify_follows_an_output_that_is_a_symlink(tmp_path):
+    """git-annex and DVC link a build's files: the path is the build's, wherever its bytes live."""
+    import json
+
+    from edgeft.manifest import sha256
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "m.gguf").write_bytes(b"model")
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "m.gguf").symlink_to(store / "m.gguf")
+    (build / "loop").symlink_to(build / "loop")
+    entries = [{"path": "m.gguf", "bytes": 5, "sha256": sha256(store / "m.gguf")}]
+    (build / "manifest.json").write_text(json.dumps({"outputs": entries}))
+    assert CliRunner().invoke(main, ["verify", str(build)]).exit_code == 0
+    (build / "manifest.json").write_text(json.dumps({"outputs": [*entries, {"path": "loop", "bytes": 1, "sha256": "x"}]}))
+    result = CliRunner().invoke(main, ["verify", str(build)])
+    assert result.exit_code == 1 and "loop: missing" in result.output
+
+
 def test_compile_command(tiny_llama_dir, tmp_path):
     result = CliRunner().invoke(main, ["compile", str(tiny_llama_dir), "--target", "gguf-q8", "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output

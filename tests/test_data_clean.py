@@ -33,7 +33,7 @@ def test_garbage(text, reason):
 
 @pytest.mark.parametrize("text,reason", [
     ("4.", None), ("0", None), ("1", None), ("1945", None), ("3.14", None), ("1776-07-04", None), ("1,000,000", None),
-    ("100000000000000", None), ("50%", None), ("?!?! ... ---", "no letters or digits"), ("!!!!!!!!", "no letters or digits"),
+    ("100000000000000", None), ("50%", None), (".5", None), ("$5", None), ("\u22125", None), ("2+2=4", None), ("?!?! ... ---", "no letters or digits"), ("!!!!!!!!", "no letters or digits"),
     ("zzzzzzzzzzzz", "repeated characters"),
 ])
 def test_an_answer_that_is_a_number_is_not_garbage(text, reason):

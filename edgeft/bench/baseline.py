@@ -161,11 +161,14 @@ def precheck(old: dict, target_json: dict, machine_now: dict, *, baseline_file: 
                                  "target.toml)", file=baseline_file, place=f"target.bench.{key}")
     if allow_fingerprint_mismatch:
         return
-    old_threads = (old.get("machine") or {}).get("threads")
-    if old_threads is not None and machine_now.get("threads") is not None and old_threads != machine_now["threads"]:
-        raise BenchFileError(f"the baseline was measured with {old_threads} threads, this run would use "
-                             f"{machine_now['threads']}: pass --threads {old_threads}", file=baseline_file, place="machine.threads")
-    differences = fingerprint_differences(old, {"machine": machine_now})
+    # the machine first: on another machine, matching the thread count would not make timings comparable
+    differences = [d for d in fingerprint_differences(old, {"machine": machine_now}) if not d.startswith("threads:")]
+    if not differences:
+        old_threads = (old.get("machine") or {}).get("threads")
+        if old_threads is not None and machine_now.get("threads") is not None and old_threads != machine_now["threads"]:
+            raise BenchFileError(f"the baseline was measured with {old_threads} threads, this run would use "
+                                 f"{machine_now['threads']}: pass --threads {old_threads}", file=baseline_file,
+                                 place="machine.threads")
     if differences:
         raise BenchFileError("the baseline was measured on another machine (" + "; ".join(differences) + "): its timings "
                              "are not comparable; bench both with --against, or pass --allow-fingerprint-mismatch",

@@ -102,20 +102,28 @@ def _identified(path: Path, *, default_backend: str) -> Artifact:
     return Artifact(path=path, backend=backend, quant=level)
 
 
+def measured_inputs(result: dict) -> dict[str, Path]:
+    """What a bench result was measured with, where still on disk: its unquantized reference, the source
+    model it judged quality against and its evaluation tokens (a JSONL split; the shipped text is the
+    default anyway). Why: `edgeft bench out/demo` measures again what the build measured, and a gate
+    against a stored baseline compares like with like."""
+    ev = result.get("eval") if isinstance(result, dict) else None
+    if not isinstance(ev, dict):
+        return {}
+    found = {"reference": ev.get("reference"), "source": ev.get("source_model"), "eval_data": ev.get("source")}
+    if not str(found["eval_data"] or "").endswith(".jsonl"):
+        found["eval_data"] = None
+    return {k: Path(v) for k, v in found.items() if isinstance(v, str) and v and Path(v).exists()}
+
+
 def build_inputs(folder: Path) -> dict[str, Path]:
-    """What a build folder's own bench measured with, where still on disk: its unquantized reference,
-    the source model it judged quality against and its evaluation tokens (from its bench.json). Why:
-    `edgeft bench out/demo` measures again what the build measured, quality against the source
-    included, not the artifact alone."""
+    """`measured_inputs` of a build folder's own bench.json; none when it has none."""
     import json
 
     try:
-        ev = json.loads((Path(folder) / "bench.json").read_text(encoding="utf-8")).get("eval") or {}
-    except (OSError, ValueError, AttributeError):
+        return measured_inputs(json.loads((Path(folder) / "bench.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
         return {}
-    found = {"reference": ev.get("reference"), "source": ev.get("source_model"),
-             "eval_data": ev.get("source") if str(ev.get("source", "")).endswith(".jsonl") else None}
-    return {k: Path(v) for k, v in found.items() if v and Path(v).exists()}
 
 
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,

@@ -12,7 +12,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\
 _SPACES = re.compile(r"[ \t\u00a0\u3000\u2000-\u200a\u202f\u205f]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _LETTER = re.compile(r"[^\W\d_]")  # any Unicode letter (CJK included)
-_NUMBER = re.compile(r"[-+]?\d[\d.,:/%-]*")  # 4, 1945, 3.14, 1,000, 1776-07-04, 12:30, 50%
 
 
 def normalize_text(text: str) -> str:
@@ -45,8 +44,8 @@ def garbage_reason(text: str, *, max_char_share: float, min_distinct_chars: int,
     if not text:
         return "empty"
     compact = "".join(text.split())
-    if numbers_ok and _NUMBER.fullmatch(compact):
-        return None
+    if numbers_ok and not _LETTER.search(text) and any(c.isdigit() for c in compact):
+        return None  # 4, .5, $5, −5, (3), #1, 2+2=4, 1776-07-04
     if not _LETTER.search(text):
         return "no letters or digits" if numbers_ok else "no letters"
     # One character dominating: in a short text only when it is the only one ("Say aaaa" is a request).
