@@ -225,4 +225,4 @@ def test_bad_nf4_engine_is_a_one_line_config_error(tmp_path):
     result = CliRunner().invoke(main, ["distill", "--data", str(tmp_path), "--no-quantize-base", "--nf4-engine", "torchao"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("edgeft: error:")]
-    assert len(errors) == 1 and "nf4_engine" in errors[0] and "not quantized" in errors[0]
+    assert len(errors) == 1 and "--nf4-engine: " in errors[0] and "not quantized" in errors[0]
