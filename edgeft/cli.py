@@ -359,12 +359,13 @@ def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None, data
     The build's compile stage itself: the backend's unquantized reference, the level (rounded with an
     importance matrix from the prompts of --data where the level weighs one), the export check against
     the source, target.toml and manifest.json in OUT."""
+    from edgeft.config import AUTO_QUANT
     from edgeft.pipeline import build as run_build
 
-    if quant == "auto" or (quant is None and _load_target(target, None, None).quant == "auto"):
+    resolved = _load_target(target, quant, None)
+    if resolved.quant == AUTO_QUANT:
         raise ConfigError([("--quant", "'auto' picks a level by benchmarking each; compile benchmarks nothing: "
                                        "`edgeft build --quant auto`, or name a level")])
-    resolved = _load_target(target, quant, None)
     _writable(folder=True, **{"--out": out})
     result = run_build(str(model_dir), resolved, out, run_bench=False, distill=False, data=data)
     click.echo(str(result.artifact))
@@ -630,6 +631,7 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
 
     from edgeft.atomic_io import write_json, write_text
     from edgeft.bench import summary as reports
+    from edgeft.bench.against import is_build_folder
     from edgeft.bench.baseline import parse_tolerance
     from edgeft.bench.report import gate_table
     from edgeft.bench.run import bench_file
@@ -638,24 +640,9 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     _only_with(baseline is not None, "--baseline FILE", "allow_fingerprint_mismatch")
     _only_with(baseline is not None or against_path is not None, "--baseline FILE or --against OLD", "tolerance")
     _writable(**{"--json": json_out, "--summary": summary, "--junit": junit, "--plot": plot})
-    built = artifact.is_dir() and (artifact / "manifest.json").is_file() and (artifact / "target.toml").is_file()
-    own_profile = built and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE
-    if own_profile:
+    if (is_build_folder(artifact) and (artifact / "target.toml").is_file()
+            and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE):
         target = str(artifact / "target.toml")  # a build folder: its own profile, unless one is named
-    if built and against_path is None:
-        from edgeft.bench.baseline import load_bench
-        from edgeft.bench.run import build_inputs, measured_inputs
-        from edgeft.progress import status
-
-        # with a baseline, what the baseline was measured with (like with like); else what the build's bench was
-        found = measured_inputs(load_bench(baseline)) if baseline is not None else build_inputs(artifact)
-        given = {"reference": reference, "source": source, "eval_data": eval_data}
-        taken = {k: v for k, v in found.items() if given[k] is None}
-        reference, source, eval_data = (given[k] or taken.get(k) for k in ("reference", "source", "eval_data"))
-        if taken or own_profile:
-            status(f"bench: {artifact} is a build folder: " + ", ".join(
-                (["its target.toml"] if own_profile else []) + [f"--{k.replace('_', '-')} {v}" for k, v in taken.items()])
-                + (" (as the baseline was measured)" if baseline is not None else " (as its own bench measured)"))
     resolved = _load_target(target, None, threads)
     tolerance_pct = parse_tolerance(tolerance) if tolerance is not None else None
     if against_path is not None:
@@ -781,12 +768,6 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
 
 # ---- distill and merge (issue 4) ----------------------------------------------------------
 
-def _distill_config(preset: str, **overrides):
-    from edgeft.distill.config import preset as get_preset
-
-    return get_preset(preset).with_overrides(**overrides)
-
-
 @contextlib.contextmanager
 def _problems_as_flags():
     """A config's problems named by the current command's flags (`steps` -> `--steps`): the user typed
@@ -871,10 +852,11 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
     and loss.png. Merge the result with `edgeft merge OUT/adapter --out DIR`.
     """
     from edgeft.distill import open_data, run
+    from edgeft.distill.config import preset as get_preset
 
     with _problems_as_flags():
-        config = _distill_config(
-            preset, student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers),
+        config = get_preset(preset).with_overrides(
+            student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers),
             layer_pick=layer_pick, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
             warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight, temperature=temperature, top_k=top_k,
             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,

@@ -347,6 +347,11 @@ def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", prese
                             "map_sha256": sha256(out / vocab_trim.MAP_NAME)}
 
 
+def _layer_count(hf_dir: Path) -> int:
+    """The decoder layers of an HF folder, from its config.json (no model load)."""
+    return int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+
+
 def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str, preset: "BuildPreset",
                  data: Path | None, student: str, student_layers: int | None, stages: dict) -> "BuildPreset | None":
     """The preset the data -> distill -> merge stages run with, or None when there is nothing to train.
@@ -361,10 +366,8 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
 
     if student_layers is not None or student != AUTO_STUDENT:
         if student_layers is not None:  # before the data stage and the teacher load, not after
-            import json
-
-            layers = json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
-            if layers is not None and student_layers > layers:
+            layers = _layer_count(hf_dir)
+            if student_layers > layers:
                 raise ConfigError([("--student-layers", f"{student_layers} is more than the model's {layers} layers")])
         forced = {"student": None if student == AUTO_STUDENT else student, "student_layers": student_layers}
         stages["student"] = {"mode": "distill", "forced": {k: v for k, v in forced.items() if v is not None},
@@ -409,8 +412,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
         # `--quant auto` is free to pick any level afterwards, so a candidate fits when it fits at the level
         # with the smallest files: the source is pruned only if no level could make it fit.
         measured_at = target.with_overrides(quant=smallest_level(target.backend))
-    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    n_layers = int(config["num_hidden_layers"])
+    n_layers = _layer_count(hf_dir)
     loaded: dict = {}
 
     def measure(layers: int) -> dict:

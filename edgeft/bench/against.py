@@ -22,6 +22,15 @@ from edgeft.config import Target
 from edgeft.errors import ArtifactError, EdgeftError
 
 
+def is_build_folder(path: Path) -> bool:
+    """An `edgeft build` output folder (its manifest names the artifact it shipped), not a folder
+    artifact (an ONNX model) that a backend recognises itself."""
+    from edgeft.backends.registry import identify
+
+    path = Path(path)
+    return path.is_dir() and (path / "manifest.json").is_file() and identify(path) is None
+
+
 def resolve_artifact(path: Path, default_backend: str) -> Artifact:
     """A file or folder artifact, or a build folder (its manifest names the artifact it shipped)."""
     from edgeft.backends.registry import identify
@@ -30,7 +39,7 @@ def resolve_artifact(path: Path, default_backend: str) -> Artifact:
     if not path.exists():
         raise ArtifactError("no such file or folder", file=path)
     manifest = path / "manifest.json"
-    if path.is_dir() and manifest.is_file() and identify(path) is None:
+    if is_build_folder(path):
         try:
             name = json.loads(manifest.read_text(encoding="utf-8"))["stages"]["compile"]["artifact"]
         except (ValueError, KeyError, TypeError):

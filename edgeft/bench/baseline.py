@@ -105,12 +105,7 @@ def gate(baseline: dict, result: dict, regression: Regression, *, baseline_file:
         from dataclasses import replace
 
         regression = replace(regression, tolerance_pct=tolerance_pct)
-    old_bench = (baseline.get("target") or {}).get("bench") or {}
-    new_bench = (result.get("target") or {}).get("bench") or {}
-    for key in _SAME_SETTINGS:
-        if key in old_bench and key in new_bench and old_bench[key] != new_bench[key]:
-            raise BenchFileError(f"mismatched metrics: the baseline was measured with {key} = {old_bench[key]}, "
-                                 f"this run with {new_bench[key]}", file=baseline_file, place=f"target.bench.{key}")
+    _same_settings(baseline, result.get("target") or {}, baseline_file)
     old_eval, new_eval = baseline.get("eval") or {}, result.get("eval") or {}
     if old_eval.get("sha256") and new_eval.get("sha256") and old_eval["sha256"] != new_eval["sha256"]:
         raise BenchFileError("mismatched metrics: the baseline's quality was measured on other evaluation tokens",
@@ -147,22 +142,28 @@ def parse_tolerance(text: str) -> float:
     return value
 
 
+def _same_settings(baseline: dict, target_json: dict, baseline_file: Path | str) -> None:
+    """Refuse a baseline measured with other `_SAME_SETTINGS` than `target_json` (a profile as
+    `config.to_dict` writes it, or a result's `target`)."""
+    old_bench = (baseline.get("target") or {}).get("bench") or {}
+    new_bench = target_json.get("bench") or {}
+    for key in _SAME_SETTINGS:
+        if key in old_bench and key in new_bench and old_bench[key] != new_bench[key]:
+            raise BenchFileError(f"mismatched metrics: the baseline was measured with [bench] {key} = {old_bench[key]}, "
+                                 f"this run with {new_bench[key]}: bench with the baseline's profile (its target.toml)",
+                                 file=baseline_file, place=f"target.bench.{key}")
+
+
 def precheck(old: dict, target_json: dict, machine_now: dict, *, baseline_file: Path | str,
              allow_fingerprint_mismatch: bool) -> None:
     """What can be compared before measuring anything: the bench settings, the thread count and this
     machine against the baseline's. Why first: each of these ends the gate anyway, and a user should
     learn it, with the fix, in a second rather than after the bench."""
-    old_bench = (old.get("target") or {}).get("bench") or {}
-    new_bench = target_json.get("bench") or {}
-    for key in _SAME_SETTINGS:
-        if key in old_bench and key in new_bench and old_bench[key] != new_bench[key]:
-            raise BenchFileError(f"mismatched metrics: the baseline was measured with [bench] {key} = {old_bench[key]}, "
-                                 f"this profile gives {new_bench[key]}: bench with the baseline's profile (its "
-                                 "target.toml)", file=baseline_file, place=f"target.bench.{key}")
+    _same_settings(old, target_json, baseline_file)
     if allow_fingerprint_mismatch:
         return
     # the machine first: on another machine, matching the thread count would not make timings comparable
-    differences = [d for d in fingerprint_differences(old, {"machine": machine_now}) if not d.startswith("threads:")]
+    differences = fingerprint_differences(old, {"machine": machine_now}, skip=("threads",))
     if not differences:
         old_threads = (old.get("machine") or {}).get("threads")
         if old_threads is not None and machine_now.get("threads") is not None and old_threads != machine_now["threads"]:
@@ -175,7 +176,7 @@ def precheck(old: dict, target_json: dict, machine_now: dict, *, baseline_file: 
                              file=baseline_file, place="machine")
 
 
-def fingerprint_differences(old: dict, new: dict) -> list[str]:
+def fingerprint_differences(old: dict, new: dict, *, skip: tuple[str, ...] = ()) -> list[str]:
     """What differs between the machines and runtime builds two bench results were measured on: timings
     from another CPU or another llama.cpp build are not comparable, however the gate judges them."""
     def facts(result: dict) -> dict:
@@ -187,4 +188,4 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
                 "threads": machine.get("threads"), "governor": machine.get("governor"), "library versions": versions or None}
 
     a, b = facts(old), facts(new)
-    return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] is not None and b[k] is not None and a[k] != b[k]]
+    return [f"{k}: {a[k]} -> {b[k]}" for k in a if k not in skip and a[k] is not None and b[k] is not None and a[k] != b[k]]

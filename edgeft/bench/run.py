@@ -126,6 +126,24 @@ def build_inputs(folder: Path) -> dict[str, Path]:
         return {}
 
 
+def _build_folder_inputs(folder: Path, old: dict | None, target: Target, reference: Path | None, source: Path | None,
+                         eval_data: Path | None) -> tuple[Path | None, Path | None, Path | None]:
+    """A build folder's reference, source and evaluation tokens where none is given: with a baseline,
+    those it was measured with (like with like), else those the build's own bench measured with; one
+    status line says what was taken."""
+    from edgeft.progress import status
+
+    found = measured_inputs(old) if old is not None else build_inputs(folder)
+    given = {"reference": reference, "source": source, "eval_data": eval_data}
+    taken = {k: v for k, v in found.items() if given[k] is None}
+    own_profile = target.source is not None and Path(target.source) == folder / "target.toml"
+    if taken or own_profile:
+        status(f"bench: {folder} is a build folder: " + ", ".join(
+            (["its target.toml"] if own_profile else []) + [f"--{k.replace('_', '-')} {v}" for k, v in taken.items()])
+            + (" (as the baseline was measured)" if old is not None else " (as its own bench measured)"))
+    return tuple(given[k] or taken.get(k) for k in ("reference", "source", "eval_data"))  # type: ignore[return-value]
+
+
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
                adapter: Path | None = None,
                baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None,
@@ -138,15 +156,17 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     from edgeft.bench import baseline as gate
     from edgeft.errors import ArtifactError
 
+    from edgeft.bench.against import is_build_folder, resolve_artifact
+
     old = gate.load_bench(baseline) if baseline is not None else None
     if old is not None:
         gate.precheck(old, to_dict(target), machine.describe(target.resolved_threads()), baseline_file=baseline,
                       allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    if is_build_folder(Path(artifact_path)):
+        reference, source, eval_data = _build_folder_inputs(Path(artifact_path), old, target, reference, source, eval_data)
     for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model"), (adapter, "adapter")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
-    from edgeft.bench.against import resolve_artifact
-
     artifact = resolve_artifact(Path(artifact_path), target.backend)  # a build folder names its artifact
     if artifact.backend == target.backend and artifact.quant in info(target.backend).quant_levels:
         target = target.with_overrides(quant=artifact.quant)  # the report names the file's own level, not the profile's

@@ -32,7 +32,7 @@ def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries
         return with_timings(first[0], raw)
 
     raw, runs = _settled(measure, target)
-    memory = {k: raw[k] for k in ("peak_rss_mb", "rss_before_load_mb", "prompt_tokens")}
+    memory = _memory(raw)
     base_metrics, _ = latency.latency_metrics({"runs": raw["base_runs"], **memory})
     rows, lines = [], []
     for entry, res in zip(entries, raw["tasks"]):
@@ -61,6 +61,11 @@ def bench_tasks(artifact: Artifact, reference: Artifact, target: Target, entries
             "budget": lines, "pass": all(line["status"] != "FAIL" for line in lines)}
 
 
+def _memory(raw: dict) -> dict:
+    """The worker's figures that every `latency_metrics` call of one run shares."""
+    return {k: raw[k] for k in ("peak_rss_mb", "rss_before_load_mb", "prompt_tokens")}
+
+
 def with_timings(full: dict, timed: dict) -> dict:
     """A full worker run's quality and proof with another run's timings, switch time and memory: a run
     made again for its timing only (quality and the proof do not depend on load)."""
@@ -75,7 +80,7 @@ def _settled(measure, target: Target) -> tuple[dict, int]:
     from edgeft.progress import status
 
     def excess(raw: dict) -> float:
-        memory = {k: raw[k] for k in ("peak_rss_mb", "rss_before_load_mb", "prompt_tokens")}
+        memory = _memory(raw)
         return max((budgets.timing_excess(latency.latency_metrics({"runs": res["runs"], **memory})[0], target.budget)
                     for res in raw["tasks"]), default=0.0)
 
