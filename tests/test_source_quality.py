@@ -159,3 +159,58 @@ def test_an_answer_is_scored_up_to_and_with_its_end_of_turn(tiny_llama_dir):
     total, n = source.answer_nll(prompt, [5, 6, stop])
     assert n == 3 and total > 0
     assert source.answer_nll(prompt, []) == (0.0, 0)
+
+
+def test_where_answers_part_the_source_s_own_odds_of_both_tokens_are_read(tiny_llama_dir):
+    """The default model answers the France prompt with "The" at 15 % against "L" at 14 %: a shipped file
+    that says "L..." took the source's own near-tie. Where the answers part, both tokens' probabilities
+    are the source's after the same prefix, so the report can tell the source's doubt from damage."""
+    import numpy as np
+
+    from edgeft.bench.source_model import NEAR_TIE, side_by_side
+
+    source = SourceRunner(tiny_llama_dir)
+    prompt = "Hello there"
+    logits = source.logits(source.own_chat_ids(prompt))[-1]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    first, second = (int(i) for i in np.argsort(-probs)[:2])
+    [row] = side_by_side(source, _Says(answer=[second] * 6), (prompt,), new_tokens=6)
+    assert row["parts_at"] == 0 and not row["same"]
+    assert row["source_token"] == source.tokenizer.decode([first])
+    assert row["artifact_token"] == source.tokenizer.decode([second])
+    assert row["source_p_own"] == pytest.approx(probs[first], rel=1e-4)
+    assert row["source_p_artifact"] == pytest.approx(probs[second], rel=1e-4)
+    assert row["near_tie"] == (probs[second] >= NEAR_TIE * probs[first])
+    [same] = side_by_side(source, _Says(source=source), (prompt,), new_tokens=6)
+    assert same["same"] and "parts_at" not in same
+
+
+def test_a_parting_is_a_near_tie_only_when_the_source_nearly_chose_the_shipped_token():
+    import numpy as np
+
+    from edgeft.bench.report import answers_block
+    from edgeft.bench.source_model import parting
+
+    class _Tok:
+        def decode(self, ids):
+            return {2: " Paris", 5: " L", 7: " Lyon"}.get(ids[0], "?")
+
+    class _Source:
+        tokenizer = _Tok()
+
+    own = np.log([0.9, 0.30, 0.5])
+    tie = parting(_Source(), [1, 2, 3], [1, 5, 6], own, np.log([0.9, 0.16, 0.1]))
+    assert tie["parts_at"] == 1 and tie["near_tie"]
+    assert tie["source_p_own"] == pytest.approx(0.30) and tie["source_p_artifact"] == pytest.approx(0.16)
+    damage = parting(_Source(), [1, 2, 3], [1, 7, 6], own, np.log([0.9, 0.004, 0.1]))
+    assert not damage["near_tie"] and damage["artifact_token"] == " Lyon"
+    assert parting(_Source(), [1, 2], [1, 2], own[:2], own[:2]) == {}
+
+    rows = [dict(prompt="Capital?", source="Paris", artifact="L'Etoile", same=False, ppl_vs_source_pct=57.0, **tie),
+            dict(prompt="City?", source="Paris", artifact="Lyon", same=False, ppl_vs_source_pct=300.0, **damage)]
+    text = answers_block({"answers": rows, "metrics": {"answer_ppl_vs_source_pct": 300.0, "answers_same": 0,
+                                                        "answer_ppl_vs_source_mean_pct": 178.5, "answers_total": 2}})
+    assert "parts at token 2: the source gives its ' Paris' 30 %, the shipped file's ' L' 16 %: a near-tie" in text
+    assert "the shipped file's ' Lyon' 0.4 %\n" in text + "\n" and text.count("near-tie") == 1  # the tie row only
+    assert "1 part where the source itself is near a tie" in text

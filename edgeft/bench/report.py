@@ -113,11 +113,34 @@ def answers_block(result: dict, width: int = 100) -> str:
         increase = row.get("ppl_vs_source_pct")  # absent in a bench.json from before answers were scored
         verdict = "(same)" if row["same"] else "" if increase is None else f"({pct(increase)} to the source)"
         lines.append(f"    artifact: {cut(row['artifact'])}  {verdict}")
+        if row.get("parts_at") is not None:  # absent in a bench.json from before partings were read
+            lines.append("    " + parting_line(row))
     if m.get("answer_ppl_vs_source_pct") is not None:
-        lines.append(f"  {m['answers_same']} of {m['answers_total']} answers the same; worst answer "
+        ties = sum(bool(r.get("near_tie")) for r in rows)
+        tie_note = f"; {ties} part where the source itself is near a tie" if ties else ""
+        lines.append(f"  {m['answers_same']} of {m['answers_total']} answers the same{tie_note}; worst answer "
                      f"{pct(m['answer_ppl_vs_source_pct'])}, mean {pct(m['answer_ppl_vs_source_mean_pct'])} "
                      "(budget key answer_ppl_vs_source_pct: the worst)")
     return "\n".join(lines)
+
+
+def parting_line(row: dict) -> str:
+    """Where the shipped file's answer leaves the source's, and how sure the source was of its own token
+    there: a near-tie is the source's own doubt, a token it gives little is the artifact's doing."""
+    own, art = row["source_p_own"], row["source_p_artifact"]
+    head = (f"parts at token {row['parts_at'] + 1}: the source gives its {row['source_token']!r} {probability(own)}, "
+            f"the shipped file's {row['artifact_token']!r} {probability(art)}")
+    return head + (": a near-tie of the source's own" if row.get("near_tie") else "")
+
+
+def probability(p: float) -> str:
+    """A probability in percent, with the digits a small one needs to show at all."""
+    value = p * 100.0
+    if value >= 10:
+        return f"{value:.0f} %"
+    if value >= 1:
+        return f"{value:.1f} %"
+    return f"{value:.2g} %"
 
 
 

@@ -26,6 +26,10 @@ CHAT_PROMPTS = (
     "What color is the sky on a clear day?",
 )
 ANSWER_TOKENS = 48
+# Where the answers part, a shipped-file token the source gives at least this share of its own
+# token's probability was nearly the source's own pick: within a factor of two, a flip that 4-bit
+# rounding, or another runtime's arithmetic on the very same weights, can make.
+NEAR_TIE = 0.5
 
 
 class SourceRunner:
@@ -139,21 +143,26 @@ class SourceRunner:
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return out[0, len(ids):].tolist()
 
-    def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
-        """(total negative log-likelihood, tokens) the source gives `answer_ids` (full-vocabulary ids)
-        after its own prompt ids: how likely the model you gave finds an answer."""
+    def answer_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> "np.ndarray":
+        """Log-probability the source gives each of `answer_ids` (full-vocabulary ids) after its own
+        prompt ids and the answer's earlier ids."""
         import numpy as np
         import torch
 
         from edgeft.bench.perplexity import log_softmax
 
         if not answer_ids:
-            return 0.0, 0
+            return np.zeros(0)
         ids = list(prompt_ids) + list(answer_ids)
         with torch.no_grad():
             out = self.model(input_ids=torch.tensor([ids])).logits[0, len(prompt_ids) - 1:-1].float().numpy()
-        lp = log_softmax(out)
-        return float(-lp[np.arange(len(answer_ids)), answer_ids].sum()), len(answer_ids)
+        return log_softmax(out)[np.arange(len(answer_ids)), answer_ids]
+
+    def answer_nll(self, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
+        """(total negative log-likelihood, tokens) the source gives `answer_ids` (full-vocabulary ids)
+        after its own prompt ids: how likely the model you gave finds an answer."""
+        lp = self.answer_logprobs(prompt_ids, answer_ids)
+        return float(-lp.sum()), len(answer_ids)
 
     def until_stop(self, tokens: list[int]) -> list[int]:
         """Generated full-vocabulary ids up to and including the first end-of-turn: the answer a chat
@@ -185,14 +194,34 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
         own_prompt = source.own_chat_ids(prompt)
         src_ids = source.until_stop(source.greedy(own_prompt, new_tokens))
         art_ids = source.until_stop(source.full_ids(artifact.generate(source.chat_ids(prompt), new_tokens).tokens))
-        src_nll, src_n = source.answer_nll(own_prompt, src_ids)
-        art_nll, art_n = (src_nll, src_n) if art_ids == src_ids else source.answer_nll(own_prompt, art_ids)
-        src_mean, art_mean = src_nll / max(src_n, 1), art_nll / max(art_n, 1)
-        rows.append({"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
-                     "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
-                     "source_tokens": src_n, "artifact_tokens": art_n,
-                     "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0})
+        src_lp = source.answer_logprobs(own_prompt, src_ids)
+        art_lp = src_lp if art_ids == src_ids else source.answer_logprobs(own_prompt, art_ids)
+        src_mean = float(-src_lp.sum()) / max(len(src_ids), 1)
+        art_mean = float(-art_lp.sum()) / max(len(art_ids), 1)
+        row = {"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
+               "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
+               "source_tokens": len(src_ids), "artifact_tokens": len(art_ids),
+               "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0}
+        row.update(parting(source, src_ids, art_ids, src_lp, art_lp))
+        rows.append(row)
     return rows
+
+
+def parting(source: SourceRunner, src_ids: list[int], art_ids: list[int], src_lp, art_lp) -> dict[str, object]:
+    """Where two answers part, and how sure the source was there: both answers share every earlier
+    id, so at that token the source's probability of its own choice and of the shipped file's are
+    read after the same prefix. When the shipped file's token has at least NEAR_TIE of the source's
+    own, the source itself was near a coin flip there: the default model answers "What is the capital
+    of France?" with "The" at 15 % against "L" at 14 %, and its own Q4_1 file, run by llama.cpp,
+    answers in French. The answer line still scores the whole answer; this only says whose doubt
+    the parting was."""
+    at = next((i for i, (a, b) in enumerate(zip(src_ids, art_ids)) if a != b), None)
+    if at is None:
+        return {}
+    p_own, p_art = math.exp(float(src_lp[at])), math.exp(float(art_lp[at]))
+    return {"parts_at": at, "source_token": source.tokenizer.decode([src_ids[at]]),
+            "artifact_token": source.tokenizer.decode([art_ids[at]]),
+            "source_p_own": p_own, "source_p_artifact": p_art, "near_tie": p_art >= NEAR_TIE * p_own}
 
 
 def answer_metrics(rows: list[dict[str, object]]) -> dict[str, float]:

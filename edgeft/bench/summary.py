@@ -6,6 +6,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from edgeft.atomic_io import write_text
+from edgeft.bench.report import parting_line
 
 
 def _cell(value) -> str:
@@ -31,7 +32,10 @@ def markdown(result: dict, gate: list[dict] | None = None) -> str:
                   if m.get("ppl_increase_pct") is not None else "the perplexity below is the artifact's own, compared with nothing."), ""]
     for row in result.get("answers") or []:
         lines += [f"> **{row['prompt']}**  ", f"> source: {' '.join(row['source'].split())}  ",
-                  f"> artifact: {' '.join(row['artifact'].split())}", ""]
+                  f"> artifact: {' '.join(row['artifact'].split())}" + ("  " if row.get("parts_at") is not None else "")]
+        if row.get("parts_at") is not None:
+            lines.append(f"> {parting_line(row)}")
+        lines.append("")
     lines += ["| metric | median | p90 | spread |", "| --- | ---: | ---: | ---: |"]
     for key in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"):
         lines.append(f"| {key} | {_cell(m.get(f'{key}_p50'))} | {_cell(m.get(f'{key}_p90'))} | {m.get(f'{key}_cv', 0):.0%} |")
