@@ -195,6 +195,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
     backend.check()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
+    drop_candidate_leftovers(work)
     stages: dict[str, dict] = {}
     train: Path | None = None  # the training split, when the build trains
 
@@ -417,6 +418,12 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
 
     def measure(layers: int) -> dict:
         root = stage / f"layers-{layers}"
+        try:
+            return measure_in(root, layers)
+        finally:  # Ctrl-C included: a candidate's files are only ever measured once
+            shutil.rmtree(root, ignore_errors=True)
+
+    def measure_in(root: Path, layers: int) -> dict:
         if layers == n_layers:  # the source itself; its conversion is the one the final compile reuses
             cand_hf, cand_key, cand_work = hf_dir, src_key, work
             params = _parameters(hf_dir)
@@ -442,7 +449,6 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
 
         result = settle_timing(timed(), again, StudentSearch().latency_tries)
         m = result["metrics"]
-        shutil.rmtree(root, ignore_errors=True)
         return {"parameters": params, "package_mb": m["package_mb"], "ttft_ms_p90": m["ttft_ms_p90"],
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"],
                 "tries": result["tries"], "others_cores": result["others_cores"]}
@@ -459,6 +465,14 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
     write_json(stage / "search.json", search)
     _stamp(stage, key)
     return search
+
+
+def drop_candidate_leftovers(work: Path) -> None:
+    """Remove the student search's candidate folders (a pruned model, its GGUF files: about 800 MB for
+    the default model) that a build killed mid-measurement left. Only the search's search.json is
+    ever reused, so any `layers-N` folder a new build finds is waste, whatever the new build does."""
+    for leftover in (work / "student-auto").glob("layers-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def smallest_level(backend: str) -> str:

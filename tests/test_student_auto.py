@@ -88,6 +88,27 @@ def test_auto_distills_the_largest_candidate_under_a_size_budget(tiny4, candidat
     assert not (out / "work" / "student-auto" / "layers-3").exists()  # candidates' files are not kept
 
 
+def test_an_interrupted_search_leaves_no_candidate_files_and_a_new_build_drops_old_ones(tiny4, tmp_path, monkeypatch):
+    """A pruned candidate is a model and its GGUF files (about 800 MB for the default model): Ctrl-C
+    during its measurement removes them, and a build in a folder that a killed build left removes
+    the ones that outlived it."""
+    import edgeft.bench.run as run_mod
+
+    out = tmp_path / "out"
+    leftover = out / "work" / "student-auto" / "layers-2" / "hf"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"x" * 64)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "bench", interrupted)
+    result = _build(tiny4, tiny_profile(tmp_path, runs=1, budget="package_mb = 0.000001"), out, "--no-bench")
+    assert result.exit_code != 0
+    assert "student auto: measuring 4 of 4 layers" in result.output  # it was inside a measurement
+    assert not list((out / "work" / "student-auto").glob("layers-*"))
+
+
 def test_a_source_that_fits_with_targetless_data_is_compiled_without_training(tiny4, tmp_path):
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"input": f"Question number {i}?"} for i in range(20)])
     profile = tiny_profile(tmp_path, runs=1, budget="package_mb = 350")
