@@ -142,3 +142,17 @@ def test_data_help(command):
 
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_inspect_counts_target_tokens_as_prepare_trains_them(tmp_path, tiny_llama_dir):
+    """One answer, one count: `data inspect` once counted the target's text alone and `data prepare` the
+    target with the end of turn the template adds (2 against 4 on the same answer)."""
+    from edgeft.data.prepare import DataConfig, inspect_data, prepare
+
+    rows = [{"input": f"Question number {i} about the sea?", "target": f"Answer {i} is salt water."} for i in range(6)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    config = DataConfig(eval_fraction=0.0, augment_ratio=1.0)
+    seen = inspect_data(path, str(tiny_llama_dir), config)["tokens"]["target"]
+    report = json.loads(prepare(path, str(tiny_llama_dir), tmp_path / "out", config).report.read_text())
+    assert seen == report["tokens"]["target"]
+    assert report["counts"]["train_examples"] == 6

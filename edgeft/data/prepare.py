@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -122,8 +122,6 @@ class Analysis:
     n_read: int
     shapes: dict[str, int]
     fields: list[str]
-    prompt_lengths: dict[int, int] = field(default_factory=dict)  # index in records -> prompt tokens
-    target_lengths: dict[int, int] = field(default_factory=dict)
 
     @property
     def rejected(self) -> Step:
@@ -250,8 +248,6 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
     with_target = [i for i, r in enumerate(unique) if r.target is not None]
     target_ids = dict(zip(with_target, templater.encode_texts([unique[i].target for i in with_target])))
     final: list[Record] = []
-    prompt_lengths: dict[int, int] = {}
-    target_lengths: dict[int, int] = {}
     room = config.max_length - config.min_target_tokens
     for i, rec in enumerate(unique):
         n_prompt = len(prompt_ids[i])
@@ -268,14 +264,11 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
                            max_length=config.max_length)
         else:
             rec.prompt_ids = prompt_ids[i]
-            prompt_lengths[len(final)] = n_prompt
-            if n_target is not None:
-                target_lengths[len(final)] = n_target
             rec.eval = is_eval(rec.input, config.eval_fraction, config.seed)
             final.append(rec)
 
     steps = [rejected, normalize, garbage, exact, near, lengths]
-    return Analysis(path, fmt, final, steps, n_read, shapes, sorted(fields), prompt_lengths, target_lengths)
+    return Analysis(path, fmt, final, steps, n_read, shapes, sorted(fields))
 
 
 def write_prompt_records(data_file: Path | None, tokenizer_dir: Path, out: Path, config: DataConfig = DataConfig()) -> int:
@@ -479,12 +472,25 @@ def inspect_data(data_file: Path | None, model: str, config: DataConfig = DataCo
     """Counts, fields found, token lengths, duplicates and what cleaning would remove; writes nothing."""
     from edgeft import models
 
+    from edgeft.data.tokenize import Templater
+
     config.validate()
     source = models.resolve(model)
-    an = analyze(data_file, lambda: models.load_tokenizer(source), config)
+    loaded: list = []
+
+    def tokenizer():
+        loaded.append(models.load_tokenizer(source))
+        return loaded[-1]
+
+    an = analyze(data_file, tokenizer, config)
     cap = Step("augment_cap")
     kept = cap_augmented(list(an.records), config.augment_ratio, cap)
-    prompt_lengths = list(an.prompt_lengths.values())
+    prompt_lengths = [len(r.prompt_ids) for r in kept]
+    # Target tokens as `data prepare` counts and trains them: with the end of turn the template adds.
+    with_target = [r for r in kept if r.target is not None]
+    target_lengths = [len(e.target_ids) for e in Templater(loaded[-1], config.plain_format).encode_pairs(
+        [(r.input, r.target, r.metadata.get("system")) for r in with_target], [r.prompt_ids for r in with_target],
+        [r.target_ends for r in with_target])] if with_target else []
     return {
         "data_file": {"path": str(an.file), "format": an.format, "default": data_file is None},
         "counts": {"read": an.n_read, "rejected": an.rejected.removed, "kept": len(kept),
@@ -497,8 +503,7 @@ def inspect_data(data_file: Path | None, model: str, config: DataConfig = DataCo
         "domains": _tally(r.metadata.get("domain") for r in kept),
         "steps": [s.to_json() for s in an.steps + [cap]],
         "tokens": {"prompt": length_stats(prompt_lengths), "prompt_histogram": histogram(prompt_lengths),
-                   "target": length_stats(list(an.target_lengths.values())),
-                   "target_histogram": histogram(list(an.target_lengths.values()))},
+                   "target": length_stats(target_lengths), "target_histogram": histogram(target_lengths)},
         "model": source.label,
     }
 
