@@ -188,6 +188,15 @@ def test_bad_artifact_exits_2(q4, tmp_path, damage):
     _one_line_exit_2(proc, "bad.gguf", {"truncated": "GGUF file", "garbage": "not a GGUF", "missing": "no such file"}[damage])
 
 
+def test_a_damaged_old_file_in_an_ab_gate_is_refused_before_the_gate_starts(q4, tmp_path):
+    """The child that times both files once found the damage; the gate's progress line came first."""
+    bad = tmp_path / "old.gguf"
+    bad.write_bytes(q4.read_bytes()[:4096])
+    proc = _run_cli(["bench", str(q4), "--target", str(_profile(tmp_path)), "--against", str(bad)])
+    _one_line_exit_2(proc, "old.gguf", "GGUF file")
+    assert "A/B" not in proc.stderr + proc.stdout
+
+
 def test_bad_eval_data_exits_2(q4, tmp_path):
     data = tmp_path / "eval.jsonl"
     data.write_text('{"input_ids": [1, 2, 3]}\n{"input_ids": "abc"}\n')

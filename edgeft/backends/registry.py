@@ -50,6 +50,9 @@ class BackendInfo:
     teacher: bool = False
     # The quant level of a file or folder this backend made (read from it), or None when it is not one.
     identify: Callable[[Path], str | None] = lambda path: None
+    # Refuses, as an ArtifactError with its one-line reason, a file this backend could not load (missing,
+    # truncated, foreign), cheaply and in the CLI process: before an A/B gate's child starts timing.
+    check_file: Callable[[Path], None] = lambda path: None
     # Task adapters: the file suffix of one adapter in this backend's own format (".gguf": llama.cpp's
     # LoRA adapter), or why this backend has none (a sentence for the one-line refusal).
     adapter_suffix: str | None = None

@@ -25,7 +25,7 @@ from edgeft.errors import ArtifactError, EdgeftError
 def is_build_folder(path: Path) -> bool:
     """An `edgeft build` output folder (its manifest names the artifact it shipped), not a folder
     artifact (an ONNX model) that a backend recognises itself."""
-    from edgeft.backends.registry import identify
+    from edgeft.backends.registry import identify, info
 
     path = Path(path)
     return path.is_dir() and (path / "manifest.json").is_file() and identify(path) is None
@@ -33,7 +33,7 @@ def is_build_folder(path: Path) -> bool:
 
 def resolve_artifact(path: Path, default_backend: str) -> Artifact:
     """A file or folder artifact, or a build folder (its manifest names the artifact it shipped)."""
-    from edgeft.backends.registry import identify
+    from edgeft.backends.registry import identify, info
 
     path = Path(path)
     if not path.exists():
@@ -47,6 +47,7 @@ def resolve_artifact(path: Path, default_backend: str) -> Artifact:
         path = path / name
     found = identify(path)
     backend, level = found if found is not None else (default_backend, "unknown")
+    info(backend).check_file(path)
     return Artifact(path=path, backend=backend, quant=level)
 
 

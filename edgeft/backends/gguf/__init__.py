@@ -56,6 +56,12 @@ def identify(path: Path) -> str | None:
     return by_value.get(ftype, "f16" if ftype is None else f"ftype-{ftype}")
 
 
+def check_file(path: Path) -> None:
+    from edgeft.backends.gguf.backend import check_gguf_file
+
+    check_gguf_file(path)
+
+
 def architectures() -> tuple[str, ...]:
     from edgeft.backends.gguf.arch import FAMILIES
 
@@ -104,6 +110,7 @@ register(BackendInfo(
     uses_importance=uses_importance,
     teacher=True,
     identify=identify,
+    check_file=check_file,
     adapter_suffix=".gguf",
     no_prefix_because="llama.cpp has no prefix adapters and takes no initial KV cache from a file that edgeft could "
                       "write and prove (use --method lora, or --target onnx)",
