@@ -740,7 +740,7 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
     Writes compare.json, compare.md and compare.png into the output folder and names the
     smallest level that meets every budget. Exit code 1 when none does.
     """
-    from edgeft.bench.compare import compare, importance_footnote, parse_levels, table_rows
+    from edgeft.bench.compare import COLUMN_NOTE, compare, importance_footnote, parse_levels, table_rows
     from edgeft.bench.report import table
 
     names = [n.strip() for n in (targets or target).split(",") if n.strip()]
@@ -756,6 +756,7 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
     else:
         header, rows = table_rows(result.data)
         click.echo(table(rows, header))
+        click.echo(COLUMN_NOTE)
         footnote = importance_footnote(result.data)
         if footnote:
             click.echo(footnote)

@@ -236,3 +236,24 @@ def test_without_quant_one_target_compares_every_level_auto_weighs_and_several_t
     bits = info("gguf").bits_per_weight
     assert [bits[q] for q in levels] == sorted(bits[q] for q in levels)
     assert parse_levels(None, [load_target("gguf"), load_target("onnx")]) == {"gguf": ["q8_0"], "onnx": [load_target("onnx").quant]}
+
+
+def test_the_table_shows_quality_against_the_source_and_labels_quantization_loss_alone():
+    """The budget judges each level against the model you gave; the table once showed only the loss
+    against the level's own f16 export, under a bare "ppl +%", which never showed why q4_k_m failed."""
+    from edgeft.bench.compare import COLUMN_NOTE, markdown, table_rows
+
+    metrics = {"package_mb": 105.5, "ttft_ms_p90": 150.0, "ms_per_token_p90": 7.5, "peak_rss_mb": 240.0,
+               "ppl_vs_source_pct": 12.34, "kl_vs_source_mean": 0.0612, "top1_vs_source_pct": 85.8,
+               "answer_ppl_vs_source_pct": 43.3, "ppl_increase_pct": 4.3}
+    row = {"model": "m", "backend": "gguf", "quant": "q4_k_m", "artifact": "a", "pass": False, "latency_runs": 1,
+           "metrics": metrics, "machine": {"cpu": "x", "threads": 2},
+           "budget": [{"budget": "answer_ppl_vs_source_pct", "value": 43.3, "limit": 30.0, "status": "FAIL"}]}
+    header, [cells] = table_rows({"rows": [row], "recommended": None})
+    shown = dict(zip(header, cells))
+    assert shown["ppl vs src"] == "+12.3%" and shown["KL vs src"] == "0.061" and shown["top-1 vs src"] == "85.8%"
+    assert shown["worst answer"] == "+43%" and shown["quant. alone"] == "+4.3%"
+    assert header.index("ppl vs src") < header.index("quant. alone")
+    assert shown["budget"] == "FAIL answer_ppl_vs_source_pct 43.3 > 30"
+    md = markdown({"model": "m", "rows": [row], "references": {"gguf": "f16.gguf"}, "verdict": "none", "recommended": None})
+    assert COLUMN_NOTE in md and "f16.gguf" in md

@@ -135,6 +135,22 @@ def test_recommend_smallest_passing_or_the_failing_budget():
     assert best is None and "ttft_ms_p90 fails at every level" in verdict
 
 
+def test_a_recommendation_passing_a_timing_line_within_its_own_spread_says_so():
+    """compare recommended q5_k_m at TTFT p90 197 ms against 200 with a 7 % spread: the next run can fail it."""
+    def row(ttft: float, cv: float) -> dict:
+        return {"model": "m", "backend": "gguf", "quant": "q5_k_m", "pass": True,
+                "metrics": {"package_mb": 112.1, "ttft_ms_p90": ttft, "ttft_ms_cv": cv, "ms_per_token_p90": 7.8},
+                "budget": [{"budget": "ttft_ms_p90", "value": ttft, "limit": 200.0, "status": "PASS"},
+                           {"budget": "package_mb", "value": 112.1, "limit": 350.0, "status": "PASS"},
+                           {"budget": "ms_per_token_p90", "value": 7.8, "limit": 8.0, "status": "PASS"}]}
+
+    _, close = recommend([row(197.1, 0.07)])
+    assert "its ttft_ms_p90 (197.1) passes the 200 line by less than its run-to-run spread (7%)" in close
+    assert "ms_per_token_p90" not in close  # no spread measured for it here: nothing claimed
+    _, clear = recommend([row(150.0, 0.07)])
+    assert clear.endswith("the smallest that meets every budget")
+
+
 def test_eval_data_padding_is_not_scored(tmp_path):
     """Bug pinned: padded rows from the data stage were scored pad tokens and all."""
     from edgeft.bench.perplexity import read_eval_data
