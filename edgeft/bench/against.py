@@ -25,7 +25,7 @@ from edgeft.errors import ArtifactError, EdgeftError
 def is_build_folder(path: Path) -> bool:
     """An `edgeft build` output folder (its manifest names the artifact it shipped), not a folder
     artifact (an ONNX model) that a backend recognises itself."""
-    from edgeft.backends.registry import identify, info
+    from edgeft.backends.registry import identify
 
     path = Path(path)
     return path.is_dir() and (path / "manifest.json").is_file() and identify(path) is None
