@@ -353,6 +353,13 @@ def _layer_count(hf_dir: Path) -> int:
     return int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
 
 
+def _layer_period(hf_dir: Path) -> int:
+    """How many layers the folder's pattern of layer kinds spans (`student.layer_period`), from config.json."""
+    from edgeft.distill.student import layer_period
+
+    return layer_period(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("layer_types"))
+
+
 def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str, preset: "BuildPreset",
                  data: Path | None, student: str, student_layers: int | None, stages: dict) -> "BuildPreset | None":
     """The preset the data -> distill -> merge stages run with, or None when there is nothing to train.
@@ -367,9 +374,12 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
 
     if student_layers is not None or student != AUTO_STUDENT:
         if student_layers is not None:  # before the data stage and the teacher load, not after
+            from edgeft.distill.student import check_pattern_count
+
             layers = _layer_count(hf_dir)
             if student_layers > layers:
                 raise ConfigError([("--student-layers", f"{student_layers} is more than the model's {layers} layers")])
+            check_pattern_count(layers, student_layers, _layer_period(hf_dir), place="--student-layers")
         forced = {"student": None if student == AUTO_STUDENT else student, "student_layers": student_layers}
         stages["student"] = {"mode": "distill", "forced": {k: v for k, v in forced.items() if v is not None},
                              "reason": "forced by " + ("--student-layers" if student_layers is not None else "--student")}
@@ -453,7 +463,8 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"],
                 "tries": result["tries"], "others_cores": result["others_cores"]}
 
-    search = {**choose(n_layers, measure), "measured_at": measured_at.quant, "level_free": measured_at is not target}
+    search = {**choose(n_layers, measure, period=_layer_period(hf_dir)), "measured_at": measured_at.quant,
+              "level_free": measured_at is not target}
     warning = busy_warning(search["candidates"])
     if warning:
         search["busy_warning"] = warning
@@ -503,7 +514,9 @@ def _write_pruned(hf_dir: Path, n_layers: int, layers: int, out: Path, loaded: d
 
     if "model" not in loaded:
         loaded["model"] = models.load_model(models.resolve(hf_dir))
-    pruned = student_mod.drop_layers(loaded["model"], student_mod.ends(n_layers, layers))
+    keep = student_mod.ends(n_layers, layers)
+    student_mod.check_pattern(loaded["model"], keep)
+    pruned = student_mod.drop_layers(loaded["model"], keep)
     with atomic_dir(out) as tmp:
         pruned.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(hf_dir).save_pretrained(tmp)

@@ -41,8 +41,12 @@ class StudentSearch:
     refine: bool = True  # then halve the gap between the step that fits and the one above it
 
 
-def layer_counts(n_layers: int, search: StudentSearch = StudentSearch()) -> list[int]:
-    counts = {max(1, min(n_layers, round(n_layers * f))) for f in search.fractions}
+def layer_counts(n_layers: int, search: StudentSearch = StudentSearch(), period: int = 1) -> list[int]:
+    """The coarse candidates: each fraction's count, moved to the nearest that keeps the model's layer
+    pattern (`period`, `distill.student.layer_period`: 6 for Gemma 3, 1 for most models)."""
+    from edgeft.distill.student import nearest_count
+
+    counts = {nearest_count(n_layers, max(1, min(n_layers, round(n_layers * f))), period) for f in search.fractions}
     counts.add(n_layers)
     return sorted(counts, reverse=True)
 
@@ -95,12 +99,12 @@ def busy_warning(candidates: list[dict]) -> str | None:
     return None
 
 
-def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch()) -> dict:
+def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch = StudentSearch(), period: int = 1) -> dict:
     """Measure candidates largest first; the first that fits, refined upward (else the smallest, which fits nothing).
 
     `measure(layers)` returns a dict with at least `budget` (BudgetLine.to_json() dicts); the result
     lists every candidate, measured or not, the one chosen and why."""
-    counts = layer_counts(n_layers, search)
+    counts = layer_counts(n_layers, search, period)
     tried: list[dict] = []
 
     def run(layers: int) -> dict:
@@ -120,8 +124,8 @@ def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch 
         # Size and time grow with the layer count, so the largest count that fits lies between the
         # coarse step that fits and the one above it that does not: halve that gap.
         low, high = chosen["layers"], tried[-2]["layers"]
-        while high - low > 1:
-            mid = (low + high) // 2
+        while between := [k for k in range(low + period, high, period)]:
+            mid = between[(len(between) - 1) // 2]  # (low + high) // 2 when every count keeps the pattern
             if run(mid)["fits"]:
                 low, chosen = mid, tried[-1]
             else:

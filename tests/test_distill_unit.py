@@ -242,15 +242,17 @@ def test_block_scores_from_teacher_states_equal_the_whole_pruned_models(tmp_path
     from edgeft.distill.records import Record
     from edgeft.distill.student import block_candidates, drop_layers
 
-    folder = (tiny_models.tiny_llama(tmp_path / "m", layers=6) if family == "llama"
-              else tiny_models.tiny_gemma3(tmp_path / "m", layers=6, sliding_window=8))
+    # Gemma 3 at 12 layers, dropping 6: a pruning keeps its every-6th-global pattern (`layer_period`)
+    n_layers, keep_n = (6, 4) if family == "llama" else (12, 6)
+    folder = (tiny_models.tiny_llama(tmp_path / "m", layers=n_layers) if family == "llama"
+              else tiny_models.tiny_gemma3(tmp_path / "m", layers=n_layers, sliding_window=8))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
     rng = random.Random(0)
     records = []
     for n in (40, 23, 31):  # unequal lengths: padding and the mask are part of what must agree
         ids = tuple(rng.randrange(3, model.config.vocab_size) for _ in range(n))
         records.append(Record(input_ids=ids, labels=(-100,) * 5 + ids[5:]))
-    cands = block_candidates(6, 4)
+    cands = block_candidates(n_layers, keep_n)
     fast = block_nlls(model, cands, records, pad_id=0, batch_size=2)
     slow = [evaluate(drop_layers(model, keep), records, 0, 2).nll for keep in cands]
     assert len(set(round(v, 3) for v in slow)) > 1  # the blocks really differ
@@ -315,3 +317,25 @@ def test_a_short_run_reaches_its_learning_rate():
     assert max(_schedule(s, short) for s in range(4)) == 1.0
     long = replace(DistillConfig(), steps=48, warmup_steps=3)  # the demo: unchanged
     assert [round(_schedule(s, long), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_student_keeps_its_teacher_s_pattern_of_layer_kinds(tmp_path):
+    """Gemma 3: five sliding-window layers, then a global one. A student that drops one contiguous block of
+    six keeps that pattern; any other choice of layers is refused in one line, since llama.cpp holds
+    Gemma 3 to it and a layer's kind also sets its RoPE base."""
+    import tiny_models
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.distill.student import check_pattern, drop_layers, ends, layer_period, nearest_count
+    from edgeft.errors import ConfigError
+
+    kinds = (["sliding_attention"] * 5 + ["full_attention"]) * 3
+    assert layer_period(kinds) == 6 and layer_period(["full_attention"] * 4) == 1 and layer_period(None) == 1
+    assert nearest_count(18, 9, 6) == 12 and nearest_count(18, 7, 6) == 6 and nearest_count(30, 15, 1) == 15
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.tiny_gemma3(tmp_path / "g", layers=12, sliding_window=8),
+                                                 dtype="float32")
+    check_pattern(model, ends(12, 6))
+    student = drop_layers(model, ends(12, 6))
+    assert student.config.layer_types == model.config.layer_types[:6] and len(student.model.layers) == 6
+    with pytest.raises(ConfigError, match="repeats every 6 layers"):
+        check_pattern(model, ends(12, 8))

@@ -217,6 +217,29 @@ def test_between_the_coarse_step_that_fits_and_the_one_above_the_largest_count_t
     assert calls == [10, 5]
 
 
+def test_a_model_whose_layer_kinds_repeat_is_pruned_by_whole_periods(tmp_path):
+    """Gemma 3 270M (18 layers, every 6th global) was pruned to 16 layers, which llama.cpp's Gemma 3 cannot
+    hold: the build died after 9 minutes. Candidates and the halving now move by whole periods, and a
+    forced count that breaks the pattern is refused before any stage runs."""
+    import tiny_models
+
+    assert layer_counts(18, period=6) == [18, 12, 6]
+    sizes = {n: 10.0 * n for n in range(1, 19)}
+    calls: list[int] = []
+    got = choose(18, _fake_measure(sizes, 170.0, calls), StudentSearch(fractions=(1.0, 0.5)), period=6)
+    assert calls == [18, 12] and got["layers"] == 12  # nothing between 12 and 18 keeps the pattern
+    calls.clear()
+    got = choose(24, _fake_measure({n: 10.0 * n for n in range(1, 25)}, 190.0, calls), StudentSearch(fractions=(1.0, 0.25)),
+                 period=6)
+    assert calls == [24, 6, 12, 18] and got["layers"] == 18
+
+    gemma = tiny_models.tiny_gemma3(tmp_path / "gemma", layers=12, sliding_window=8)
+    result = _build(gemma, tiny_profile(tmp_path, runs=1, budget="package_mb = 350"), tmp_path / "out", "--student-layers", "8")
+    assert result.exit_code == 2, result.output
+    assert "--student-layers" in result.output and "repeats every 6 layers" in result.output and "12, 6" in result.output
+    assert not (tmp_path / "out" / "work" / "data").exists()  # refused before the data stage
+
+
 def test_a_search_timed_on_a_busy_machine_is_not_reused(tiny4, tmp_path, monkeypatch):
     """Its warning says to build again on a quiet machine: the next build must measure again, not
     read back the pruning that load caused."""

@@ -119,13 +119,17 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
         smodel = models.load_model(models.resolve(folder))
         info = student_mod.info(smodel, None, n_teacher, config.target_quant)
     else:
-        n_keep = config.student_layers or max(1, n_teacher // 2)
+        period = student_mod.layer_period(getattr(tmodel.config, "layer_types", None))
+        if config.student_layers is not None:
+            student_mod.check_pattern_count(n_teacher, config.student_layers, period)
+        n_keep = config.student_layers or student_mod.nearest_count(n_teacher, max(1, n_teacher // 2), period)
         if config.keep_layers is not None:
             keep = student_mod.check_layers(config.keep_layers, n_teacher)
         elif config.layer_pick == "block":
             keep, pick = _block_pick(tmodel, n_keep, train_recs, pad_id, config)
         else:
             keep = student_mod.pick_layers(n_teacher, n_keep, config.layer_pick)
+        student_mod.check_pattern(tmodel, keep)
         smodel = student_mod.drop_layers(tmodel, keep)
         folder = out_dir / "student"
         with atomic_dir(folder) as tmp:

@@ -48,6 +48,39 @@ def check_count(n_teacher: int, n_keep: int) -> None:
         raise ConfigError([("student_layers", f"must be between 1 and the teacher's {n_teacher} layers, got {n_keep}")])
 
 
+def layer_period(layer_types: Sequence[str] | None) -> int:
+    """How many layers the teacher's pattern of layer kinds spans before it repeats: 6 for Gemma 3 (five
+    sliding-window layers, then a global one), 1 for a model whose layers are all alike.
+
+    A student keeps that pattern, so that it is still a model of its family: llama.cpp, for one, hard-codes
+    Gemma 3's every-6th-layer-global layout, and a layer's kind also sets its RoPE base, so turning a
+    sliding layer global would change what it computes. Dropping one contiguous block whose length is a
+    multiple of the period keeps it: the layers after the block move up by whole periods."""
+    if not layer_types:
+        return 1
+    n = len(layer_types)
+    return next(p for p in range(1, n + 1) if all(layer_types[i] == layer_types[i % p] for i in range(n)))
+
+
+def valid_counts(n_teacher: int, period: int) -> list[int]:
+    """The student sizes that keep the teacher's layer pattern, largest first."""
+    return [k for k in range(n_teacher, 0, -period)]
+
+
+def check_pattern_count(n_teacher: int, n_keep: int, period: int, place: str = "student_layers") -> None:
+    """One line when dropping `n_teacher - n_keep` layers cannot keep a layer pattern of `period`."""
+    if (n_teacher - n_keep) % period:
+        sizes = ", ".join(str(k) for k in valid_counts(n_teacher, period))
+        raise ConfigError([(place, f"{n_keep} layers would break the model's layer pattern, which repeats every {period} "
+                                   f"layers (Gemma 3: five sliding-window layers, then a global one): a student of it "
+                                   f"keeps {sizes} layers")])
+
+
+def nearest_count(n_teacher: int, n_keep: int, period: int) -> int:
+    """The pattern-keeping student size nearest `n_keep` (the larger one on a tie)."""
+    return min(valid_counts(n_teacher, period), key=lambda k: (abs(k - n_keep), -k))
+
+
 def block_candidates(n_teacher: int, n_keep: int) -> list[tuple[int, ...]]:
     """Every way to keep `n_keep` layers by dropping one contiguous block of the others."""
     check_count(n_teacher, n_keep)
@@ -111,6 +144,20 @@ def drop_layers(teacher: "PreTrainedModel", keep: Sequence[int]) -> "PreTrainedM
     if isinstance(layer_types, list) and len(layer_types) == n_teacher:
         student.config.layer_types = [layer_types[i] for i in keep]
     return student
+
+
+def check_pattern(teacher: "PreTrainedModel", keep: Sequence[int]) -> None:
+    """One line when a student of `keep` would break the teacher's pattern of layer kinds (`layer_period`).
+    Called where students are made; `drop_layers` itself also cuts partial stacks that are only scored
+    (the block pick's tails), whose layers keep their own kinds."""
+    layer_types = getattr(teacher.config, "layer_types", None)
+    if not isinstance(layer_types, list) or len(layer_types) != teacher.config.num_hidden_layers:
+        return
+    if [layer_types[i] for i in keep] != layer_types[: len(keep)]:
+        period = layer_period(layer_types)
+        raise ConfigError([("keep_layers", f"layers {list(keep)} break the model's layer pattern, which repeats every "
+                                           f"{period} layers: a student keeps it by dropping one contiguous block of a "
+                                           f"multiple of {period} layers (--layer-pick block or ends)")])
 
 
 def parameter_count(model: "PreTrainedModel") -> int:
