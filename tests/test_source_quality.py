@@ -184,6 +184,7 @@ def test_where_answers_part_the_source_s_own_odds_of_both_tokens_are_read(tiny_l
     assert row["near_tie"] == (probs[second] >= NEAR_TIE * probs[first])
     [same] = side_by_side(source, _Says(source=source), (prompt,), new_tokens=6)
     assert same["same"] and "parts_at" not in same
+    assert row["chat_template"] is True  # this tiny model has one; a base model's answers are labelled otherwise
 
 
 def test_a_parting_is_a_near_tie_only_when_the_source_nearly_chose_the_shipped_token():
@@ -214,3 +215,15 @@ def test_a_parting_is_a_near_tie_only_when_the_source_nearly_chose_the_shipped_t
     assert "parts at token 2: the source gives its ' Paris' 30 %, the shipped file's ' L' 16 %: a near-tie" in text
     assert "the shipped file's ' Lyon' 0.4 %\n" in text + "\n" and text.count("near-tie") == 1  # the tie row only
     assert "1 part where the source itself is near a tie" in text
+
+
+def test_answers_of_a_model_without_a_chat_template_are_not_called_chat_answers():
+    """The embedded Gemma 3 270M is a base model: its prompts go in bare and it continues the text. The
+    report said "chat template" all the same."""
+    from edgeft.bench.report import answers_block
+
+    row = {"prompt": "How many days are there in a week?", "source": "How many days are there in a month?",
+           "artifact": "How many days are there in a month?", "same": True, "ppl_vs_source_pct": 0.0}
+    assert "greedy, chat template" in answers_block({"answers": [{**row, "chat_template": True}], "metrics": {}})
+    bare = answers_block({"answers": [{**row, "chat_template": False}], "metrics": {}})
+    assert "bare prompts: the model has no chat template" in bare and "chat template)" not in bare

@@ -105,7 +105,11 @@ def answers_block(result: dict, width: int = 100) -> str:
         return text if len(text) <= width else text[: width - 3] + "..."
 
     m = result.get("metrics", {})
-    lines = ["answers (greedy, chat template): the source model, then the shipped file, with how much more "
+    # A model without a chat template (a base model, like the embedded Gemma 3 270M) is given the prompts
+    # bare: what it writes continues the text, and is no answer (absent in a bench.json from before).
+    how = "chat template" if rows[0].get("chat_template", True) else \
+        "bare prompts: the model has no chat template, so it continues each prompt's text rather than answering it"
+    lines = [f"answers (greedy, {how}): the source model, then the shipped file, with how much more "
              "perplexing the source finds the shipped file's answer than its own"]
     for row in rows:
         lines.append(f"  > {row['prompt']}")

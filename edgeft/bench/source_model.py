@@ -201,7 +201,8 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
         row = {"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
                "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
                "source_tokens": len(src_ids), "artifact_tokens": len(art_ids),
-               "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0}
+               "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0,
+               "chat_template": bool(source.tokenizer.chat_template)}
         row.update(parting(source, src_ids, art_ids, src_lp, art_lp))
         rows.append(row)
     return rows
