@@ -502,6 +502,10 @@ def data_inspect(file: Path | None, model: str, field: tuple[str, ...], max_leng
                f"({c['with_target']} with target, {c['without_target']} for the teacher); split {c['train']} train / {c['eval']} eval")
     click.echo(f"shapes: {', '.join(f'{k}={v}' for k, v in info['shapes'].items())}")
     click.echo(f"fields found: {', '.join(info['fields_found'])}")
+    if info["fields_unused"]:
+        from edgeft.data.prepare import unused_note
+
+        click.echo(unused_note(info["fields_unused"]))
     click.echo(f"task types: {', '.join(f'{k}={v}' for k, v in info['task_types'].items())}")
     click.echo(f"domains: {', '.join(f'{k}={v}' for k, v in info['domains'].items())}")
     click.echo("cleaning would remove:")

@@ -156,3 +156,40 @@ def test_inspect_counts_target_tokens_as_prepare_trains_them(tmp_path, tiny_llam
     report = json.loads(prepare(path, str(tiny_llama_dir), tmp_path / "out", config).report.read_text())
     assert seen == report["tokens"]["target"]
     assert report["counts"]["train_examples"] == 6
+
+
+def test_an_answer_column_under_another_name_is_named_not_silently_left_to_the_teacher(tmp_path, tiny_llama_dir):
+    """`{"prompt", "answer"}` records read as prompt/completion without a completion: the answers went
+    unused and the teacher wrote new ones without a word; `--field target=answer` was dropped by the
+    same shape; a mapped field no record has (a typo) passed silently."""
+    from click.testing import CliRunner
+
+    from edgeft.cli import main
+
+    path = write_jsonl(tmp_path / "pa.jsonl", [{"prompt": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."}
+                                               for i in range(4)])
+    plain = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--json"])
+    info = json.loads(plain.output)
+    assert info["fields_unused"] == ["answer"] and info["counts"]["with_target"] == 0
+    said = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir)])
+    assert "fields no record uses: answer" in said.output and "--field target=NAME" in said.output
+    mapped = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--json",
+                                       "--field", "target=answer"])
+    info = json.loads(mapped.output)
+    assert info["counts"]["with_target"] == 4 and info["fields_unused"] == []
+    typo = CliRunner().invoke(main, ["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--field", "target=answr"])
+    assert typo.exit_code == 2 and "--field" in typo.output and "target=answr" in typo.output
+    assert "fields found: answer, prompt" in typo.output
+
+
+def test_a_record_the_augmentation_cap_drops_says_why_in_the_user_s_terms():
+    from edgeft.data.prepare import Step, cap_augmented
+    from edgeft.data.schema import Record
+
+    records = [Record(f"q{i}", f"a{i}", place=f"line {i}", key=f"k{i}") for i in range(2)]
+    records += [Record(f"p{i}", None, place=f"line {i + 2}", key=f"m{i}") for i in range(5)]
+    step = Step("augment_cap")
+    kept = cap_augmented(records, 1.0, step)
+    assert len(kept) == 4 and step.removed == 3
+    assert all(reason.startswith("no target of its own") and "--augment-ratio 1 x the 2 training records with targets" in reason
+               for reason in step.reasons)

@@ -239,6 +239,16 @@ def test_a_model_whose_layer_kinds_repeat_is_pruned_by_whole_periods(tmp_path):
     assert "--student-layers" in result.output and "repeats every 6 layers" in result.output and "12, 6" in result.output
     assert not (tmp_path / "out" / "work" / "data").exists()  # refused before the data stage
 
+    # The search itself, end to end: every candidate compiles to GGUF (the converter holds Gemma 3 to its
+    # pattern) and the smallest, which fits nothing here, is distilled, merged and compiled.
+    out = tmp_path / "searched"
+    result = _build(gemma, tiny_profile(tmp_path, runs=1, budget="package_mb = 0.000001"), out, "--no-bench")
+    assert result.exit_code == 0, result.output
+    student = json.loads((out / "manifest.json").read_text())["stages"]["student"]
+    assert [c["layers"] for c in student["candidates"]] == [12, 6] and student["layers"] == 6
+    merged = json.loads((out / "work" / "merged" / "config.json").read_text())
+    assert merged["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+
 
 def test_a_search_timed_on_a_busy_machine_is_not_reused(tiny4, tmp_path, monkeypatch):
     """Its warning says to build again on a quiet machine: the next build must measure again, not

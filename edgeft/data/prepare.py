@@ -18,7 +18,7 @@ from edgeft.data.clean import content_key, garbage_reason, normalize_record
 from edgeft.data.dedup import near_duplicates
 from edgeft.data.readers import DataFileError, detect_format, read_raw
 from edgeft.data.report import Step, histogram, length_stats
-from edgeft.data.schema import Record, RecordProblem, STANDARD_FIELDS, to_record
+from edgeft.data.schema import SHAPE_FIELDS, Record, RecordProblem, STANDARD_FIELDS, to_record
 from edgeft.data.split import is_eval
 from edgeft.errors import ConfigError
 from edgeft.progress import progress
@@ -122,6 +122,7 @@ class Analysis:
     n_read: int
     shapes: dict[str, int]
     fields: list[str]
+    unused: list[str]  # fields no record's shape read: an answer column under another name, left to the teacher
 
     @property
     def rejected(self) -> Step:
@@ -134,8 +135,11 @@ def settings_key(config: DataConfig) -> dict[str, Any]:
     return {**asdict(config), "rows_format": ROWS_FORMAT}
 
 
-def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fields: set[str]) -> tuple[list[Record], int]:
+def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fields: set[str],
+          used: set[str] | None = None) -> tuple[list[Record], int]:
+    """Read and map every record; `fields` gets every field name seen, `used` the ones some record's shape read."""
     field_map = dict(config.field_map)
+    used = set() if used is None else used
     records: list[Record] = []
     n = 0
     for raw in read_raw(path):
@@ -151,6 +155,8 @@ def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fi
             else:
                 rec.place = raw.place
                 shapes[rec.shape] = shapes.get(rec.shape, 0) + 1
+                used.update(SHAPE_FIELDS.get(rec.shape, ()))
+                used.update(field_map.values())
                 records.append(rec)
                 continue
         if config.strict:
@@ -166,6 +172,13 @@ def check_records(data_file: Path, config: "DataConfig | None" = None) -> None:
     """Raise what reading would: a file that cannot be read at all, or one without a usable record. A
     build calls it first, so that bad data costs a second, not the minutes before its data stage."""
     _load(Path(data_file), config or DataConfig(), Step("validate"), {}, set())
+
+
+def unused_note(unused: list[str]) -> str:
+    """What to say of fields no record read: an answer column named other than the shape expects is otherwise
+    silently replaced by the teacher's answers."""
+    return (f"fields no record uses: {', '.join(unused)} (to train on one as the answer: --field target=NAME; as the "
+            "prompt: --field input=NAME)")
 
 
 def human_target_count(data_file: Path | None, config: "DataConfig | None" = None) -> int:
@@ -201,7 +214,12 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
                                                Step("near_duplicates"), Step("length"))
     shapes: dict[str, int] = {}
     fields: set[str] = set()
-    records, n_read = _load(path, config, rejected, shapes, fields)
+    used: set[str] = set()
+    records, n_read = _load(path, config, rejected, shapes, fields, used)
+    absent = [f"{dst}={src}" for dst, src in config.field_map if src not in fields]
+    if absent:
+        raise ConfigError([("--field", f"{', '.join(absent)}: no record of {path.name} has that field "
+                                       f"(fields found: {', '.join(sorted(fields)) or 'none'})")])
 
     normalize = Step("normalize")
     changed = 0
@@ -268,7 +286,7 @@ def analyze(data_file: Path | None, tokenizer: "Callable[[], PreTrainedTokenizer
             final.append(rec)
 
     steps = [rejected, normalize, garbage, exact, near, lengths]
-    return Analysis(path, fmt, final, steps, n_read, shapes, sorted(fields))
+    return Analysis(path, fmt, final, steps, n_read, shapes, sorted(fields), sorted(fields - used))
 
 
 def write_prompt_records(data_file: Path | None, tokenizer_dir: Path, out: Path, config: DataConfig = DataConfig()) -> int:
@@ -308,7 +326,9 @@ def cap_augmented(records: list[Record], ratio: float, step: Step) -> list[Recor
     out = []
     for r in records:
         if id(r) in drop:
-            step.remove(r.place, "augmented share above the cap")
+            why = "marked augmented" if r.metadata.get("augmented") is True else \
+                "no target of its own (the teacher's answer would count as augmentation beside records with targets)"
+            step.remove(r.place, f"{why}: beyond --augment-ratio {ratio:g} x the {train_orig} training records with targets")
         else:
             if is_augmented(r, has_originals):
                 r.metadata = {**r.metadata, "augmented": True}
@@ -361,6 +381,10 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
         return loaded[0]
 
     an = analyze(data_file, tokenizer_once, config)
+    if an.unused:
+        from edgeft.progress import status
+
+        status(f"data: warning: {unused_note(an.unused)}")
     tokenizer = tokenizer_once()
     cap = Step("augment_cap")
     records = cap_augmented(an.records, config.augment_ratio, cap)
@@ -443,7 +467,8 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
     bad = tuple(f"{e['place']}: {e['reason']}" for e in an.rejected.examples[:n_ex])
     report = {
         "data_file": {"path": str(an.file), "format": an.format, "sha256": _file_sha256(an.file),
-                      "default": data_file is None, "shapes": an.shapes, "fields_found": an.fields},
+                      "default": data_file is None, "shapes": an.shapes, "fields_found": an.fields,
+                      "fields_unused": an.unused},
         "model": {"label": source.label, "kind": source.kind, "chat_template": templater.chat},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "counts": {"read": an.n_read, "rejected": an.rejected.removed, "removed": sum(s.removed for s in steps[1:]),
@@ -499,6 +524,7 @@ def inspect_data(data_file: Path | None, model: str, config: DataConfig = DataCo
                    "train": sum(1 for r in kept if not r.eval), "eval": sum(1 for r in kept if r.eval)},
         "shapes": an.shapes,
         "fields_found": an.fields,
+        "fields_unused": an.unused,
         "task_types": _tally(r.metadata.get("task_type") for r in kept),
         "domains": _tally(r.metadata.get("domain") for r in kept),
         "steps": [s.to_json() for s in an.steps + [cap]],

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 STANDARD_FIELDS = ("input", "target", "metadata")
+# The fields each accepted shape reads; any other field of a record is not used (its name is reported,
+# so that an answer column under another name is not silently left to the teacher).
+SHAPE_FIELDS = {"standard": STANDARD_FIELDS, "messages": ("messages", "metadata"),
+                "alpaca": ("instruction", "input", "output", "metadata"), "prompt/completion": ("prompt", "completion", "metadata")}
 
 
 class RecordProblem(ValueError):
@@ -105,12 +109,15 @@ def to_record(raw: Any, field_map: Mapping[str, str] | None = None) -> Record:
     if "messages" in raw and "input" not in raw:
         inp, tgt, meta = _from_messages(raw)
         return Record(inp, tgt, meta, shape="messages")
+    # `--field target=NAME` names the answer whatever the shape: a prompt/completion or Alpaca record
+    # would otherwise read its own answer field and drop the one the user mapped.
+    target_key = "target" if field_map and "target" in field_map else None
     if "instruction" in raw:  # Alpaca: `input` is optional context appended to the instruction
         instruction = _text(raw, "instruction", required=True)
         extra = _text(raw, "input", required=False)
         inp = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-        return Record(inp, _text(raw, "output", required=False), _metadata(raw), shape="alpaca")
+        return Record(inp, _text(raw, target_key or "output", required=False), _metadata(raw), shape="alpaca")
     if "prompt" in raw and "input" not in raw:
-        return Record(_text(raw, "prompt", required=True), _text(raw, "completion", required=False), _metadata(raw),
-                      shape="prompt/completion")
+        return Record(_text(raw, "prompt", required=True), _text(raw, target_key or "completion", required=False),
+                      _metadata(raw), shape="prompt/completion")
     return Record(_text(raw, "input", required=True), _text(raw, "target", required=False), _metadata(raw))
