@@ -41,7 +41,8 @@ class EdgeftGroup(click.Group):
             click.echo(f"edgeft: internal error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("edgeft: interrupted; finished stages are kept, no partial file was left under a final name", err=True)
+            click.echo("edgeft: interrupted; finished stages are kept for a rerun and no partial file was left under a final "
+                       "name (a build's folder is complete once it has its manifest.json)", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise

@@ -123,3 +123,17 @@ def test_hidden_state_term_trains_and_is_logged(tmp_path):
     bad = _invoke("distill", "--teacher", str(t_dir), "--data", str(data), "--student", str(t_dir), "--out",
                   str(tmp_path / "o2"), "--hidden-weight", "0.5")
     assert bad.exit_code == 2 and "--hidden-weight: needs a student pruned" in bad.output
+
+
+def test_training_without_a_terminal_still_says_how_far_it_is(tmp_path):
+    """With stderr not a terminal (a CI log, a redirect) there is no progress bar; a task build trained for
+    twelve minutes without a line. The last step, at least, is always said."""
+    from edgeft.cli import main
+
+    t_dir = tiny_llama(tmp_path / "t", layers=4)
+    data = write_prepared(tmp_path / "d", t_dir, n_train=8, n_eval=4)
+    r = CliRunner().invoke(main, ["distill", "--teacher", str(t_dir), "--data", str(data), "--keep-layers", "0,3", "--out",
+                                  str(tmp_path / "out"), "--steps", "2", "--batch-size", "2", "--grad-accum", "1",
+                                  "--lora-rank", "4", "--top-k", "8", "--no-quantize-base"])
+    assert r.exit_code == 0, r.output
+    assert "distill: step 2 of 2, loss " in r.stderr

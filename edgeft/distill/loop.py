@@ -77,6 +77,7 @@ def _pad_id(tok) -> int:
 
 # ---- the student ---------------------------------------------------------------------------
 
+LOG_EVERY_S = 30.0  # without a progress bar, a training status line at most this often
 CALIBRATION_RECORDS = 16  # training records the "block" layer pick scores each candidate on
 
 
@@ -279,7 +280,7 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
 
         bar = tqdm(total=config.steps, initial=start, desc="distill", leave=False, file=sys.stderr)
     model.train()
-    t0 = time.perf_counter()
+    t0 = last_line = time.perf_counter()
     try:
         for step in range(start, config.steps):
             t_step = time.perf_counter()
@@ -338,6 +339,12 @@ def train(model, records: Sequence[Record], cache, teacher: _Teacher | None, pad
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}", tok_s=f"{log[-1]['tok_per_s']:.0f}")
+            elif time.perf_counter() - last_line >= LOG_EVERY_S or step + 1 == config.steps:
+                # no terminal for a bar (a CI log, a redirect): a line now and then, so minutes of training
+                # are not silent
+                last_line = time.perf_counter()
+                status(f"distill: step {step + 1} of {config.steps}, loss {sums['loss']:.3f}, "
+                       f"{log[-1]['elapsed_s']:.0f} s")
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
                 _save_checkpoint(ckpt_root, step + 1, model, optimizer, scheduler, log, config)
     finally:
