@@ -15,6 +15,7 @@ import click
 from edgeft import __version__
 from edgeft.config import DEFAULT_TARGET
 from edgeft.distill.config import NF4_ENGINES
+from edgeft.distill.config import PRESETS as DISTILL_PRESETS
 from edgeft.errors import ConfigError, EdgeftError
 
 QUANT_HELP = "Override the profile's quantization level (e.g. q4_k_m, q8_0, f16), or 'auto': the smallest level that meets every budget."
@@ -352,7 +353,7 @@ def targets_validate(ctx: click.Context, files: tuple[str, ...], as_json: bool) 
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--quant", default=None, help="Override the profile's quantization level (e.g. q4_k_m, q8_0, f16).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Prompts (JSONL/CSV/text, as `build --data`) to measure the importance matrix on, for levels "
+              help="Prompts (JSONL, JSON, CSV or Parquet, as `build --data`) to measure the importance matrix on, for levels "
                    "below 8 bits: your app's own kind of text. Default: the shipped prompts.")
 def compile_cmd(model_dir: Path, target: str, out: Path, quant: str | None, data: Path | None) -> None:
     """Compile a model (e.g. a folder from `edgeft merge`) for a target, without benchmarking.
@@ -455,7 +456,8 @@ def _data_config(**flags):
             pairs.append((dst.strip(), src.strip()))
         overrides["field_map"] = tuple(pairs)
     config = replace(DataConfig(), **overrides)
-    config.validate()
+    with _problems_as_flags():
+        config.validate()
     return config
 
 
@@ -783,7 +785,7 @@ def _problems_as_flags():
     except ConfigError as exc:
         ctx = click.get_current_context()
         flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
-        flags["target_quant"] = "--quant"
+        flags.update(target_quant="--quant", field_map="--field")
         raise ConfigError([(flags.get(key, key), why) for key, why in exc.problems]) from None
 
 
@@ -807,22 +809,25 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
               help="Which layers --student-layers keeps: evenly spaced; the first and last halves (ends); or "
                    "block: drop the contiguous block that costs least on a few training records (seconds per "
                    "candidate; on SmolLM2 a student 8x closer to the teacher than ends) [default: even; build presets: block].")
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True)
-@click.option("--preset", default="demo", show_default=True, help="Settings to start from: demo (minutes on a laptop) or full (a serious run).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True,
+              help="Output folder: the adapter, the student, distill.json, the training log and plot.")
+@click.option("--preset", type=click.Choice(list(DISTILL_PRESETS)), default="demo", show_default=True,
+              help="Settings to start from (every option below left out is the preset's): demo (minutes on a laptop) "
+                   "or full (a serious run).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps.")
-@click.option("--batch-size", type=int, default=None)
+@click.option("--batch-size", type=int, default=None, help="Records per micro-batch [default: the preset's].")
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step.")
-@click.option("--lr", type=float, default=None)
-@click.option("--warmup-steps", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Peak learning rate of the adapters [default: the preset's].")
+@click.option("--warmup-steps", type=int, default=None, help="Steps of linear warm-up to --lr [default: the preset's].")
 @click.option("--alpha", type=float, default=None, help="Weight of the KD term (1 - alpha weighs cross-entropy).")
 @click.option("--hidden-weight", type=float, default=None,
               help="Weight of a hidden-state term: 1 - cosine between each student layer's output and the teacher's at "
                    "the layer it was copied from (runs the teacher live; a pruned student only) [default: 0, off].")
-@click.option("--temperature", type=float, default=None)
+@click.option("--temperature", type=float, default=None, help="Softens both distributions in the KD term [default: the preset's].")
 @click.option("--top-k", type=int, default=None, help="Teacher log-probs cached per target token.")
-@click.option("--lora-rank", type=int, default=None)
-@click.option("--lora-alpha", type=int, default=None)
-@click.option("--lora-dropout", type=float, default=None)
+@click.option("--lora-rank", type=int, default=None, help="Rank of each LoRA adapter [default: the preset's].")
+@click.option("--lora-alpha", type=int, default=None, help="LoRA scale numerator (the update is alpha/rank x BA) [default: the preset's].")
+@click.option("--lora-dropout", type=float, default=None, help="Dropout on the adapters' input [default: the preset's].")
 @click.option("--target-modules", default=None, help="Comma-separated module names for LoRA [default: all linear layers].")
 @click.option("--no-quantize-base", is_flag=True, help="Plain LoRA on a full-precision base instead of NF4 (QLoRA).")
 @click.option("--nf4-engine", type=click.Choice(NF4_ENGINES), default=None,
@@ -831,9 +836,10 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
                    "64-weight blocks; their weights differ slightly, so merge reuses the engine training used. "
                    "Training speed on a 2-core CPU (paired steps, SmolLM2 student): bitsandbytes about 0.9x and "
                    "torchao about 0.8x the tokens/s of an fp32 base; torchao is pure PyTorch (no compiled kernels).")
-@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None)
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory, more time [default: the preset's].")
 @click.option("--save-every", type=int, default=None, help="Checkpoint every N steps (0: never).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Seeds batches and adapter initialisation [default: the preset's].")
 @click.option("--quant", default=None, help="Quantization level used for the size estimate (e.g. q4_k_m).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Teacher top-k cache folder [default: OUT/teacher-cache].")
@@ -893,7 +899,8 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
 @main.command()
 @click.argument("adapter_dir", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Folder for the dense merged model.")
-@click.option("--dtype", type=click.Choice(["float16", "float32", "bfloat16"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32", "bfloat16"]), default="float16", show_default=True,
+              help="Precision of the merged weights (the adapters are merged in float32 first).")
 def merge(adapter_dir: Path, out: Path, dtype: str) -> None:
     """Merge a LoRA adapter into its (dequantized) base: a dense Hugging Face folder."""
     from edgeft.merge import merge as run_merge

@@ -272,14 +272,12 @@ def _build_target(raw: Mapping[str, Any], *, name: str, source: str) -> Target:
         invalid=lambda k, v: f"must be a positive percentage, got {v}" if v <= 0 else None,
     )
 
+    bench = BenchSettings(**bench_values)  # the valid values, defaults for the rest: checked with the others
+    if bench.prompt_tokens + bench.new_tokens > bench.context:
+        problems.append(("bench", f"prompt_tokens + new_tokens ({bench.prompt_tokens + bench.new_tokens}) exceed context "
+                                  f"({bench.context})"))
     if problems:
         raise ConfigError(problems, file=source)
-    bench = BenchSettings(**bench_values)
-    if bench.prompt_tokens + bench.new_tokens > bench.context:
-        raise ConfigError(
-            [("bench", f"prompt_tokens + new_tokens ({bench.prompt_tokens + bench.new_tokens}) exceed context ({bench.context})")],
-            file=source,
-        )
     return Target(
         name=name,
         backend=backend,

@@ -66,8 +66,10 @@ def verify(out_dir: Path) -> list[str]:
     from edgeft.errors import ArtifactError
 
     path = out_dir / "manifest.json"
+    if not out_dir.is_dir():
+        raise ArtifactError("no such folder" if not out_dir.exists() else "a file, not a build folder", file=out_dir)
     if not path.is_file():
-        raise ArtifactError("no manifest.json here", file=out_dir)
+        raise ArtifactError("no manifest.json here: not a build folder, or a build that did not finish", file=out_dir)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -126,7 +126,8 @@ def resolve(source: str | Path, *, accepts: Accepts | None = None) -> ModelSourc
         return _checked_gguf(gemma3_model_path(), label=GEMMA3_MODEL, accepts=accepts)
     path = Path(text).expanduser()
     if not path.exists():
-        raise ModelSourceError("no such file or folder", file=path)
+        named = "" if path.parent != Path(".") else f" (the embedded models are named {DEFAULT_MODEL!r} and {GEMMA3_MODEL!r})"
+        raise ModelSourceError(f"no such file or folder{named}", file=path)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError("a model file must be a .gguf file (or pass a Hugging Face folder)", file=path)

@@ -152,7 +152,7 @@ def test_bad_flag_value_exits_2(tmp_path, tiny_llama_dir):
     path = tmp_path / "d.jsonl"
     path.write_bytes(GOOD)
     proc = _cli(["data", "inspect", str(path), "--model", str(tiny_llama_dir), "--eval-fraction", "1.5"])
-    _assert_one_line_error(proc, "eval_fraction")
+    _assert_one_line_error(proc, "--eval-fraction: must be in [0, 1)")  # the flag the user typed, not the config key
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -26,7 +26,7 @@ class BackendOptions:
                 continue
             why = _type_problem(getattr(cls, key), value)
             if why is None and key in cls.CHOICES and value not in cls.CHOICES[key]:
-                why = f"must be one of {', '.join(map(str, cls.CHOICES[key]))}, got {value!r}"
+                why = f"must be one of {', '.join(repr(c) if c == '' else str(c) for c in cls.CHOICES[key])}, got {value!r}"
             if why:
                 problems.append((where, why))
             else:

@@ -58,7 +58,7 @@ def metrics_table(result: dict) -> str:
         rows.append(["vs unquantized export", f"{m['ppl_increase_pct']:+.2f} % ppl", "",
                      f"quantization loss alone: KL mean {m['kl_mean']:.4f} p99 {m['kl_p99']:.4f}, "
                      f"top-1 agree {m['top1_agree_pct']:.1f} %"])
-    return table(rows, ["metric", "median", "p90", ""])
+    return table(rows, ["metric", "median", "p90", "notes"])
 
 
 def latency_note(result: dict) -> str:

@@ -29,8 +29,8 @@ def missing() -> list[str]:
 
     reasons = []
     if importlib.util.find_spec("tensorrt") is None:
-        reasons.append("the tensorrt module is not installed (`pip install '.[tensorrt]'` needs NVIDIA's package index; "
-                       "the index reachable here has only stubs)")
+        reasons.append("the tensorrt module is not installed (`pip install '.[tensorrt]'` on the machine with the GPU; it "
+                       "takes the wheels from NVIDIA's package index, where PyPI has only stubs)")
     try:
         import torch
 
