@@ -348,16 +348,13 @@ def trim_stage(model: str, hf_dir: Path, src_key: str, trim: "int | Path", prese
                             "map_sha256": sha256(out / vocab_trim.MAP_NAME)}
 
 
-def _layer_count(hf_dir: Path) -> int:
-    """The decoder layers of an HF folder, from its config.json (no model load)."""
-    return int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
-
-
-def _layer_period(hf_dir: Path) -> int:
-    """How many layers the folder's pattern of layer kinds spans (`student.layer_period`), from config.json."""
+def _layers(hf_dir: Path) -> tuple[int, int]:
+    """(decoder layers, the span of their pattern of kinds: `student.layer_period`) of an HF folder, from
+    its config.json (no model load)."""
     from edgeft.distill.student import layer_period
 
-    return layer_period(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("layer_types"))
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"]), layer_period(config.get("layer_types"))
 
 
 def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str, name: str, preset: "BuildPreset",
@@ -376,10 +373,10 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
         if student_layers is not None:  # before the data stage and the teacher load, not after
             from edgeft.distill.student import check_pattern_count
 
-            layers = _layer_count(hf_dir)
+            layers, period = _layers(hf_dir)
             if student_layers > layers:
                 raise ConfigError([("--student-layers", f"{student_layers} is more than the model's {layers} layers")])
-            check_pattern_count(layers, student_layers, _layer_period(hf_dir), place="--student-layers")
+            check_pattern_count(layers, student_layers, period, place="--student-layers")
         forced = {"student": None if student == AUTO_STUDENT else student, "student_layers": student_layers}
         stages["student"] = {"mode": "distill", "forced": {k: v for k, v in forced.items() if v is not None},
                              "reason": "forced by " + ("--student-layers" if student_layers is not None else "--student")}
@@ -423,7 +420,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
         # `--quant auto` is free to pick any level afterwards, so a candidate fits when it fits at the level
         # with the smallest files: the source is pruned only if no level could make it fit.
         measured_at = target.with_overrides(quant=smallest_level(target.backend))
-    n_layers = _layer_count(hf_dir)
+    n_layers, period = _layers(hf_dir)
     loaded: dict = {}
 
     def measure(layers: int) -> dict:
@@ -463,7 +460,7 @@ def search_student(backend, hf_dir: Path, target: Target, work: Path, src_key: s
                 "ms_per_token_p90": m["ms_per_token_p90"], "peak_rss_mb": m["peak_rss_mb"], "budget": result["budget"],
                 "tries": result["tries"], "others_cores": result["others_cores"]}
 
-    search = {**choose(n_layers, measure, period=_layer_period(hf_dir)), "measured_at": measured_at.quant,
+    search = {**choose(n_layers, measure, period=period), "measured_at": measured_at.quant,
               "level_free": measured_at is not target}
     warning = busy_warning(search["candidates"])
     if warning:

@@ -33,8 +33,6 @@ def is_build_folder(path: Path) -> bool:
 
 def resolve_artifact(path: Path, default_backend: str) -> Artifact:
     """A file or folder artifact, or a build folder (its manifest names the artifact it shipped)."""
-    from edgeft.backends.registry import identify, info
-
     path = Path(path)
     if not path.exists():
         raise ArtifactError("no such file or folder", file=path)
@@ -45,6 +43,15 @@ def resolve_artifact(path: Path, default_backend: str) -> Artifact:
         except (ValueError, KeyError, TypeError):
             raise ArtifactError("a build folder whose manifest.json names no compiled artifact", file=manifest) from None
         path = path / name
+    return identified(path, default_backend)
+
+
+def identified(path: Path, default_backend: str) -> Artifact:
+    """An artifact on disk with the backend and level that made it, as that backend reads them back; a
+    file no backend recognises goes to `default_backend`. Either way the backend's cheap file check
+    runs here, in the CLI process, before any child starts."""
+    from edgeft.backends.registry import identify, info
+
     found = identify(path)
     backend, level = found if found is not None else (default_backend, "unknown")
     info(backend).check_file(path)

@@ -92,16 +92,6 @@ def settled_latency(artifact: Artifact, target: Target, tries: int, **active) ->
     return runs[kept]["raw"], record
 
 
-def _identified(path: Path, *, default_backend: str) -> Artifact:
-    """An artifact on disk with the backend and level that made it, as that backend reads them back.
-    A file no backend recognises is handed to the target's backend, whose loader says what is wrong."""
-    from edgeft.backends.registry import identify
-
-    found = identify(path)
-    backend, level = found if found is not None else (default_backend, "unknown")
-    return Artifact(path=path, backend=backend, quant=level)
-
-
 def measured_inputs(result: dict) -> dict[str, Path]:
     """What a bench result was measured with, where still on disk: its unquantized reference, the source
     model it judged quality against and its evaluation tokens (a JSONL split; the shipped text is the
@@ -156,7 +146,7 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     from edgeft.bench import baseline as gate
     from edgeft.errors import ArtifactError
 
-    from edgeft.bench.against import is_build_folder, resolve_artifact
+    from edgeft.bench.against import identified, is_build_folder, resolve_artifact
 
     old = gate.load_bench(baseline) if baseline is not None else None
     if old is not None:
@@ -171,7 +161,7 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     if artifact.backend == target.backend and artifact.quant in info(target.backend).quant_levels:
         target = target.with_overrides(quant=artifact.quant)  # the report names the file's own level, not the profile's
     # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.
-    ref = _identified(Path(reference), default_backend=target.backend) if reference is not None else None
+    ref = identified(Path(reference), target.backend) if reference is not None else None
     if adapter is not None:
         from edgeft.backends.registry import adapter_suffix
 

@@ -6,12 +6,13 @@ synthesize missing targets -> tokenize -> write train/eval JSONL and data_report
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from edgeft.atomic_io import atomic_path, write_json
 from edgeft.data.clean import content_key, garbage_reason, normalize_record
@@ -26,6 +27,7 @@ from edgeft.progress import progress
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from edgeft.data.tokenize import Encoded, Templater
     from edgeft.models import ModelSource
 
 DEFAULT_DATA = Path(__file__).with_name("default_prompts.jsonl")
@@ -140,6 +142,7 @@ def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fi
     """Read and map every record; `fields` gets every field name seen, `used` the ones some record's shape read."""
     field_map = dict(config.field_map)
     used = set() if used is None else used
+    used.update(field_map.values())  # a mapped field is read (an absent one is refused by `analyze`)
     records: list[Record] = []
     n = 0
     for raw in read_raw(path):
@@ -156,7 +159,6 @@ def _load(path: Path, config: DataConfig, step: Step, shapes: dict[str, int], fi
                 rec.place = raw.place
                 shapes[rec.shape] = shapes.get(rec.shape, 0) + 1
                 used.update(SHAPE_FIELDS.get(rec.shape, ()))
-                used.update(field_map.values())
                 records.append(rec)
                 continue
         if config.strict:
@@ -172,6 +174,15 @@ def check_records(data_file: Path, config: "DataConfig | None" = None) -> None:
     """Raise what reading would: a file that cannot be read at all, or one without a usable record. A
     build calls it first, so that bad data costs a second, not the minutes before its data stage."""
     _load(Path(data_file), config or DataConfig(), Step("validate"), {}, set())
+
+
+def encode_records(templater: "Templater", records: Sequence[Record]) -> list["Encoded"]:
+    """Each record's prompt and target as the training rows hold them (the prompt mask exact, the end of
+    turn after a target that ends), reusing the prompt ids the analysis tokenized."""
+    if not records:
+        return []
+    return templater.encode_pairs([(r.input, r.target, r.metadata.get("system")) for r in progress(records, desc="tokenize")],
+                                  [r.prompt_ids for r in records], [r.target_ends for r in records])
 
 
 def unused_note(unused: list[str]) -> str:
@@ -373,13 +384,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
     from edgeft.data.tokenize import Templater, pack_examples, pad_example, pad_token_id, unpadded_example
 
     started = time.perf_counter()
-    loaded: list = []
-
-    def tokenizer_once():
-        if not loaded:
-            loaded.append(load_tokenizer())
-        return loaded[0]
-
+    tokenizer_once = functools.cache(load_tokenizer)
     an = analyze(data_file, tokenizer_once, config)
     if an.unused:
         from edgeft.progress import status
@@ -427,8 +432,7 @@ def prepare_with(data_file: Path | None, source: "ModelSource", load_tokenizer: 
 
     # tokenization with the exact prompt mask, then the final length check
     tokens = Step("tokenize")
-    encoded = templater.encode_pairs([(r.input, r.target, r.metadata.get("system")) for r in progress(records, desc="tokenize")],
-                                     [r.prompt_ids for r in records], [r.target_ends for r in records])
+    encoded = encode_records(templater, records)
     kept: list[tuple[Record, Any]] = []
     for r, enc in zip(records, encoded):
         if len(enc.target_ids) < config.min_target_tokens:
@@ -501,21 +505,14 @@ def inspect_data(data_file: Path | None, model: str, config: DataConfig = DataCo
 
     config.validate()
     source = models.resolve(model)
-    loaded: list = []
-
-    def tokenizer():
-        loaded.append(models.load_tokenizer(source))
-        return loaded[-1]
-
+    tokenizer = functools.cache(lambda: models.load_tokenizer(source))
     an = analyze(data_file, tokenizer, config)
     cap = Step("augment_cap")
     kept = cap_augmented(list(an.records), config.augment_ratio, cap)
     prompt_lengths = [len(r.prompt_ids) for r in kept]
     # Target tokens as `data prepare` counts and trains them: with the end of turn the template adds.
     with_target = [r for r in kept if r.target is not None]
-    target_lengths = [len(e.target_ids) for e in Templater(loaded[-1], config.plain_format).encode_pairs(
-        [(r.input, r.target, r.metadata.get("system")) for r in with_target], [r.prompt_ids for r in with_target],
-        [r.target_ends for r in with_target])] if with_target else []
+    target_lengths = [len(e.target_ids) for e in encode_records(Templater(tokenizer(), config.plain_format), with_target)]
     return {
         "data_file": {"path": str(an.file), "format": an.format, "default": data_file is None},
         "counts": {"read": an.n_read, "rejected": an.rejected.removed, "kept": len(kept),

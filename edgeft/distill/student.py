@@ -64,7 +64,7 @@ def layer_period(layer_types: Sequence[str] | None) -> int:
 
 def valid_counts(n_teacher: int, period: int) -> list[int]:
     """The student sizes that keep the teacher's layer pattern, largest first."""
-    return [k for k in range(n_teacher, 0, -period)]
+    return list(range(n_teacher, 0, -period))
 
 
 def check_pattern_count(n_teacher: int, n_keep: int, period: int, place: str = "student_layers") -> None:
