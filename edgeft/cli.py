@@ -21,8 +21,25 @@ from edgeft.errors import ConfigError, EdgeftError
 QUANT_HELP = "Override the profile's quantization level (e.g. q4_k_m, q8_0, f16), or 'auto': the smallest level that meets every budget."
 
 
+def _one_usage_line(exc: click.UsageError) -> None:
+    """A bad flag is bad input like any other: one line and exit 2, where click prints usage, a hint
+    and the error on three. A group called bare (`edgeft data`) still shows its help, as click does."""
+    if type(exc).__name__ == "NoArgsIsHelpError" or exc.ctx is None:
+        raise exc
+    path = exc.ctx.command_path
+    click.echo(f"edgeft: error: {path}: {' '.join(exc.format_message().split()).rstrip('.')} ('{path} -h' for help)",
+               err=True)
+    raise click.exceptions.Exit(2)
+
+
 class EdgeftGroup(click.Group):
     """Maps our errors to one line on stderr and an exit code, for every subcommand."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # `edgeft --bogus`: the group's own flags
+            _one_usage_line(exc)
 
     def invoke(self, ctx: click.Context):
         import os
@@ -45,6 +62,8 @@ class EdgeftGroup(click.Group):
             click.echo("edgeft: interrupted; finished stages are kept for a rerun and no partial file was left under a final "
                        "name (a build's folder is complete once it has its manifest.json)", err=True)
             ctx.exit(130)
+        except click.UsageError as exc:
+            _one_usage_line(exc)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug of ours: one line and exit 1; the traceback on request
@@ -586,6 +605,10 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
 @click.option("--source", type=click.Path(path_type=Path), default=None,
               help="The HF folder of the model it was built from (the teacher when distilled): quality against it, "
                    "and both models' answers to a few chat prompts side by side.")
+@click.option("--source-file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="With --source: that model's own file in ARTIFACT's format (e.g. the .gguf you gave a build). Its "
+                   "answers through the same runtime are shown beside the shipped file's: what your model says there "
+                   "with nothing of edgeft's in between.")
 @click.option("--eval-data", type=click.Path(path_type=Path), default=None,
               help="Held-out JSONL with `input_ids` to score instead of the shipped evaluation text.")
 @click.option("--summary", type=click.Path(path_type=Path), default=None, help="Append a Markdown report (e.g. $GITHUB_STEP_SUMMARY).")
@@ -607,7 +630,8 @@ def data_prepare(file: Path | None, out: Path, model: str, field: tuple[str, ...
               help="Measure with this task adapter active (a build's adapters/NAME.gguf); refused when it was exported "
                    "for another base.")
 def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: Path | None, tolerance: str | None,
-                  reference: Path | None, source: Path | None, eval_data: Path | None, summary: Path | None,
+                  reference: Path | None, source: Path | None, source_file: Path | None, eval_data: Path | None,
+                  summary: Path | None,
                   junit: Path | None, threads: int | None, against_path: Path | None, rounds: int, max_seconds: float | None,
                   adaptive: bool, inconclusive_exit: str, plot: Path | None, seed: int, allow_fingerprint_mismatch: bool,
                   adapter: Path | None) -> None:
@@ -646,6 +670,7 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     _only_with(against_path is not None, "--against OLD", "rounds", "max_seconds", "adaptive", "inconclusive_exit", "plot", "seed")
     _only_with(baseline is not None, "--baseline FILE", "allow_fingerprint_mismatch")
     _only_with(baseline is not None or against_path is not None, "--baseline FILE or --against OLD", "tolerance")
+    _only_with(source is not None or is_build_folder(artifact), "--source", "source_file")
     _writable(**{"--json": json_out, "--summary": summary, "--junit": junit, "--plot": plot})
     if (is_build_folder(artifact) and (artifact / "target.toml").is_file()
             and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE):
@@ -662,7 +687,7 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
         return
     result = bench_file(artifact, resolved, reference=reference, eval_data=eval_data, baseline=baseline,
                         tolerance_pct=tolerance_pct, source=source, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
-                        adapter=adapter)
+                        adapter=adapter, source_file=source_file)
     gate = result.get("regression")
     if json_out is not None:
         write_json(json_out, result)

@@ -146,3 +146,24 @@ def test_the_quantization_lever_names_the_next_level_of_the_files_own_backend():
     assert "`--quant q5_k_m`" in _higher_level({"backend": "gguf", "quant": "q4_k_m"})
     assert "--quant f16" in _higher_level({"backend": "gguf", "quant": "q8_0"})
     assert _higher_level({"backend": "onnx", "quant": "fp32"}).startswith("`--quant auto`")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["build", "--preset", "huge"], "edgeft build: Invalid value for '--preset': 'huge' is not one of 'demo', 'full'"),
+    (["bench", "--runs", "3"], "edgeft bench: No such option '--runs'. (Did you mean one of: '--junit', '--rounds'?)"),
+    (["--bogus"], "edgeft: No such option '--bogus'"),
+    (["nosuch"], "edgeft: No such command 'nosuch'"),
+    (["data", "prepare", "--eval-fraction", "x"], "edgeft data prepare: Invalid value for '--eval-fraction'"),
+])
+def test_a_bad_flag_is_one_line_with_exit_2(args, says):
+    """click's own usage errors came as three lines (usage, hint, error); every other bad input is one."""
+    result = CliRunner().invoke(main, args, prog_name="edgeft")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeft: error: ") and says in lines[0], result.output
+    assert "-h' for help)" in lines[0]
+
+
+def test_a_bare_group_still_shows_its_help():
+    result = CliRunner().invoke(main, ["data"])
+    assert "Usage:" in result.output and "inspect" in result.output

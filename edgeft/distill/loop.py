@@ -51,9 +51,11 @@ class _Teacher:
     tokenizer: Any
     _model: Any = None
 
+    role: str = ""  # what the teacher is here, when it is not trained against (targets alone)
+
     def model(self):
         if self._model is None:
-            status(f"loading teacher {self.source.label}")
+            status(f"loading teacher {self.source.label}{self.role}")
             self._model = models.load_model(self.source)
         return self._model
 
@@ -110,9 +112,11 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
     """The student's HF folder (written under out_dir/student unless a HF student was given) and its description."""
     tmodel = teacher.model()
     pick: dict = {}
+    given: str | None = None  # the student's name when one was given whole
     n_teacher = tmodel.config.num_hidden_layers
     if config.student is not None:
         src = models.resolve(config.student)
+        given = src.label
         stok = models.load_tokenizer(src)
         folder = src.path if src.kind == "hf" else models.materialize_hf(src, out_dir / "student")
         scfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -139,7 +143,8 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
         info = student_mod.info(smodel, keep, n_teacher, config.target_quant)
     write_json(out_dir / "student.json", {"path": str(folder), "teacher": teacher.source.label, **info.to_dict(),
                                           **({"layer_pick": pick} if pick else {})})
-    status(f"student: {info.layers} of the teacher's {info.teacher_layers} layers"
+    status((f"student: {given} as given, {info.layers} layers" if given is not None
+            else f"student: {info.layers} of the teacher's {info.teacher_layers} layers")
            + (f" {list(info.kept_layers)}" if info.kept_layers else "")
            + f", {info.parameters / 1e6:.1f} M parameters"
            + (f", about {info.est_bytes / 1e6:.0f} MB at {info.quant}" if info.est_bytes is not None else ""))
@@ -432,7 +437,8 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tsrc = models.resolve(teacher)
-    tch = _Teacher(source=tsrc, hash=_source_hash(tsrc), tokenizer=models.load_tokenizer(tsrc))
+    tch = _Teacher(source=tsrc, hash=_source_hash(tsrc), tokenizer=models.load_tokenizer(tsrc),
+                   role=" (to score against: training is on the targets alone)" if config.alpha == 0 and config.hidden_weight == 0 else "")
     pad_id = _pad_id(tch.tokenizer)
     timings: dict[str, float] = {}  # seconds per phase, in distill.json
     with _timed(timings, "teacher_load_s"):
