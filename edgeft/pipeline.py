@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from edgeft import models, vocab_trim
 from edgeft.atomic_io import write_json, write_text
 from edgeft.backends.registry import adapter_suffix, get_backend
+from edgeft.bench.against import own_file
 from edgeft.bench.budgets import LATENCY_TRIES
 from edgeft.config import AUTO_QUANT, Target, to_dict
 from edgeft.errors import ConfigError, EdgeftError
@@ -219,13 +220,15 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         if chosen is not None:
             hf_dir, src_key, splits = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
             eval_data, train = eval_data or splits.eval, splits.train
+    # the user's own file, when it is in the target's format: its answers through the same runtime go beside the shipped file's
+    source_file = own_file(source.path, target.backend) if source.kind != "hf" else None
     # the importance file the quantizer weighs its rounding by: on the training split, else the data's prompts
     weights = importance_stage(hf_dir, src_key, target, work, stages, train=train, data=data, preset=preset)
 
     t = time.perf_counter()
     if target.quant == AUTO_QUANT:
         kept, stages["auto_quant"] = quantize_to_fit(backend, hf_dir, target, out_dir, work, src_key, source.name,
-                                                     eval_data, source_hf, weights)
+                                                     eval_data, source_hf, weights, source_file)
         artifact, reference, result = kept.artifact, kept.reference, kept.result
         target = target.with_overrides(quant=artifact.quant)
     else:
@@ -259,7 +262,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         if result is None:  # quant=auto benchmarked the kept level already
             status(f"benchmarking ({target.bench.warmup} warm-up + {target.bench.runs} runs) ...")
             # Timed as `--student auto` timed the candidates: a busy moment must not fail the student it chose.
-            result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf,
+            result = bench(artifact, target, reference=reference, eval_data=eval_data, source=source_hf, source_file=source_file,
                            latency_tries=LATENCY_TRIES)
         if entries:
             from edgeft.tasks.bench import bench_tasks

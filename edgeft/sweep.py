@@ -75,7 +75,7 @@ def compile_levels(backend: Backend, hf_dir: Path, target: Target, levels: list[
 
 
 def bench_levels(levels: list[Level], target: Target, *, eval_data: Path | None, source: Path | None, what: str,
-                 stop_at_pass: bool = False) -> list[Level]:
+                 stop_at_pass: bool = False, source_file: Artifact | None = None) -> list[Level]:
     """Bench each level in order (the caller's); with `stop_at_pass`, stop after the first that meets
     every budget. Returns the levels benchmarked. A level failing a timing line is timed again
     (`run.settled_latency`): which level is named smallest must not depend on a busy moment."""
@@ -86,7 +86,7 @@ def bench_levels(levels: list[Level], target: Target, *, eval_data: Path | None,
     for lv in levels:
         status(f"{what}: benchmarking {lv.artifact.backend} {lv.artifact.quant} ({lv.artifact.package_bytes() / 1e6:.1f} MB) ...")
         lv.result = bench(lv.artifact, target.with_overrides(quant=lv.artifact.quant), reference=lv.reference,
-                          eval_data=eval_data, source=source, latency_tries=LATENCY_TRIES)
+                          eval_data=eval_data, source=source, latency_tries=LATENCY_TRIES, source_file=source_file)
         done.append(lv)
         if stop_at_pass and lv.result["pass"]:
             break
@@ -94,7 +94,8 @@ def bench_levels(levels: list[Level], target: Target, *, eval_data: Path | None,
 
 
 def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Path, work: Path, src_key: str, name: str,
-                    eval_data: Path | None, source: Path | None, importance: Path | None = None) -> tuple[Level, dict]:
+                    eval_data: Path | None, source: Path | None, importance: Path | None = None,
+                    source_file: Artifact | None = None) -> tuple[Level, dict]:
     """`--quant auto`: every candidate level from the one reference, benchmarked from the smallest file
     upward; the first that meets every budget (latency and quality included) is kept, else the largest.
     Returns the kept level and what was tried and why each was rejected."""
@@ -107,7 +108,8 @@ def quantize_to_fit(backend: Backend, hf_dir: Path, target: Target, out_dir: Pat
     levels = compile_levels(backend, hf_dir, target, candidates, lambda _: out_dir, work, src_key, name, "quant auto",
                             importance)
     levels.sort(key=lambda lv: lv.artifact.package_bytes())
-    tried = bench_levels(levels, target, eval_data=eval_data, source=source, what="quant auto", stop_at_pass=True)
+    tried = bench_levels(levels, target, eval_data=eval_data, source=source, what="quant auto", stop_at_pass=True,
+                         source_file=source_file)
     kept, verdict = keep_level(tried)
     sizes = {lv.artifact.path: lv.artifact.package_bytes() for lv in levels}
     for lv in levels:  # only the kept level stays in the output folder

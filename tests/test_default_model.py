@@ -189,3 +189,16 @@ def test_gemma3_is_joined_once_from_its_chunks_and_a_bad_join_leaves_no_file(tmp
     parts[0].unlink()
     with pytest.raises(ModelSourceError, match="missing"):
         models.gemma3_model_path()
+
+
+def test_the_default_build_shows_what_the_users_own_file_answers_in_llama_cpp(built):
+    """The default model is a GGUF file, so its own answers through llama.cpp go beside the shipped
+    file's: the France answer in French is the Q4_1 file's own in that runtime (benchmarks/source_near_ties.py)."""
+    from edgeft.models import resolve
+
+    bench = json.loads((built / "bench.json").read_text())
+    assert bench["eval"]["source_file"] == str(resolve("default").path)
+    assert all(isinstance(a["source_file"], str) and "source_file_ppl_vs_source_pct" in a for a in bench["answers"])
+    m = bench["metrics"]
+    assert m["answer_source_file_ppl_vs_source_pct"] == max(a["source_file_ppl_vs_source_pct"] for a in bench["answers"])
+    assert 0 <= m["answers_no_worse_than_source_file"] <= m["answers_total"]

@@ -148,6 +148,54 @@ def test_an_answer_the_source_would_never_give_is_scored_far_off_and_its_own_ans
     assert budgets.check(answer_metrics(itself), Budget(answer_ppl_vs_source_pct=50))[0].status == "PASS"
 
 
+def test_the_source_s_own_file_is_scored_beside_the_artifact_and_sets_the_floor(tiny_llama_dir):
+    """The default model's own Q4_1 file, run by llama.cpp, answers the France prompt in French: the
+    runtime, not the build. The source's own file is scored as the artifact is, and the count says on
+    how many prompts the shipped file's answer is no further from the source's than that."""
+    import numpy as np
+
+    from edgeft.bench.source_model import answer_metrics, side_by_side
+
+    source = SourceRunner(tiny_llama_dir)
+    prompts = ("Hello there", "The quick brown fox")
+    unlikely = int(np.argmin(source.logits(source.own_chat_ids(prompts[0]))[-1]))
+    rows = side_by_side(source, _Says(answer=[unlikely] * 12), prompts, new_tokens=12, source_file=_Says(source=source))
+    assert all(r["source_file_same"] and r["source_file_ppl_vs_source_pct"] == 0.0 for r in rows)
+    assert all(r["source_file"] == r["source"] for r in rows)
+    m = answer_metrics(rows)
+    assert m["answer_source_file_ppl_vs_source_pct"] == 0.0 and m["answers_no_worse_than_source_file"] == 0
+
+    # the other way round: the shipped file says what the source says, its own file does not
+    flipped = side_by_side(source, _Says(source=source), prompts, new_tokens=12, source_file=_Says(answer=[unlikely] * 12))
+    m = answer_metrics(flipped)
+    assert m["answer_source_file_ppl_vs_source_pct"] > 100 and m["answers_no_worse_than_source_file"] == 2
+    assert "answer_source_file_ppl_vs_source_pct" not in answer_metrics(side_by_side(source, _Says(source=source), prompts[:1],
+                                                                                    new_tokens=4))
+
+
+def test_bench_runs_the_source_s_own_file_through_the_artifact_s_runtime(tiny_q4, tiny_llama_dir, tiny_gguf, tmp_path):
+    """`--source-file`: the model's own GGUF, answered by llama.cpp like the shipped file; a file of another
+    format is one line, exit 2, before any bench."""
+    out, built = tiny_q4
+    assert built.exit_code == 0, built.output
+    report = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", str(out / "model-q4_0.gguf"), "--target", str(out / "target.toml"),
+                                       "--source", str(tiny_llama_dir), "--source-file", str(tiny_gguf), "--json", str(report)])
+    assert result.exit_code in (0, 1), result.output
+    bench = json.loads(report.read_text())
+    assert bench["eval"]["source_file"] == str(tiny_gguf)
+    assert all("source_file" in a and "source_file_same" in a for a in bench["answers"])
+    assert bench["metrics"]["answers_no_worse_than_source_file"] <= len(bench["answers"])
+    assert "src file: " in result.output and "the source's own file in this runtime: worst answer" in result.output
+
+    wrong = CliRunner().invoke(main, ["bench", str(out / "model-q4_0.gguf"), "--target", str(out / "target.toml"),
+                                      "--source", str(tiny_llama_dir), "--source-file", str(tiny_llama_dir)])
+    assert wrong.exit_code == 2 and "not a gguf file" in wrong.output and "--source-file" in wrong.output
+    assert "Traceback" not in wrong.output and "latency" not in wrong.output
+    alone = CliRunner().invoke(main, ["bench", str(out / "model-q4_0.gguf"), "--source-file", str(tiny_gguf)])
+    assert alone.exit_code == 2 and "applies only with --source" in alone.output
+
+
 def test_an_answer_is_scored_up_to_and_with_its_end_of_turn(tiny_llama_dir):
     """What a chat app shows stops at the first end-of-turn, and stopping is part of the answer: the
     ids after it are not scored, the end-of-turn itself is."""

@@ -58,6 +58,22 @@ def identified(path: Path, default_backend: str) -> Artifact:
     return Artifact(path=path, backend=backend, quant=level)
 
 
+def own_file(path: Path, backend: str, *, place: str | None = None) -> Artifact | None:
+    """The source's own file as an artifact of `backend`, for its answers through the shipped file's
+    runtime; None when it is not that backend's file (an HF folder, a GGUF source of an ONNX build).
+    With `place` (a flag the user gave it by), that is bad input instead."""
+    from edgeft.backends.registry import identify, info
+
+    found = identify(Path(path))
+    if found is None or found[0] != backend:
+        if place is None:
+            return None
+        raise ArtifactError(f"not a {backend} file: the source's own file is run by the shipped file's runtime, "
+                            f"{backend}", file=path, place=place)
+    info(backend).check_file(Path(path))
+    return Artifact(path=Path(path), backend=backend, quant=found[1])
+
+
 def _serve(conn, artifacts: list[tuple[str, dict]], target_toml: str, target_name: str) -> None:
     """In the child: load each artifact once and warm it up, first to last; the peak RSS after the
     first is that side's own (the first side a process loads is not the same in the two processes).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SPREAD_WARN_CV = 0.10  # above this run-to-run spread, medians are not trustworthy
 
 _ROWS = [
@@ -109,8 +111,10 @@ def answers_block(result: dict, width: int = 100) -> str:
     # bare: what it writes continues the text, and is no answer (absent in a bench.json from before).
     how = "chat template" if rows[0].get("chat_template", True) else \
         "bare prompts: the model has no chat template, so it continues each prompt's text rather than answering it"
-    lines = [f"answers (greedy, {how}): the source model, then the shipped file, with how much more "
-             "perplexing the source finds the shipped file's answer than its own"]
+    own = (result.get("eval") or {}).get("source_file") if all("source_file" in r for r in rows) else None
+    lines = [f"answers (greedy, {how}): the source model, then the shipped file, "
+             + (f"then the source's own file ({Path(own).name}) in the same runtime, " if own else "")
+             + "with how much more perplexing the source finds each answer than its own"]
     for row in rows:
         lines.append(f"  > {row['prompt']}")
         lines.append(f"    source:   {cut(row['source'])}")
@@ -119,13 +123,29 @@ def answers_block(result: dict, width: int = 100) -> str:
         lines.append(f"    artifact: {cut(row['artifact'])}  {verdict}")
         if row.get("parts_at") is not None:  # absent in a bench.json from before partings were read
             lines.append("    " + parting_line(row))
+        if own:
+            lines.append(f"    src file: {cut(row['source_file'])}  " + own_file_verdict(row))
     if m.get("answer_ppl_vs_source_pct") is not None:
         ties = sum(bool(r.get("near_tie")) for r in rows)
         tie_note = f"; {ties} part where the source itself is near a tie" if ties else ""
         lines.append(f"  {m['answers_same']} of {m['answers_total']} answers the same{tie_note}; worst answer "
                      f"{pct(m['answer_ppl_vs_source_pct'])}, mean {pct(m['answer_ppl_vs_source_mean_pct'])} "
                      "(budget key answer_ppl_vs_source_pct: the worst)")
+    if own and m.get("answer_source_file_ppl_vs_source_pct") is not None:
+        lines.append("  " + own_file_summary(m))
     return "\n".join(lines)
+
+
+def own_file_verdict(row: dict) -> str:
+    """The source's own file's answer against the source's, as the shipped file's is shown."""
+    return "(same as the source)" if row["source_file_same"] else f"({pct(row['source_file_ppl_vs_source_pct'])} to the source)"
+
+
+def own_file_summary(m: dict) -> str:
+    """The answer line's floor: what the model you gave scores with nothing of ours in between."""
+    return (f"the source's own file in this runtime: worst answer {pct(m['answer_source_file_ppl_vs_source_pct'])}, mean "
+            f"{pct(m['answer_source_file_ppl_vs_source_mean_pct'])}; the shipped file's answer is no further from the "
+            f"source's than its own file's on {m['answers_no_worse_than_source_file']} of {m['answers_total']} prompts")
 
 
 def parting_line(row: dict) -> str:

@@ -15,11 +15,13 @@ MB = 1_000_000  # package sizes in decimal megabytes, as app stores report them
 
 
 def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = None, eval_data: Path | None = None,
-          quality: bool = True, source: Path | None = None, adapter: Path | None = None, latency_tries: int = 1) -> dict:
+          quality: bool = True, source: Path | None = None, adapter: Path | None = None, latency_tries: int = 1,
+          source_file: Artifact | None = None) -> dict:
     """Latency and memory in one child process, then quality in another: perplexity; KL, top-1 and the
     perplexity increase against `reference` (the unquantized export: quantization loss alone) and
     against `source` (the HF folder of the model the user gave), with both models' greedy answers to
-    a few chat prompts side by side. `latency_tries`: see `settled_latency`."""
+    a few chat prompts side by side. `source_file`: the source's own file in the artifact's format,
+    whose answers through the same runtime are shown beside them. `latency_tries`: see `settled_latency`."""
     active = {"adapter": str(adapter)} if adapter is not None else {}  # a task adapter active in both processes
     raw, tries = settled_latency(artifact, target, latency_tries, **active)
     metrics, per_run = latency.latency_metrics(raw)
@@ -30,6 +32,7 @@ def bench(artifact: Artifact, target: Target, *, reference: Artifact | None = No
             artifact, target, mode="quality", **active,
             reference=reference.to_json() if reference else None,
             source=str(source) if source else None,
+            source_file=source_file.to_json() if source_file is not None and source else None,
             eval_data=str(eval_data) if eval_data else None,
         )
         evaluation = {**q["eval"], "tokens_scored": q["quality"].pop("tokens_scored"), "windows": q["quality"].pop("windows")}
@@ -100,7 +103,8 @@ def measured_inputs(result: dict) -> dict[str, Path]:
     ev = result.get("eval") if isinstance(result, dict) else None
     if not isinstance(ev, dict):
         return {}
-    found = {"reference": ev.get("reference"), "source": ev.get("source_model"), "eval_data": ev.get("source")}
+    found = {"reference": ev.get("reference"), "source": ev.get("source_model"), "eval_data": ev.get("source"),
+             "source_file": ev.get("source_file")}
     if not str(found["eval_data"] or "").endswith(".jsonl"):
         found["eval_data"] = None
     return {k: Path(v) for k, v in found.items() if isinstance(v, str) and v and Path(v).exists()}
@@ -117,27 +121,27 @@ def build_inputs(folder: Path) -> dict[str, Path]:
 
 
 def _build_folder_inputs(folder: Path, old: dict | None, target: Target, reference: Path | None, source: Path | None,
-                         eval_data: Path | None) -> tuple[Path | None, Path | None, Path | None]:
+                         eval_data: Path | None, source_file: Path | None) -> tuple[Path | None, ...]:
     """A build folder's reference, source and evaluation tokens where none is given: with a baseline,
     those it was measured with (like with like), else those the build's own bench measured with; one
     status line says what was taken."""
     from edgeft.progress import status
 
     found = measured_inputs(old) if old is not None else build_inputs(folder)
-    given = {"reference": reference, "source": source, "eval_data": eval_data}
+    given = {"reference": reference, "source": source, "eval_data": eval_data, "source_file": source_file}
     taken = {k: v for k, v in found.items() if given[k] is None}
     own_profile = target.source is not None and Path(target.source) == folder / "target.toml"
     if taken or own_profile:
         status(f"bench: {folder} is a build folder: " + ", ".join(
             (["its target.toml"] if own_profile else []) + [f"--{k.replace('_', '-')} {v}" for k, v in taken.items()])
             + (" (as the baseline was measured)" if old is not None else " (as its own bench measured)"))
-    return tuple(given[k] or taken.get(k) for k in ("reference", "source", "eval_data"))  # type: ignore[return-value]
+    return tuple(given[k] or taken.get(k) for k in given)
 
 
 def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = None, eval_data: Path | None = None,
                adapter: Path | None = None,
                baseline: Path | None = None, tolerance_pct: float | None = None, source: Path | None = None,
-               allow_fingerprint_mismatch: bool = False) -> dict:
+               allow_fingerprint_mismatch: bool = False, source_file: Path | None = None) -> dict:
     """`edgeft bench ARTIFACT`: bench one built artifact; with a baseline, gate against it; with `source`
     (the HF folder it was built from), its quality against that model.
 
@@ -146,15 +150,17 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
     from edgeft.bench import baseline as gate
     from edgeft.errors import ArtifactError
 
-    from edgeft.bench.against import identified, is_build_folder, resolve_artifact
+    from edgeft.bench.against import identified, is_build_folder, own_file, resolve_artifact
 
     old = gate.load_bench(baseline) if baseline is not None else None
     if old is not None:
         gate.precheck(old, to_dict(target), machine.describe(target.resolved_threads()), baseline_file=baseline,
                       allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     if is_build_folder(Path(artifact_path)):
-        reference, source, eval_data = _build_folder_inputs(Path(artifact_path), old, target, reference, source, eval_data)
-    for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model"), (adapter, "adapter")):
+        reference, source, eval_data, source_file = _build_folder_inputs(Path(artifact_path), old, target, reference, source,
+                                                                         eval_data, source_file)
+    for path, what in ((artifact_path, "artifact"), (reference, "reference"), (source, "source model"), (adapter, "adapter"),
+                       (source_file, "source file")):
         if path is not None and not Path(path).exists():
             raise ArtifactError(f"no such file (the {what})", file=path)
     artifact = resolve_artifact(Path(artifact_path), target.backend)  # a build folder names its artifact
@@ -162,12 +168,13 @@ def bench_file(artifact_path: Path, target: Target, *, reference: Path | None = 
         target = target.with_overrides(quant=artifact.quant)  # the report names the file's own level, not the profile's
     # A reference of any backend serves (it is scored through the Runner interface); each backend says what it made.
     ref = identified(Path(reference), target.backend) if reference is not None else None
+    own = own_file(Path(source_file), artifact.backend, place="--source-file") if source_file is not None else None
     if adapter is not None:
         from edgeft.backends.registry import adapter_suffix
 
         adapter_suffix(artifact.backend, file=adapter, place="--adapter")
         check_prefix_room(Path(adapter), target, artifact.backend)
-    result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source, adapter=adapter)
+    result = bench(artifact, target, reference=ref, eval_data=eval_data, source=source, adapter=adapter, source_file=own)
     if old is not None:
         differences = gate.fingerprint_differences(old, result)
         if differences and not allow_fingerprint_mismatch:

@@ -6,7 +6,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from edgeft.atomic_io import write_text
-from edgeft.bench.report import parting_line
+from edgeft.bench.report import own_file_summary, own_file_verdict, parting_line
 
 
 def _cell(value) -> str:
@@ -35,7 +35,13 @@ def markdown(result: dict, gate: list[dict] | None = None) -> str:
                   f"> artifact: {' '.join(row['artifact'].split())}" + ("  " if row.get("parts_at") is not None else "")]
         if row.get("parts_at") is not None:
             lines.append(f"> {parting_line(row)}")
+        if "source_file" in row:
+            lines[-1] += "  "
+            lines.append(f"> source's own file: {' '.join(row['source_file'].split())} {own_file_verdict(row)}")
         lines.append("")
+    if m.get("answer_source_file_ppl_vs_source_pct") is not None:
+        floor = own_file_summary(m)
+        lines += [floor[0].upper() + floor[1:] + ".", ""]
     lines += ["| metric | median | p90 | spread |", "| --- | ---: | ---: | ---: |"]
     for key in ("ttft_ms", "ms_per_token", "decode_tok_s", "prefill_tok_s"):
         lines.append(f"| {key} | {_cell(m.get(f'{key}_p50'))} | {_cell(m.get(f'{key}_p90'))} | {m.get(f'{key}_cv', 0):.0%} |")

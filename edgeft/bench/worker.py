@@ -94,7 +94,7 @@ def run_quality(request: dict) -> dict:
     backend = get_backend(artifact.backend)
     runner = backend.load(artifact, target)
     use_adapter(backend, runner, artifact, request.get("adapter"))
-    reference = source_model = None
+    reference = source_model = source_file = None
     answers = None
     try:
         ref = request.get("reference")
@@ -105,6 +105,9 @@ def run_quality(request: dict) -> dict:
             from edgeft.bench.source_model import SourceRunner
 
             source_model = SourceRunner(Path(request["source"]))
+            if request.get("source_file"):  # the source's own file, in this runtime: its answers beside the artifact's
+                own = Artifact.from_json(request["source_file"])
+                source_file = get_backend(own.backend).load(own, target)
         # The reference tokenizes (else the source), so every level compared scores the same tokens.
         tokenizer = reference or source_model or runner
         eval_data = Path(request["eval_data"]) if request.get("eval_data") else None
@@ -117,18 +120,19 @@ def run_quality(request: dict) -> dict:
         if source_model is not None:
             from edgeft.bench.source_model import answer_metrics, side_by_side
 
-            answers = side_by_side(source_model, runner)
+            answers = side_by_side(source_model, runner, source_file=source_file)
             scores.update(answer_metrics(answers))
     finally:
         runner.close()
-        for other in (reference, source_model):
+        for other in (reference, source_model, source_file):
             if other is not None:
                 other.close()
     return {
         "quality": scores,
         "answers": answers,
         "eval": {"source": text_source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
-                 "reference": ref["path"] if ref else None, "source_model": source_model.label if source_model else None},
+                 "reference": ref["path"] if ref else None, "source_model": source_model.label if source_model else None,
+                 "source_file": request["source_file"]["path"] if source_file is not None else None},
     }
 
 
