@@ -271,6 +271,27 @@ def _print_levers(result) -> None:
     elif failed:
         click.echo(f"quality against the source: FAIL ({', '.join(failed)}). Levers: {_higher_level(result.bench['artifact'])}"
                    "or a looser limit in the profile's [budget].")
+    if "answer_ppl_vs_source_pct" in failed and (note := _own_file_note(result.bench)):
+        click.echo(note)
+
+
+def _own_file_note(bench: dict) -> str | None:
+    """When the answer line fails on prompts where the source's own file, in the same runtime, is past
+    the line too: the user's model says as much there with nothing of ours in between."""
+    from edgeft.bench.report import pct
+
+    line = next((b for b in bench["budget"] if b["budget"] == "answer_ppl_vs_source_pct"), None)
+    rows = [r for r in bench.get("answers") or [] if "source_file_ppl_vs_source_pct" in r]
+    if line is None or not rows:
+        return None
+    past = [r for r in rows if r["ppl_vs_source_pct"] > line["limit"]]
+    own_past = [r for r in past if r["source_file_ppl_vs_source_pct"] > line["limit"]]
+    if not own_past:
+        return None
+    said = "; ".join(f"\"{r['prompt']}\" {pct(r['source_file_ppl_vs_source_pct'])}" for r in own_past)
+    return (f"answers: on {len(own_past)} of the {len(past)} prompts past the {line['limit']:g} % line, the source's own file, "
+            f"run by the same runtime, is past it too ({said}): there the model you gave fails this line in this runtime "
+            "with nothing of edgeft's in between.")
 
 
 def _higher_level(artifact: dict) -> str:

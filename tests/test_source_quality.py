@@ -275,3 +275,18 @@ def test_answers_of_a_model_without_a_chat_template_are_not_called_chat_answers(
     assert "greedy, chat template" in answers_block({"answers": [{**row, "chat_template": True}], "metrics": {}})
     bare = answers_block({"answers": [{**row, "chat_template": False}], "metrics": {}})
     assert "bare prompts: the model has no chat template" in bare and "chat template)" not in bare
+
+
+def test_a_failed_answer_line_says_where_the_users_own_file_fails_it_too():
+    from edgeft.cli import _own_file_note
+
+    rows = [{"prompt": "What is the capital of France?", "ppl_vs_source_pct": 57.0, "source_file_ppl_vs_source_pct": 75.0},
+            {"prompt": "How many days are there in a week?", "ppl_vs_source_pct": 93.0, "source_file_ppl_vs_source_pct": 0.0},
+            {"prompt": "Hi", "ppl_vs_source_pct": 10.0, "source_file_ppl_vs_source_pct": 80.0}]
+    bench = {"budget": [{"budget": "answer_ppl_vs_source_pct", "limit": 50.0, "value": 93.0, "status": "FAIL"}], "answers": rows}
+    note = _own_file_note(bench)
+    assert note.startswith("answers: on 1 of the 2 prompts past the 50 % line") and "France?\" +75 %" in note
+    assert "week" not in note and "Hi" not in note  # past the line alone, or the own file alone, is not named
+    rows[0]["source_file_ppl_vs_source_pct"] = 20.0
+    assert _own_file_note(bench) is None
+    assert _own_file_note({"budget": bench["budget"], "answers": [{"prompt": "x", "ppl_vs_source_pct": 90.0}]}) is None
