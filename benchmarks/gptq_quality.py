@@ -30,36 +30,10 @@ def hessians(model_dir: Path, records: Path, max_tokens: int) -> dict[str, np.nd
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeft.importance import BATCH, HEAD, _prefix, read_token_rows
+    from edgeft.importance import input_sums, read_token_rows
 
-    rows = read_token_rows(records, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    decoder = model.get_decoder()
-    sums: dict[str, torch.Tensor] = {}
-    keep: list[torch.Tensor] = []
-
-    def hook(name):
-        def add(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1])[keep[0]].double()
-            sums[name] = sums.get(name, 0) + x.T @ x
-        return add
-
-    handles = [m.register_forward_pre_hook(hook(f"{n}.weight"))
-               for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
-    tokens = 0
-    with torch.no_grad():
-        for start in range(0, len(rows), BATCH):
-            chunk = rows[start:start + BATCH]
-            width = max(map(len, chunk))
-            ids = torch.tensor([r + [0] * (width - len(r)) for r in chunk])
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
-            keep[:] = [mask.reshape(-1).bool()]
-            states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            x = states.reshape(-1, states.shape[-1])[keep[0]].double()
-            sums[HEAD] = sums.get(HEAD, 0) + x.T @ x
-            tokens += int(mask.sum())
-    for h in handles:
-        h.remove()
+    sums, tokens = input_sums(model, read_token_rows(records, max_tokens), full=True)
     return {k: (v / tokens).numpy() for k, v in sums.items()}
 
 

@@ -55,6 +55,39 @@ def read_token_rows(path: Path, max_tokens: int) -> list[list[int]]:
     return rows
 
 
+def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool = False) -> tuple[dict[str, Any], int]:
+    """Run the causal LM `model` over token `rows` and sum, over the real tokens, what flows into each
+    linear weight and into the output head (HEAD): per column squares, or with `full` the outer
+    products (the second moments GPTQ needs). By HF weight name, float64; with the token count."""
+    import torch
+
+    decoder = model.get_decoder()
+    sums: dict[str, torch.Tensor] = {}
+    keep: list[torch.Tensor] = []  # the current batch's real-token positions, flattened
+
+    def add(name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])[keep[0]].double()
+        sums[name] = sums.get(name, 0) + (x.T @ x if full else (x * x).sum(0))
+
+    handles = [m.register_forward_pre_hook(lambda module, args, name=f"{n}.weight": add(name, args[0]))
+               for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch):
+                chunk = rows[start:start + batch]
+                width = max(map(len, chunk))
+                ids = torch.tensor([r + [0] * (width - len(r)) for r in chunk])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
+                keep[:] = [mask.reshape(-1).bool()]
+                add(HEAD, decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state)  # what the head multiplies
+                tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return sums, tokens
+
+
 def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH) -> dict[str, Any]:
     """Run the HF model at `model_dir` over `records` (JSONL with input_ids) and write, atomically to
     `out`, each linear weight's mean square input per column (float32, by HF weight name). Returns
@@ -70,34 +103,8 @@ def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_
     started = time.perf_counter()
     rows = read_token_rows(records, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    sums: dict[str, torch.Tensor] = {}
-    keep: list[torch.Tensor] = []  # the current batch's real-token positions, flattened
-
-    def hook(name: str):
-        def add(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1])[keep[0]].double()
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-        return add
-
-    handles = [m.register_forward_pre_hook(hook(f"{n}.weight"))
-               for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
-    tokens = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(rows), batch):
-                chunk = rows[start:start + batch]
-                width = max(map(len, chunk))
-                ids = torch.tensor([r + [0] * (width - len(r)) for r in chunk])
-                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
-                keep[:] = [mask.reshape(-1).bool()]
-                states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                x = states.reshape(-1, states.shape[-1])[keep[0]].double()  # what the head multiplies
-                sums[HEAD] = sums.get(HEAD, 0) + (x * x).sum(0)
-                tokens += int(mask.sum())
-    finally:
-        for h in handles:
-            h.remove()
+    sums, tokens = input_sums(model, rows, batch)
+    head = model.get_output_embeddings()
     if head is None or head.weight.shape[1] != sums[HEAD].shape[0]:
         raise EdgeftError("the model's output head does not take the decoder's hidden states", file=model_dir)
     means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in sums.items()}

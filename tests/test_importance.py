@@ -248,3 +248,18 @@ def test_compile_measures_the_importance_on_the_prompts_given(tiny_llama_dir, tm
                                   "--out", str(tmp_path / "out2")])
     assert r.exit_code == 2 and "no.jsonl" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out2" / "model-q4_0.gguf").exists()
+
+
+def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_llama_dir):
+    """GPTQ's second moments (benchmarks/gptq_quality.py) come from the same pass as the importance matrix."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    squares, n = importance.input_sums(model, rows, batch=2)
+    outer, n_full = importance.input_sums(model, rows, batch=2, full=True)
+    assert n == n_full == 8 and squares.keys() == outer.keys()
+    for name, full in outer.items():
+        assert full.shape == (squares[name].shape[0],) * 2 and torch.allclose(full, full.T)
+        assert torch.allclose(torch.diagonal(full), squares[name], rtol=1e-10), name
