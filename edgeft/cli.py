@@ -691,7 +691,7 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
     _only_with(against_path is not None, "--against OLD", "rounds", "max_seconds", "adaptive", "inconclusive_exit", "plot", "seed")
     _only_with(baseline is not None, "--baseline FILE", "allow_fingerprint_mismatch")
     _only_with(baseline is not None or against_path is not None, "--baseline FILE or --against OLD", "tolerance")
-    _only_with(source is not None or is_build_folder(artifact), "--source", "source_file")
+    _only_with(source is not None or is_build_folder(artifact) or against_path is not None, "--source", "source_file")
     _writable(**{"--json": json_out, "--summary": summary, "--junit": junit, "--plot": plot})
     if (is_build_folder(artifact) and (artifact / "target.toml").is_file()
             and click.get_current_context().get_parameter_source("target") != ParameterSource.COMMANDLINE):
@@ -703,6 +703,10 @@ def bench_command(artifact: Path, target: str, json_out: Path | None, baseline: 
             raise EdgeftError("--against and --baseline are two gates; give one", place="--against")
         if adapter is not None:
             raise EdgeftError("--against compares two bases; bench an adapter without it", place="--adapter")
+        for flag, given in (("--source", source), ("--source-file", source_file), ("--reference", reference)):
+            if given is not None:
+                raise EdgeftError("--against compares the two files with each other; bench one file alone to judge it "
+                                  "against a source or reference", place=flag)
         _bench_against(artifact, against_path, resolved, tolerance_pct, rounds, max_seconds, adaptive, int(inconclusive_exit),
                        plot, seed, eval_data, json_out, summary, junit)
         return

@@ -240,6 +240,13 @@ def test_an_option_of_a_gate_without_that_gate_is_refused(q4, tmp_path, args, fl
     _one_line_exit_2(proc, flag, "applies only with")
 
 
+@pytest.mark.parametrize("flag", ["--source", "--source-file", "--reference"])
+def test_a_single_file_s_judge_given_to_the_ab_gate_is_refused(q4, tiny_gguf, tmp_path, flag):
+    """The A/B gate compares its two files with each other; a source or reference given to it was ignored."""
+    proc = _run_cli(["--quiet", "bench", str(q4), "--target", str(_profile(tmp_path)), "--against", str(q4), flag, str(tiny_gguf)])
+    _one_line_exit_2(proc, flag, "--against compares the two files with each other")
+
+
 def test_a_baseline_from_another_thread_count_is_refused_first_with_the_fix(benched, q4):
     tmp, profile, _ = benched
     baseline = json.loads((tmp / "bench.json").read_text())
