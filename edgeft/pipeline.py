@@ -221,7 +221,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
             hf_dir, src_key, splits = distill_student(model, hf_dir, src_key, data, chosen, work, stages)
             eval_data, train = eval_data or splits.eval, splits.train
     # the user's own file, when it is in the target's format: its answers through the same runtime go beside the shipped file's
-    source_file = own_file(source.path, target.backend) if source.kind != "hf" else None
+    source_file = own_file(source.path, target.backend)
     # the importance file the quantizer weighs its rounding by: on the training split, else the data's prompts
     weights = importance_stage(hf_dir, src_key, target, work, stages, train=train, data=data, preset=preset)
 

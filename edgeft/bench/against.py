@@ -50,10 +50,16 @@ def identified(path: Path, default_backend: str) -> Artifact:
     """An artifact on disk with the backend and level that made it, as that backend reads them back; a
     file no backend recognises goes to `default_backend`. Either way the backend's cheap file check
     runs here, in the CLI process, before any child starts."""
-    from edgeft.backends.registry import identify, info
+    from edgeft.backends.registry import identify
 
     found = identify(path)
-    backend, level = found if found is not None else (default_backend, "unknown")
+    return _checked(path, *(found if found is not None else (default_backend, "unknown")))
+
+
+def _checked(path: Path, backend: str, level: str) -> Artifact:
+    """The artifact, once its backend's cheap file check passes."""
+    from edgeft.backends.registry import info
+
     info(backend).check_file(path)
     return Artifact(path=path, backend=backend, quant=level)
 
@@ -62,7 +68,7 @@ def own_file(path: Path, backend: str, *, place: str | None = None) -> Artifact 
     """The source's own file as an artifact of `backend`, for its answers through the shipped file's
     runtime; None when it is not that backend's file (an HF folder, a GGUF source of an ONNX build).
     With `place` (a flag the user gave it by), that is bad input instead."""
-    from edgeft.backends.registry import identify, info
+    from edgeft.backends.registry import identify
 
     found = identify(Path(path))
     if found is None or found[0] != backend:
@@ -70,8 +76,7 @@ def own_file(path: Path, backend: str, *, place: str | None = None) -> Artifact 
             return None
         raise ArtifactError(f"not a {backend} file: the source's own file is run by the shipped file's runtime, "
                             f"{backend}", file=path, place=place)
-    info(backend).check_file(Path(path))
-    return Artifact(path=Path(path), backend=backend, quant=found[1])
+    return _checked(Path(path), *found)
 
 
 def _serve(conn, artifacts: list[tuple[str, dict]], target_toml: str, target_name: str) -> None:

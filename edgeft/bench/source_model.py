@@ -198,34 +198,44 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
         own_prompt = source.own_chat_ids(prompt)
         src_ids = source.until_stop(source.greedy(own_prompt, new_tokens))
         art_ids = source.until_stop(source.full_ids(artifact.generate(source.chat_ids(prompt), new_tokens).tokens))
-        src_lp = source.answer_logprobs(own_prompt, src_ids)
-        art_lp = src_lp if art_ids == src_ids else source.answer_logprobs(own_prompt, art_ids)
-        src_mean = float(-src_lp.sum()) / max(len(src_ids), 1)
-        art_mean = float(-art_lp.sum()) / max(len(art_ids), 1)
+        mine = _Scored(source, own_prompt, src_ids)
+        art_lp, art_mean, art_pct = mine.score(art_ids)
         row = {"prompt": prompt, "source": source.answer(src_ids), "artifact": source.answer(art_ids),
-               "same": src_ids == art_ids, "source_nll_per_token": src_mean, "artifact_nll_per_token": art_mean,
-               "source_tokens": len(src_ids), "artifact_tokens": len(art_ids),
-               "ppl_vs_source_pct": (math.exp(art_mean - src_mean) - 1.0) * 100.0,
+               "same": src_ids == art_ids, "source_nll_per_token": mine.mean, "artifact_nll_per_token": art_mean,
+               "source_tokens": len(src_ids), "artifact_tokens": len(art_ids), "ppl_vs_source_pct": art_pct,
                "chat_template": bool(source.tokenizer.chat_template)}
-        row.update(parting(source, src_ids, art_ids, src_lp, art_lp))
+        row.update(parting(source, src_ids, art_ids, mine.lp, art_lp))
         if source_file is not None:
-            row.update(own_file_answer(source, source_file, own_prompt, src_ids, src_lp, new_tokens))
+            row.update(own_file_answer(source, source_file, own_prompt, mine, new_tokens))
         rows.append(row)
     return rows
 
 
-def own_file_answer(source: SourceRunner, runner, own_prompt: list[int], src_ids: list[int], src_lp,
+class _Scored:
+    """The source's own answer to one prompt, and any other answer to it scored against that: the
+    per-token NLL the source gives it after the same prompt, and how much more perplexing that is."""
+
+    def __init__(self, source: SourceRunner, own_prompt: list[int], ids: list[int]):
+        self.source, self.own_prompt, self.ids = source, own_prompt, ids
+        self.lp = source.answer_logprobs(own_prompt, ids)
+        self.mean = float(-self.lp.sum()) / max(len(ids), 1)
+
+    def score(self, ids: list[int]) -> tuple["np.ndarray", float, float]:
+        """(log-probabilities, per-token NLL, % more perplexing than the source's own) of `ids`."""
+        lp = self.lp if ids == self.ids else self.source.answer_logprobs(self.own_prompt, ids)
+        mean = float(-lp.sum()) / max(len(ids), 1)
+        return lp, mean, (math.exp(mean - self.mean) - 1.0) * 100.0
+
+
+def own_file_answer(source: SourceRunner, runner, own_prompt: list[int], mine: _Scored,
                     new_tokens: int = ANSWER_TOKENS) -> dict[str, object]:
     """The greedy answer of the source's own file through the artifact's runtime, scored as the
     artifact's is. Why: a runtime's arithmetic (llama.cpp rounds activations to 8 bits in its
     quantized products) can take a near-tie the other way on the very weights the user gave, so the
     answer line compared with this says how much of a shipped file's answer is the build's doing."""
     ids = source.until_stop(runner.generate(own_prompt, new_tokens).tokens)
-    lp = src_lp if ids == src_ids else source.answer_logprobs(own_prompt, ids)
-    src_mean = float(-src_lp.sum()) / max(len(src_ids), 1)
-    mean = float(-lp.sum()) / max(len(ids), 1)
-    return {"source_file": source.answer(ids), "source_file_same": ids == src_ids,
-            "source_file_ppl_vs_source_pct": (math.exp(mean - src_mean) - 1.0) * 100.0}
+    return {"source_file": source.answer(ids), "source_file_same": ids == mine.ids,
+            "source_file_ppl_vs_source_pct": mine.score(ids)[2]}
 
 
 def parting(source: SourceRunner, src_ids: list[int], art_ids: list[int], src_lp, art_lp) -> dict[str, object]:
