@@ -23,6 +23,7 @@ from edgeft.atomic_io import atomic_path
 from edgeft.errors import EdgeftError
 
 FILE = "importance.safetensors"
+MOMENTS = "second_moments.safetensors"  # beside FILE, when the target rounds with GPTQ
 HEAD = "lm_head.weight"
 # Tokens of training text measured: llama.cpp's usual calibration is of this order, and past it the
 # means barely move while the forward passes cost build time.
@@ -58,16 +59,23 @@ def read_token_rows(path: Path, max_tokens: int) -> list[list[int]]:
 def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool = False) -> tuple[dict[str, Any], int]:
     """Run the causal LM `model` over token `rows` and sum, over the real tokens, what flows into each
     linear weight and into the output head (HEAD): per column squares, or with `full` the outer
-    products (the second moments GPTQ needs). By HF weight name, float64; with the token count."""
+    products (the second moments GPTQ needs; each batch's product in float32, once per input that
+    several weights share). By HF weight name, float64; with the token count."""
     import torch
 
     decoder = model.get_decoder()
     sums: dict[str, torch.Tensor] = {}
     keep: list[torch.Tensor] = []  # the current batch's real-token positions, flattened
+    last: list = [None, None]  # the input last multiplied out, and its product: q, k and v share theirs
 
     def add(name: str, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])[keep[0]].double()
-        sums[name] = sums.get(name, 0) + (x.T @ x if full else (x * x).sum(0))
+        if full and last[0] is x:
+            product = last[1]
+        else:
+            flat = x.reshape(-1, x.shape[-1])[keep[0]]
+            product = (flat.float().T @ flat.float()).double() if full else (flat.double() ** 2).sum(0)
+            last[:] = [x, product]
+        sums[name] = sums.get(name, 0) + product
 
     handles = [m.register_forward_pre_hook(lambda module, args, name=f"{n}.weight": add(name, args[0]))
                for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
@@ -85,12 +93,15 @@ def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool =
     finally:
         for h in handles:
             h.remove()
+        last[:] = [None, None]
     return sums, tokens
 
 
-def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH) -> dict[str, Any]:
+def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH,
+            moments: Path | None = None) -> dict[str, Any]:
     """Run the HF model at `model_dir` over `records` (JSONL with input_ids) and write, atomically to
-    `out`, each linear weight's mean square input per column (float32, by HF weight name). Returns
+    `out`, each linear weight's mean square input per column (float32, by HF weight name); with
+    `moments`, also the full second moments E[x xᵀ] there, whose diagonal that is (for GPTQ). Returns
     what was measured: records, tokens, tensors and seconds."""
     import numpy as np
     import torch
@@ -103,12 +114,17 @@ def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_
     started = time.perf_counter()
     rows = read_token_rows(records, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    sums, tokens = input_sums(model, rows, batch)
+    sums, tokens = input_sums(model, rows, batch, full=moments is not None)
     head = model.get_output_embeddings()
-    if head is None or head.weight.shape[1] != sums[HEAD].shape[0]:
+    if head is None or head.weight.shape[-1] != sums[HEAD].shape[-1]:
         raise EdgeftError("the model's output head does not take the decoder's hidden states", file=model_dir)
+    info = {"records": len(rows), "tokens": tokens, "tensors": len(sums), "text": str(records)}
+    if moments is not None:
+        full = {name: (s / tokens).float().numpy() for name, s in sums.items()}
+        with atomic_path(moments) as tmp:
+            save_file(full, str(tmp), metadata={k: str(v) for k, v in info.items()})
+        sums = {name: torch.diagonal(s).contiguous() for name, s in sums.items()}
     means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in sums.items()}
-    info = {"records": len(rows), "tokens": tokens, "tensors": len(means), "text": str(records)}
     with atomic_path(out) as tmp:
         save_file(means, str(tmp), metadata={k: str(v) for k, v in info.items()})
     return {**info, "seconds": round(time.perf_counter() - started, 2)}

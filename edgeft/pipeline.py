@@ -128,7 +128,8 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     folder = work / "importance"
     config = build_preset(preset).data
     text_key = file_key(train) if train is not None else _key("prompts", file_key(data), asdict(config))
-    stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS)
+    moments = bool(getattr(target.options, "gptq", False))  # GPTQ rounds under the full second moments
+    stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS, *(("moments",) if moments else ()))
     reused = _reusable(folder, stage_key)
     if not reused:
         text = train
@@ -139,12 +140,15 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
             if not write_prompt_records(data, hf_dir, text, config):
                 stages["importance"] = {"skipped": "the data has no prompts in its training split to measure on"}
                 return None
-        status("importance: measuring what flows into each weight on the " + ("training split ..." if train else "data's prompts ..."))
-        write_json(folder / "importance.json", importance.collect(hf_dir, text, folder / importance.FILE))
+        status("importance: measuring what flows into each weight on the " + ("training split" if train else "data's prompts")
+               + (" (with the second moments GPTQ rounds under)" if moments else "") + " ...")
+        write_json(folder / "importance.json", importance.collect(hf_dir, text, folder / importance.FILE,
+                                                                  moments=folder / importance.MOMENTS if moments else None))
         _stamp(folder, stage_key)
     measured = json.loads((folder / "importance.json").read_text())
     stages["importance"] = {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
                             "records": measured["records"], "tokens": measured["tokens"], "tensors": measured["tensors"],
+                            "second_moments": moments,
                             "text": "the training split" if train is not None else
                                     f"the prompts of {Path(data).name if data else 'the shipped prompt set'} "
                                     "(training split, chat template)",
@@ -290,7 +294,12 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
 def _importance_note(weighed: bool, weights: Path | None, target: Target) -> str:
     """One line for the manifest: whether the shipped file's rounding was weighed, and if not, why."""
     if weighed:
-        return f"rounding weighed by {weights.parent.name}/{weights.name} (mean square inputs; stages.importance: on what text)"
+        note = f"rounding weighed by {weights.parent.name}/{weights.name} (mean square inputs; stages.importance: on what text)"
+        if getattr(target.options, "gptq", False):
+            from edgeft.importance import MOMENTS
+
+            note += f"; q5_0, q5_1 and q4_K tensors then rounded by GPTQ under {weights.parent.name}/{MOMENTS}"
+        return note
     from edgeft.backends.registry import info
 
     if not info(target.backend).uses_importance(target.options, target.quant):

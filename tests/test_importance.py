@@ -251,7 +251,7 @@ def test_compile_measures_the_importance_on_the_prompts_given(tiny_llama_dir, tm
 
 
 def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_llama_dir):
-    """GPTQ's second moments (benchmarks/gptq_quality.py) come from the same pass as the importance matrix."""
+    """GPTQ's second moments come from the same pass as the importance matrix."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -262,4 +262,4 @@ def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_l
     assert n == n_full == 8 and squares.keys() == outer.keys()
     for name, full in outer.items():
         assert full.shape == (squares[name].shape[0],) * 2 and torch.allclose(full, full.T)
-        assert torch.allclose(torch.diagonal(full), squares[name], rtol=1e-10), name
+        assert torch.allclose(torch.diagonal(full), squares[name], rtol=1e-5), name  # float32 products

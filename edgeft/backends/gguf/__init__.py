@@ -79,6 +79,19 @@ class GGUFOptions(BackendOptions):
     # importance matrix, `edgeft.importance`) on the build's training split, or, when nothing is trained,
     # on its data's prompts.
     imatrix: bool = True
+    # Round q5_0, q5_1 and q4_K tensors with GPTQ's error feedback under the full second moments of their
+    # inputs, measured on the same text (`gptq.py`), instead of each weight alone. Same bytes and layout;
+    # costs a longer importance pass and the rounding itself (benchmarks/README.md, "GPTQ in the build").
+    # Needs imatrix.
+    gptq: bool = False
+
+    @classmethod
+    def parse(cls, raw, problems, *, table):
+        options = super().parse(raw, problems, table=table)
+        if options.gptq and not options.imatrix:
+            problems.append((f"{table}.gptq", "needs imatrix = true: GPTQ rounds on the grid the importance-weighed "
+                                              "rounding sets, under the same pass's second moments"))
+        return options
 
 
 # llama.cpp tensor types (ggml_type values) a table may be stored in.

@@ -20,14 +20,18 @@ if TYPE_CHECKING:
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_type: str = "",
-             importance: "Mapping[str, np.ndarray] | None" = None) -> Path:
+             importance: "Mapping[str, np.ndarray] | None" = None, moments: Path | None = None,
+             model_dir: Path | None = None) -> Path:
     """Quantize a GGUF file with llama.cpp's own quantizer; metadata is carried over unchanged. With
     `importance` (by GGUF tensor name), the tensors it names are then rounded again weighing their
-    input columns by it (`imatrix.py`).
+    input columns by it (`imatrix.py`); with `moments` too (the second moments file of the HF model at
+    `model_dir`), the tensors GPTQ writes are rounded once more by it (`gptq.py`).
 
     The quantizer runs in a child process (`edgeft.child`): its kernels are native code."""
+    from edgeft.backends.gguf.gptq import rewrite
     from edgeft.backends.gguf.imatrix import requantize
     from edgeft.child import call
+    from edgeft.progress import status
 
     with atomic_path(dst) as tmp:
         rc, said = call(_quantize_native, src, tmp, quant, threads, embedding_type=embedding_type,
@@ -37,6 +41,9 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
                                 + (f": {said}" if said else "") + ")", file=src)
         if importance:
             call(requantize, tmp, src, dict(importance), threads, what=f"ggml weighing {src.name}'s {quant} rounding")
+        if moments is not None:
+            status(f"GPTQ: rounding {quant}'s q5_0, q5_1 and q4_K tensors with error feedback ...")
+            call(rewrite, tmp, src, moments, model_dir, dict(importance or {}), what=f"GPTQ rounding {src.name} to {quant}")
     return dst
 
 
@@ -304,14 +311,20 @@ class GGUFBackend:
                 shutil.copyfile(reference.path, tmp)
         else:
             check_embedding_type(reference.path, target.options.embedding_type, target.source)
-            weights = None
+            weights = moments = None
             if importance is not None:
                 from edgeft import importance as imp
                 from edgeft.backends.gguf.imatrix import gguf_importance
 
                 weights = gguf_importance(model_dir, imp.load(importance))
+                if target.options.gptq:
+                    moments = importance.with_name(imp.MOMENTS)
+                    if not moments.is_file():
+                        raise ArtifactError("GPTQ ([gguf] gptq) needs the second moments beside the importance file; "
+                                            "measure them with the profile's gptq = true", file=moments)
             quantize(reference.path, final, target.quant, threads=target.resolved_threads(),
-                     embedding_type=target.options.embedding_type, importance=weights)
+                     embedding_type=target.options.embedding_type, importance=weights, moments=moments,
+                     model_dir=model_dir)
         return Artifact(path=final, backend=self.name, quant=target.quant, files=(final,))
 
     def load(self, artifact: Artifact, target: "Target") -> LlamaCppRunner:

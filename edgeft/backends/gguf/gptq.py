@@ -1,70 +1,159 @@
-"""q5_0 rounding that carries each column's error to the columns not yet rounded (GPTQ).
+"""Rounding that carries each column's error to the columns not yet rounded (GPTQ), in ggml's own bytes.
 
 Why: ggml rounds every weight of a block to its nearest grid point (weighed by importance, where an
 importance matrix is given), independently of the others. The error a row's rounding adds to the
 layer's output is (w - q) x; with the inputs' second moments H = E[x xᵀ] known, the error of one
 column can be partly cancelled by moving the columns still to be rounded, in proportion to how their
-inputs correlate with its input (Frantar et al., "GPTQ", 2022). Columns are taken in order, in
-ggml's blocks of 32: each block's scale is set from the weights as they stand when the block starts,
-as ggml sets it, then its 32 columns are rounded one by one, each error spread over the later ones.
+inputs correlate with its input (Frantar et al., "GPTQ", 2022).
 
-The bytes are q5_0's own (one fp16 scale, 16 bytes of low nibbles, 32 high bits per 32 weights), so
-the file's layout and size are unchanged; `q5_0_bytes` of a plain rounding equals ggml's, which a
+How: columns are taken in order, one ggml block at a time (32 columns for q5_0 and q5_1, a 256-column
+super-block for q4_K). At the start of each block ggml itself quantizes the block's columns as they
+stand after the earlier blocks' corrections, weighing them by the importance vector; that fixes the
+block's scales (and mins), chosen by ggml's own search (for q5_0 and q5_1 its weighing then reads the
+block's variance rather than the whole row's, as it would for a row one block long). The columns are then rounded one by one on
+that grid, each error spread over the block's later columns and, when the block is done, over all
+later ones. Only the codes are ours: the file's layout, types, scales' search and size are ggml's.
+With uncorrelated inputs this is ggml's scales with every weight on its nearest grid point, which a
 test holds.
+
+Tensors of other types (q5_K, q6_K, q8_0, the float types) keep ggml's rounding.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     import numpy as np
 
-BLOCK = 32  # weights per q5_0 block
 DAMP = 0.01  # added to H's diagonal, as a share of its mean: keeps the inverse finite where inputs are nearly collinear
 
 
-def q5_0_scales(w: "np.ndarray") -> "np.ndarray":
-    """Each row's block scale as ggml sets it: the signed weight of largest magnitude maps to -16."""
+@dataclass(frozen=True)
+class Codec:
+    """One ggml block type as GPTQ needs it: a weight is `a * code - b` with `a`, `b` fixed per block
+    (per sub-block for K-quants) by ggml's scales, and codes 0..qmax."""
+
+    block: int  # weights per block
+    nbytes: int  # bytes per block
+    head: int  # leading bytes that hold the scales (and mins), which ggml chooses
+    qmax: int
+    grid: Callable[["np.ndarray"], tuple["np.ndarray", "np.ndarray"]]  # blocks [rows, nbytes] -> a, b [rows, block]
+    codes: Callable[["np.ndarray"], "np.ndarray"]  # blocks -> codes [rows, block]
+    pack: Callable[["np.ndarray", "np.ndarray"], None]  # writes codes [rows, block] into blocks, in place
+
+
+def _f16(blocks: "np.ndarray", at: int) -> "np.ndarray":
     import numpy as np
 
-    at = np.abs(w).argmax(axis=1)
-    return w[np.arange(w.shape[0]), at] / -16.0
+    return np.ascontiguousarray(blocks[:, at:at + 2]).view(np.float16)[:, 0].astype(np.float32)
 
 
-def q5_0_round(w: "np.ndarray", d: "np.ndarray") -> "np.ndarray":
-    """Integer codes 0..31 of the column(s) `w` at per-row scales `d` (fp32), rounded as ggml rounds."""
+def _five_bit_codes(blocks: "np.ndarray", qh: int, qs: int) -> "np.ndarray":
+    """q5_0/q5_1 codes: the low nibbles of weights j and j + 16 share byte qs + j, the fifth bits a u32 at qh."""
     import numpy as np
 
-    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
-    x = (w.astype(np.float32) * (inv if w.ndim == 1 else inv[:, None])).astype(np.float32)
-    return np.minimum(31, np.trunc(x + np.float32(16.5))).astype(np.int8).astype(np.int64)
+    high = np.ascontiguousarray(blocks[:, qh:qh + 4]).view("<u4")[:, 0:1] >> np.arange(32, dtype=np.uint32) & 1
+    low = blocks[:, qs:qs + 16]
+    return (np.concatenate([low & 0xF, low >> 4], axis=1) | (high << 4)).astype(np.int64)
 
 
-def q5_0_bytes(codes: "np.ndarray", d: "np.ndarray") -> bytes:
-    """The q5_0 blocks of a [rows, n] matrix of codes with scales d [rows, n / 32], row-major."""
+def _five_bit_pack(blocks: "np.ndarray", codes: "np.ndarray", qh: int, qs: int) -> None:
     import numpy as np
 
-    rows, n = codes.shape
-    nb = n // BLOCK
-    c = codes.reshape(rows, nb, BLOCK).astype(np.uint32)
-    out = np.zeros((rows, nb, 22), dtype=np.uint8)
-    out[:, :, 0:2] = d.astype(np.float16).reshape(rows, nb, 1).view(np.uint8)
-    high = ((c >> 4) & 1) << np.arange(BLOCK, dtype=np.uint32)
-    out[:, :, 2:6] = high.sum(axis=2, dtype=np.uint32).astype("<u4").reshape(rows, nb, 1).view(np.uint8)
-    out[:, :, 6:22] = ((c[:, :, :16] & 0xF) | ((c[:, :, 16:] & 0xF) << 4)).astype(np.uint8)
-    return out.tobytes()
+    c = codes.astype(np.uint32)
+    bits = (((c >> 4) & 1) << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    blocks[:, qh:qh + 4] = bits.astype("<u4").reshape(-1, 1).view(np.uint8)
+    blocks[:, qs:qs + 16] = ((c[:, :16] & 0xF) | ((c[:, 16:] & 0xF) << 4)).astype(np.uint8)
 
 
-def gptq_q5_0(w: "np.ndarray", h: "np.ndarray", damp: float = DAMP) -> tuple["np.ndarray", "np.ndarray"]:
-    """(codes [rows, n], scales [rows, n / 32]) of `w` [rows, n] rounded to q5_0 with its errors carried
-    forward under the input second moments `h` [n, n]."""
+def _q5_0_grid(blocks):  # d (f16), qh, qs: w = d * (code - 16)
+    import numpy as np
+
+    d = np.repeat(_f16(blocks, 0)[:, None], 32, axis=1)
+    return d, 16 * d
+
+
+def _q5_1_grid(blocks):  # d, m (f16), qh, qs: w = d * code + m
+    import numpy as np
+
+    return np.repeat(_f16(blocks, 0)[:, None], 32, axis=1), np.repeat(-_f16(blocks, 2)[:, None], 32, axis=1)
+
+
+def _k4_scales(blocks: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """The 8 six-bit scales and mins of each q4_K super-block, unpacked from its 12 bytes at offset 4."""
+    import numpy as np
+
+    s = blocks[:, 4:16].astype(np.int64)
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    return sc, mn
+
+
+def _q4_k_grid(blocks):  # d, dmin (f16), scales[12], qs[128]: sub-block s of 32: w = d*sc_s*code - dmin*m_s
+    import numpy as np
+
+    sc, mn = _k4_scales(blocks)
+    a = (_f16(blocks, 0)[:, None] * sc.astype(np.float32)).astype(np.float32)
+    b = (_f16(blocks, 2)[:, None] * mn.astype(np.float32)).astype(np.float32)
+    return np.repeat(a, 32, axis=1), np.repeat(b, 32, axis=1)
+
+
+def _q4_k_codes(blocks):
+    """Weights 64j + l and 64j + 32 + l share byte 16 + 32j + l, low nibble and high."""
+    import numpy as np
+
+    q = blocks[:, 16:144].reshape(-1, 4, 32)
+    return np.stack([q & 0xF, q >> 4], axis=2).reshape(-1, 256).astype(np.int64)
+
+
+def _q4_k_pack(blocks, codes):
+    import numpy as np
+
+    c = codes.reshape(-1, 4, 2, 32).astype(np.uint8)
+    blocks[:, 16:144] = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(-1, 128)
+
+
+# by ggml type id
+CODECS = {
+    6: Codec(32, 22, 2, 31, _q5_0_grid, lambda b: _five_bit_codes(b, 2, 6), lambda b, c: _five_bit_pack(b, c, 2, 6)),
+    7: Codec(32, 24, 4, 31, _q5_1_grid, lambda b: _five_bit_codes(b, 4, 8), lambda b, c: _five_bit_pack(b, c, 4, 8)),
+    12: Codec(256, 144, 16, 15, _q4_k_grid, _q4_k_codes, _q4_k_pack),
+}
+
+
+def _ggml_blocks(quantize_chunk, ggml_type: int, codec: Codec, w: "np.ndarray", weights: "np.ndarray | None") -> "np.ndarray":
+    """ggml's quantization of `w` [rows, codec.block] (float32): [rows, nbytes] uint8."""
+    import numpy as np
+
+    x = np.ascontiguousarray(w, dtype=np.float32)
+    out = np.empty((x.shape[0], codec.nbytes), dtype=np.uint8)
+    imp = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    written = quantize_chunk(ggml_type, x.ctypes.data, out.ctypes.data, 0, x.shape[0], codec.block,
+                             None if imp is None else imp.ctypes.data)
+    if written != out.size:
+        raise RuntimeError(f"ggml wrote {written} bytes for a block of {x.shape[0]} rows, expected {out.size}")
+    return out
+
+
+def gptq(w: "np.ndarray", h: "np.ndarray", ggml_type: int, weights: "np.ndarray | None" = None, *,
+         damp: float = DAMP, quantize_chunk=None) -> "np.ndarray":
+    """`w` [rows, n] as ggml type `ggml_type`'s blocks [rows, n / block, nbytes] (row-major, as a GGUF file
+    holds them), rounded with errors carried forward under the input second moments `h` [n, n]; each
+    block's scales chosen by ggml, weighing the columns by `weights` (the importance vector) when given."""
     import numpy as np
     import torch
 
+    from edgeft.backends.gguf.imatrix import _ggml
+
+    codec = CODECS[ggml_type]
+    quantize_chunk = quantize_chunk or _ggml()
     rows, n = w.shape
-    if n % BLOCK:
-        raise ValueError(f"q5_0 needs rows of a multiple of {BLOCK} weights, got {n}")
+    if n % codec.block:
+        raise ValueError(f"ggml type {ggml_type} needs rows of a multiple of {codec.block} weights, got {n}")
     W = torch.tensor(w, dtype=torch.float64)
     H = torch.tensor(h, dtype=torch.float64).clone()
     dead = torch.diagonal(H) == 0
@@ -72,21 +161,79 @@ def gptq_q5_0(w: "np.ndarray", h: "np.ndarray", damp: float = DAMP) -> tuple["np
     W[:, dead] = 0.0
     H += torch.eye(n, dtype=torch.float64) * damp * torch.diagonal(H).mean()
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    codes = np.zeros((rows, n), dtype=np.int64)
-    scales = np.zeros((rows, n // BLOCK), dtype=np.float32)
-    for b0 in range(0, n, BLOCK):
-        b1 = b0 + BLOCK
+    out = np.empty((rows, n // codec.block, codec.nbytes), dtype=np.uint8)
+    for i, b0 in enumerate(range(0, n, codec.block)):
+        b1 = b0 + codec.block
         block = W[:, b0:b1].clone()
-        d = q5_0_scales(block.numpy().astype(np.float32)).astype(np.float32)
-        scales[:, b0 // BLOCK] = d
-        dq = torch.tensor(d.astype(np.float16).astype(np.float64))
-        err = torch.zeros(rows, BLOCK, dtype=torch.float64)
-        for j in range(BLOCK):
+        blocks = _ggml_blocks(quantize_chunk, ggml_type, codec, block.numpy(), None if weights is None else weights[b0:b1])
+        a, b = (torch.from_numpy(v.astype(np.float64)) for v in codec.grid(blocks))
+        safe_a = torch.where(a == 0, torch.ones_like(a), a)
+        codes = torch.zeros(rows, codec.block, dtype=torch.float64)
+        err = torch.zeros(rows, codec.block, dtype=torch.float64)
+        for j in range(codec.block):
             col = block[:, j]
-            q = q5_0_round(col.numpy().astype(np.float32), d)
-            codes[:, b0 + j] = q
-            e = (col - torch.tensor(q - 16, dtype=torch.float64) * dq) / U[b0 + j, b0 + j]
+            q = torch.clamp(torch.floor((col + b[:, j]) / safe_a[:, j] + 0.5), 0, codec.qmax)
+            q = torch.where(a[:, j] == 0, torch.zeros_like(q), q)
+            codes[:, j] = q
+            e = (col - (a[:, j] * q - b[:, j])) / U[b0 + j, b0 + j]
             block[:, j:] -= e[:, None] * U[b0 + j, b0 + j:b1][None, :]
             err[:, j] = e
         W[:, b1:] -= err @ U[b0:b1, b1:]
-    return codes, scales
+        codec.pack(blocks, codes.numpy().astype(np.int64))
+        out[:, i] = blocks
+    return out
+
+
+def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
+            importance: "Mapping[str, np.ndarray] | None" = None) -> dict:
+    """Round again, in place in `quantized`, each of its tensors of a type GPTQ writes (CODECS) whose
+    input second moments `moments` holds (`edgeft.importance.collect(full=True)`'s file of the HF model at
+    `model_dir`), from the same tensor of `unquantized` (f32 or f16). Returns what it did: the tensors
+    rewritten by type, those left to ggml, seconds. Native code (ggml picks the scales): run it in a child."""
+    import mmap
+
+    import numpy as np
+    from gguf.constants import GGMLQuantizationType
+    from safetensors import safe_open
+
+    from edgeft.backends.gguf.header import read_header
+    from edgeft.backends.gguf.imatrix import _ggml, gguf_names
+    from edgeft.errors import ArtifactError
+
+    started = time.perf_counter()
+    quantize_chunk = _ggml()
+    q_head, f_head = read_header(quantized), read_header(unquantized)
+    sources = {t.name: t for t in f_head.tensors}
+    f_map = np.memmap(unquantized, mode="r", dtype=np.uint8)
+    importance = importance or {}
+    done: dict[str, int] = {}
+    left: dict[str, int] = {}
+    with safe_open(str(moments), framework="numpy") as hs:
+        by_gguf = gguf_names(model_dir, hs.keys())
+        with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
+            for t in q_head.tensors:
+                if t.name not in by_gguf or t.ggml_type in (0, 1):
+                    continue
+                kind = t.ggml_type
+                name = GGMLQuantizationType(kind).name.lower()
+                if kind not in CODECS:
+                    left[name] = left.get(name, 0) + 1
+                    continue
+                src = sources.get(t.name)
+                if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
+                    raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
+                n, rows = src.shape[0], int(np.prod(src.shape[1:]))
+                h = hs.get_tensor(by_gguf[t.name])
+                if h.shape != (n, n):
+                    raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
+                dtype = np.float32 if src.ggml_type == 0 else np.float16
+                start = f_head.data_start + src.offset
+                w = np.asarray(f_map[start:start + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n)
+                data = gptq(w, h, kind, importance.get(t.name), quantize_chunk=quantize_chunk).tobytes()
+                if len(data) != t.n_bytes():
+                    raise ArtifactError(f"GPTQ wrote {len(data)} bytes for {t.name}, the file holds {t.n_bytes()}", file=quantized)
+                at = q_head.data_start + t.offset
+                out[at:at + len(data)] = data
+                done[name] = done.get(name, 0) + 1
+            out.flush()
+    return {"rewritten": done, "left_to_ggml": left, "seconds": round(time.perf_counter() - started, 2)}

@@ -17,7 +17,7 @@ import json
 import mmap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from gguf.constants import GGMLQuantizationType
 
@@ -34,18 +34,24 @@ _IGNORES = {int(GGMLQuantizationType[name.upper()]) for name in UNWEIGHED}
 def gguf_importance(model_dir: Path, importance: Mapping[str, "np.ndarray"]) -> dict[str, "np.ndarray"]:
     """`importance` (by HF weight name) renamed to the GGUF tensors our converter writes for the
     model at `model_dir`; the output head's goes to the token table when the head is tied to it."""
+    return {gguf: importance[hf] for gguf, hf in gguf_names(model_dir, importance).items()}
+
+
+def gguf_names(model_dir: Path, hf_names: Iterable[str]) -> dict[str, str]:
+    """The GGUF tensor our converter writes for each of `hf_names` (HF weight names of the model at
+    `model_dir`, HEAD for the output head), as {GGUF name: HF name}; names with no tensor are left out."""
     from edgeft.backends.gguf.arch import family_for
     from edgeft.importance import HEAD
 
     family = family_for(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")), "config.json")
     out = {}
-    for hf_name, values in importance.items():
+    for hf_name in hf_names:
         if hf_name == HEAD:
-            out["token_embd.weight" if family.tied else "output.weight"] = values
+            out["token_embd.weight" if family.tied else "output.weight"] = hf_name
             continue
         name = family.gguf_name(hf_name)
         if name is not None:
-            out[name] = values
+            out[name] = hf_name
     return out
 
 
