@@ -21,6 +21,7 @@ Tensors of other types (q5_K, q6_K, q8_0, the float types) keep ggml's rounding.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,24 +163,24 @@ def gptq(w: "np.ndarray", h: "np.ndarray", ggml_type: int, weights: "np.ndarray 
     H += torch.eye(n, dtype=torch.float64) * damp * torch.diagonal(H).mean()
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     out = np.empty((rows, n // codec.block, codec.nbytes), dtype=np.uint8)
+    W, U = W.numpy(), U.numpy()  # the column loop below is many small steps: numpy's are the cheaper
     for i, b0 in enumerate(range(0, n, codec.block)):
         b1 = b0 + codec.block
-        block = W[:, b0:b1].clone()
-        blocks = _ggml_blocks(quantize_chunk, ggml_type, codec, block.numpy(), None if weights is None else weights[b0:b1])
-        a, b = (torch.from_numpy(v.astype(np.float64)) for v in codec.grid(blocks))
-        safe_a = torch.where(a == 0, torch.ones_like(a), a)
-        codes = torch.zeros(rows, codec.block, dtype=torch.float64)
-        err = torch.zeros(rows, codec.block, dtype=torch.float64)
+        block = W[:, b0:b1].copy()
+        blocks = _ggml_blocks(quantize_chunk, ggml_type, codec, block, None if weights is None else weights[b0:b1])
+        a, b = (v.astype(np.float64) for v in codec.grid(blocks))
+        inv = np.divide(1.0, a, out=np.zeros_like(a), where=a != 0)
+        codes = np.zeros((rows, codec.block), dtype=np.int64)
+        err = np.empty((rows, codec.block))
         for j in range(codec.block):
             col = block[:, j]
-            q = torch.clamp(torch.floor((col + b[:, j]) / safe_a[:, j] + 0.5), 0, codec.qmax)
-            q = torch.where(a[:, j] == 0, torch.zeros_like(q), q)
+            q = np.clip(np.floor((col + b[:, j]) * inv[:, j] + 0.5), 0, codec.qmax)  # 0 where the block is all zero
             codes[:, j] = q
             e = (col - (a[:, j] * q - b[:, j])) / U[b0 + j, b0 + j]
-            block[:, j:] -= e[:, None] * U[b0 + j, b0 + j:b1][None, :]
+            block[:, j:] -= np.outer(e, U[b0 + j, b0 + j:b1])
             err[:, j] = e
         W[:, b1:] -= err @ U[b0:b1, b1:]
-        codec.pack(blocks, codes.numpy().astype(np.int64))
+        codec.pack(blocks, codes)
         out[:, i] = blocks
     return out
 
@@ -210,30 +211,44 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
     left: dict[str, int] = {}
     with safe_open(str(moments), framework="numpy") as hs:
         by_gguf = gguf_names(model_dir, hs.keys())
+        # Tensors that multiply the same input (q, k and v; gate and up) share their moments, so they are
+        # rounded as one matrix of stacked rows: one inverse, one pass over the columns, the same bytes.
+        groups: dict[tuple, list] = {}
+        for t in q_head.tensors:
+            if t.name not in by_gguf or t.ggml_type in (0, 1):
+                continue
+            kind = t.ggml_type
+            name = GGMLQuantizationType(kind).name.lower()
+            if kind not in CODECS:
+                left[name] = left.get(name, 0) + 1
+                continue
+            src = sources.get(t.name)
+            if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
+                raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
+            n = src.shape[0]
+            h = hs.get_tensor(by_gguf[t.name])
+            if h.shape != (n, n):
+                raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
+            groups.setdefault((kind, hashlib.blake2b(h.tobytes(), digest_size=16).digest()), []).append((t, src, name))
         with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
-            for t in q_head.tensors:
-                if t.name not in by_gguf or t.ggml_type in (0, 1):
-                    continue
-                kind = t.ggml_type
-                name = GGMLQuantizationType(kind).name.lower()
-                if kind not in CODECS:
-                    left[name] = left.get(name, 0) + 1
-                    continue
-                src = sources.get(t.name)
-                if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
-                    raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
-                n, rows = src.shape[0], int(np.prod(src.shape[1:]))
-                h = hs.get_tensor(by_gguf[t.name])
-                if h.shape != (n, n):
-                    raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
-                dtype = np.float32 if src.ggml_type == 0 else np.float16
-                start = f_head.data_start + src.offset
-                w = np.asarray(f_map[start:start + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n)
-                data = gptq(w, h, kind, importance.get(t.name), quantize_chunk=quantize_chunk).tobytes()
-                if len(data) != t.n_bytes():
-                    raise ArtifactError(f"GPTQ wrote {len(data)} bytes for {t.name}, the file holds {t.n_bytes()}", file=quantized)
-                at = q_head.data_start + t.offset
-                out[at:at + len(data)] = data
-                done[name] = done.get(name, 0) + 1
+            for (kind, _), members in groups.items():
+                parts = []
+                for t, src, _ in members:
+                    n, rows = src.shape[0], int(np.prod(src.shape[1:]))
+                    dtype = np.float32 if src.ggml_type == 0 else np.float16
+                    at = f_head.data_start + src.offset
+                    parts.append(np.asarray(f_map[at:at + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n))
+                first = members[0][0]
+                blocks = gptq(np.concatenate(parts), hs.get_tensor(by_gguf[first.name]), kind, importance.get(first.name),
+                              quantize_chunk=quantize_chunk)
+                row = 0
+                for (t, _, name), w in zip(members, parts):
+                    data = blocks[row:row + len(w)].tobytes()
+                    row += len(w)
+                    if len(data) != t.n_bytes():
+                        raise ArtifactError(f"GPTQ wrote {len(data)} bytes for {t.name}, the file holds {t.n_bytes()}", file=quantized)
+                    at = q_head.data_start + t.offset
+                    out[at:at + len(data)] = data
+                    done[name] = done.get(name, 0) + 1
             out.flush()
     return {"rewritten": done, "left_to_ggml": left, "seconds": round(time.perf_counter() - started, 2)}
