@@ -102,13 +102,16 @@ def test_a_build_with_gptq_rounds_its_q5_tensors_under_the_measured_second_momen
     def build(name: str, extra: str) -> tuple[dict, list]:
         out = tmp_path / name
         profile = tiny_profile(tmp_path, quant="q5_0", extra=extra, name=f"{name}.toml")
-        r = CliRunner().invoke(main, ["--quiet", "build", "--no-distill", "--no-bench", "--model", str(tiny_llama_dir),
+        r = CliRunner().invoke(main, ["build", "--no-distill", "--no-bench", "--model", str(tiny_llama_dir),
                                       "--target", str(profile), "--data", str(data), "--out", str(out)])
         assert r.exit_code == 0, r.output
+        said.append(r.output)
         return json.loads((out / "manifest.json").read_text())["stages"], GGUFReader(out / "model-q5_0.gguf").tensors
 
+    said: list[str] = []
     weighed, plain = build("weighed", "")
     stages, shipped = build("gptq", "[gguf]\ngptq = true\n")
+    assert "GPTQ" not in said[0] and "then rounded with GPTQ's error feedback" in said[1]
     assert stages["importance"]["second_moments"] and not weighed["importance"]["second_moments"]
     assert (tmp_path / "gptq" / "work" / "importance" / "second_moments.safetensors").is_file()
     assert "rounded by GPTQ" in stages["compile"]["importance"] and "GPTQ" not in weighed["compile"]["importance"]

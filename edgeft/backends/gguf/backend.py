@@ -43,7 +43,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
             call(requantize, tmp, src, dict(importance), threads, what=f"ggml weighing {src.name}'s {quant} rounding")
         if moments is not None:
             status(f"GPTQ: rounding {quant}'s q5_0, q5_1 and q4_K tensors with error feedback ...")
-            call(rewrite, tmp, src, moments, model_dir, dict(importance or {}), what=f"GPTQ rounding {src.name} to {quant}")
+            call(rewrite, tmp, src, moments, model_dir, dict(importance or {}), threads, what=f"GPTQ rounding {src.name} to {quant}")
     return dst
 
 

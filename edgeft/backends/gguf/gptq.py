@@ -22,7 +22,9 @@ Tensors of other types (q5_K, q6_K, q8_0, the float types) keep ggml's rounding.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -186,7 +188,7 @@ def gptq(w: "np.ndarray", h: "np.ndarray", ggml_type: int, weights: "np.ndarray 
 
 
 def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
-            importance: "Mapping[str, np.ndarray] | None" = None) -> dict:
+            importance: "Mapping[str, np.ndarray] | None" = None, threads: int = 0) -> dict:
     """Round again, in place in `quantized`, each of its tensors of a type GPTQ writes (CODECS) whose
     input second moments `moments` holds (`edgeft.importance.collect(full=True)`'s file of the HF model at
     `model_dir`), from the same tensor of `unquantized` (f32 or f16). Returns what it did: the tensors
@@ -231,7 +233,8 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
                 raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
             groups.setdefault((kind, hashlib.blake2b(h.tobytes(), digest_size=16).digest()), []).append((t, src, name))
         with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
-            for (kind, _), members in groups.items():
+            def one(group) -> None:
+                (kind, _), members = group
                 parts = []
                 for t, src, _ in members:
                     n, rows = src.shape[0], int(np.prod(src.shape[1:]))
@@ -249,6 +252,12 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
                         raise ArtifactError(f"GPTQ wrote {len(data)} bytes for {t.name}, the file holds {t.n_bytes()}", file=quantized)
                     at = q_head.data_start + t.offset
                     out[at:at + len(data)] = data
-                    done[name] = done.get(name, 0) + 1
+
+            # numpy's array steps and ggml's calls let go of the GIL, so groups round in parallel
+            with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+                list(pool.map(one, groups.items()))
             out.flush()
+        for members in groups.values():
+            for _, _, name in members:
+                done[name] = done.get(name, 0) + 1
     return {"rewritten": done, "left_to_ggml": left, "seconds": round(time.perf_counter() - started, 2)}
