@@ -184,6 +184,7 @@ def test_bench_runs_the_source_s_own_file_through_the_artifact_s_runtime(tiny_q4
     assert result.exit_code in (0, 1), result.output
     bench = json.loads(report.read_text())
     assert bench["eval"]["source_file"] == str(tiny_gguf)
+    assert sum(bench["eval"]["source_file_answers"][k] for k in ("cached", "generated")) == len(bench["answers"])
     assert all("source_file" in a and "source_file_same" in a for a in bench["answers"])
     assert bench["metrics"]["answers_no_worse_than_source_file"] <= len(bench["answers"])
     assert "src file: " in result.output and "the source's own file in this runtime: worst answer" in result.output
@@ -194,6 +195,50 @@ def test_bench_runs_the_source_s_own_file_through_the_artifact_s_runtime(tiny_q4
     assert "Traceback" not in wrong.output and "latency" not in wrong.output
     alone = CliRunner().invoke(main, ["bench", str(out / "model-q4_0.gguf"), "--source-file", str(tiny_gguf)])
     assert alone.exit_code == 2 and "applies only with --source" in alone.output
+
+
+def test_the_source_s_own_file_answers_are_kept_and_asked_again_only_when_something_changes(tiny_gguf, tmp_path):
+    """The own file's answers depend on its bytes, the prompt, the budget and the runtime: a second bench
+    reads them without loading the file; other bytes, threads or prompts answer again, and so does a
+    cache that cannot be read."""
+    import shutil
+
+    from edgeft.backends.base import Artifact
+    from edgeft.backends.gguf.backend import LlamaCppRunner
+    from edgeft.bench.own_answers import OwnFileAnswers
+    from edgeft.config import load_target
+
+    target, cache = load_target(str(tiny_profile(tmp_path))), tmp_path / "cache"
+    own = Artifact(path=tiny_gguf, backend="gguf", quant="f16", files=(tiny_gguf,))
+    ids = [5, 6, 7, 8]
+    first = OwnFileAnswers(own, target, cache)
+    answer = first.generate(ids, 6).tokens
+    assert (first.misses, first.hits) == (1, 0) and first.runner is not None
+    first.close()
+    direct = LlamaCppRunner(tiny_gguf, threads=target.resolved_threads(), context=target.bench.context)
+    assert direct.generate(ids, 6).tokens == answer  # what the runtime says, not a copy of something else
+    direct.close()
+
+    again = OwnFileAnswers(own, target, cache)
+    assert again.generate(ids, 6).tokens == answer and (again.hits, again.misses) == (1, 0)
+    assert again.runner is None  # not even loaded
+    assert again.generate(ids, 7).tokens[:6] == answer and again.misses == 1  # another budget is asked again
+    again.close()
+
+    other = tmp_path / "other.gguf"
+    shutil.copyfile(tiny_gguf, other)
+    with open(other, "r+b") as fh:  # one bit of the last tensor flipped
+        fh.seek(-1, 2)
+        last = fh.read(1)[0]
+        fh.seek(-1, 2)
+        fh.write(bytes([last ^ 1]))
+    assert OwnFileAnswers(Artifact(path=other, backend="gguf", quant="f16", files=(other,)), target, cache).path != again.path
+    assert OwnFileAnswers(own, target.with_overrides(threads=target.resolved_threads() + 1), cache).path != again.path
+    again.path.write_text("{not json", encoding="utf-8")
+    broken = OwnFileAnswers(own, target, cache)
+    assert broken.generate(ids, 6).tokens == answer and broken.misses == 1
+    broken.close()
+    assert json.loads(again.path.read_text(encoding="utf-8"))["answers"]  # written whole again
 
 
 def test_an_answer_is_scored_up_to_and_with_its_end_of_turn(tiny_llama_dir):

@@ -106,8 +106,9 @@ def run_quality(request: dict) -> dict:
 
             source_model = SourceRunner(Path(request["source"]))
             if request.get("source_file"):  # the source's own file, in this runtime: its answers beside the artifact's
-                own = Artifact.from_json(request["source_file"])
-                source_file = get_backend(own.backend).load(own, target)
+                from edgeft.bench.own_answers import OwnFileAnswers
+
+                source_file = OwnFileAnswers(Artifact.from_json(request["source_file"]), target)
         # The reference tokenizes (else the source), so every level compared scores the same tokens.
         tokenizer = reference or source_model or runner
         eval_data = Path(request["eval_data"]) if request.get("eval_data") else None
@@ -132,7 +133,9 @@ def run_quality(request: dict) -> dict:
         "answers": answers,
         "eval": {"source": text_source, "tokens": len(ids), "window": window, "sha256": perplexity.ids_digest(ids),
                  "reference": ref["path"] if ref else None, "source_model": source_model.label if source_model else None,
-                 "source_file": request["source_file"]["path"] if source_file is not None else None},
+                 "source_file": request["source_file"]["path"] if source_file is not None else None,
+                 **({"source_file_answers": {"cached": source_file.hits, "generated": source_file.misses,
+                                             "cache": str(source_file.path)}} if source_file is not None else {})},
     }
 
 
