@@ -799,7 +799,7 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
     Writes compare.json, compare.md and compare.png into the output folder and names the
     smallest level that meets every budget. Exit code 1 when none does.
     """
-    from edgeft.bench.compare import COLUMN_NOTE, compare, importance_footnote, parse_levels, table_rows
+    from edgeft.bench.compare import COLUMN_NOTE, compare, importance_footnote, own_file_footnotes, parse_levels, table_rows
     from edgeft.bench.report import table
 
     names = [n.strip() for n in (targets or target).split(",") if n.strip()]
@@ -817,8 +817,8 @@ def compare_command(model: str, models: str | None, target: str, targets: str | 
         click.echo(table(rows, header))
         click.echo(COLUMN_NOTE)
         footnote = importance_footnote(result.data)
-        if footnote:
-            click.echo(footnote)
+        for line in ([footnote] if footnote else []) + own_file_footnotes(result.data):
+            click.echo(line)
         click.echo("")
         click.echo(result.data["verdict"])
         click.echo(f"wrote {result.json_path}, {result.md_path}, {result.png_path}")

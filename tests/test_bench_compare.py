@@ -257,3 +257,20 @@ def test_the_table_shows_quality_against_the_source_and_labels_quantization_loss
     assert shown["budget"] == "FAIL answer_ppl_vs_source_pct 43.3 > 30"
     md = markdown({"model": "m", "rows": [row], "references": {"gguf": "f16.gguf"}, "verdict": "none", "recommended": None})
     assert COLUMN_NOTE in md and "f16.gguf" in md
+
+
+def test_compare_from_a_gguf_model_reads_every_level_against_its_own_file(tiny_gguf, tmp_path, monkeypatch):
+    """A GGUF source (the embedded models are): every level's answers sit beside what the model's own
+    file answers in llama.cpp, said under the table; the file answers once, later levels read the cache."""
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["compare", "--model", str(tiny_gguf), "--target", str(_profile(tmp_path, "package_mb = 350")),
+                                       "--quant", "q8_0,q4_0", "--out", str(out)])
+    assert result.exit_code in (0, 1), result.output
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["source_file"] for r in rows] == [str(tiny_gguf)] * 2
+    assert all(0 <= r["metrics"]["answers_no_worse_than_source_file"] <= r["metrics"]["answers_total"] for r in rows)
+    answered = [json.loads(Path(r["bench_json"]).read_text())["eval"]["source_file_answers"] for r in rows]
+    assert answered[0]["generated"] > 0 and answered[1] == {**answered[1], "cached": answered[0]["generated"], "generated": 0}
+    line = "the source's own file (tiny-f16.gguf) through the gguf runtime: worst answer"
+    assert line in result.output and line in (out / "compare.md").read_text()

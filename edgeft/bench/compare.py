@@ -121,6 +121,7 @@ def _slug(label: str) -> str:
 def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]], out_dir: Path,
                 eval_data: Path | None) -> tuple[str, list[dict], dict[str, str]]:
     """One model's (label, rows, each backend's reference): every level built from one conversion."""
+    from edgeft.bench.against import own_file
     from edgeft.pipeline import importance_stage
     from edgeft.stages import prepare_source, resolve_for, source_hash
     from edgeft.sweep import bench_levels, compile_levels, weighs_importance
@@ -142,7 +143,10 @@ def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]],
         weights = importance_stage(hf_dir, src_key, target, work, found, levels=names)
         compiled = compile_levels(backend, hf_dir, target, names, dirs.__getitem__, work, src_key, source.name, "compare",
                                   weights)
-        for lv in bench_levels(compiled, target, eval_data=eval_data, source=hf_dir, what="compare"):
+        # the model's own file in this backend's format (the embedded GGUFs): its answers are each level's floor,
+        # answered once and then read from the cache (`own_answers`)
+        source_file = own_file(source.path, target.backend)
+        for lv in bench_levels(compiled, target, eval_data=eval_data, source=hf_dir, what="compare", source_file=source_file):
             result = lv.result
             level_dir = dirs[lv.artifact.quant]
             write_json(level_dir / "bench.json", result)
@@ -152,6 +156,7 @@ def _model_rows(model: str, targets: list[Target], levels: dict[str, list[str]],
                          "bench_json": str(level_dir / "bench.json"),
                          "importance": found.get("importance") if weights is not None
                          and weighs_importance(target.backend, target.with_overrides(quant=lv.artifact.quant)) else None,
+                         "source_file": str(source_file.path) if source_file is not None else None,
                          "metrics": result["metrics"], "latency_runs": len(result["latency_tries"]),
                          "budget": result["budget"], "pass": result["pass"],
                          "eval": result["eval"], "machine": result["machine"], "versions": result["versions"]})
@@ -247,6 +252,23 @@ def importance_footnote(data: dict) -> str | None:
             f"{weighed['text']}, as `edgeft build` rounds these levels")
 
 
+def own_file_footnotes(data: dict) -> list[str]:
+    """One line per model and backend whose levels were read against the model's own file in that
+    backend's runtime: what that file answers, the floor under every level's answer line."""
+    from edgeft.bench.report import pct
+
+    lines, seen = [], set()
+    for r in data["rows"]:
+        m = r["metrics"]
+        if not r.get("source_file") or "answer_source_file_ppl_vs_source_pct" not in m or (r["model"], r["backend"]) in seen:
+            continue
+        seen.add((r["model"], r["backend"]))
+        lines.append(f"the source's own file ({Path(r['source_file']).name}) through the {r['backend']} runtime: worst answer "
+                     f"{pct(m['answer_source_file_ppl_vs_source_pct'])}, mean {pct(m['answer_source_file_ppl_vs_source_mean_pct'])}"
+                     " (each level's answers against it: compare.json, metrics.answers_no_worse_than_source_file)")
+    return lines
+
+
 def markdown(data: dict) -> str:
     header, rows = table_rows(data)
     refs = ", ".join(f"{b}: `{p}`" for b, p in data.get("references", {}).items()) or f"`{data['reference']}`"
@@ -256,5 +278,6 @@ def markdown(data: dict) -> str:
              "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     footnote = importance_footnote(data)
-    lines += [*(["", footnote.replace("*", "\\*", 1)] if footnote else []), "", f"**{data['verdict']}**", ""]
+    lines += [*(["", footnote.replace("*", "\\*", 1)] if footnote else []), *(["", *own_file_footnotes(data)] if own_file_footnotes(data) else []),
+              "", f"**{data['verdict']}**", ""]
     return "\n".join(lines)
