@@ -222,8 +222,7 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.importance is not None and not as_json:
-        gptq = ("; its q5_0, q5_1 and q4_K tensors then rounded with GPTQ's error feedback under the same inputs' "
-                "second moments" if result.importance.get("second_moments") else "")
+        gptq = f"; {result.importance['gptq']}" if result.importance.get("gptq") else ""
         click.echo(f"quantization: {result.artifact.name} rounded with an importance matrix (each weight's inputs, "
                    f"mean square over {result.importance['tokens']:,} tokens of {result.importance['text']}){gptq}\n")
     if result.bench is None:

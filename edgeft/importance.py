@@ -56,26 +56,33 @@ def read_token_rows(path: Path, max_tokens: int) -> list[list[int]]:
     return rows
 
 
-def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool = False) -> tuple[dict[str, Any], int]:
+def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool = False) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Run the causal LM `model` over token `rows` and sum, over the real tokens, what flows into each
-    linear weight and into the output head (HEAD): per column squares, or with `full` the outer
-    products (the second moments GPTQ needs; each batch's product in float32, once per input that
-    several weights share). By HF weight name, float64; with the token count."""
+    linear weight and into the output head (HEAD): per column squares, and with `full` the outer
+    products too (the second moments GPTQ needs; each batch's in float32). By HF weight name, float64;
+    weights that multiply the same input (q, k and v; gate and up) share one sum, computed once.
+    Returns (squares, outer products or {}, token count)."""
     import torch
 
     decoder = model.get_decoder()
-    sums: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
+    outer: dict[str, torch.Tensor] = {}
+    same_as: dict[str, str] = {}  # a weight's name -> the first weight's that multiplies the same input
     keep: list[torch.Tensor] = []  # the current batch's real-token positions, flattened
-    last: list = [None, None]  # the input last multiplied out, and its product: q, k and v share theirs
+    last: list = [None, None]  # the input last summed, and the first weight that took it
 
     def add(name: str, x: torch.Tensor) -> None:
-        if full and last[0] is x:
-            product = last[1]
-        else:
-            flat = x.reshape(-1, x.shape[-1])[keep[0]]
-            product = (flat.float().T @ flat.float()).double() if full else (flat.double() ** 2).sum(0)
-            last[:] = [x, product]
-        sums[name] = sums.get(name, 0) + product
+        if last[0] is x:
+            if same_as.setdefault(name, last[1]) != last[1]:
+                raise RuntimeError(f"{name} took another weight's input in an earlier batch")
+            return
+        if same_as.get(name, name) != name:
+            raise RuntimeError(f"{name} took {same_as[name]}'s input in an earlier batch, not now")
+        last[:] = [x, name]
+        flat = x.reshape(-1, x.shape[-1])[keep[0]]
+        squares[name] = squares.get(name, 0) + (flat.double() ** 2).sum(0)
+        if full:
+            outer[name] = outer.get(name, 0) + (flat.float().T @ flat.float()).double()
 
     handles = [m.register_forward_pre_hook(lambda module, args, name=f"{n}.weight": add(name, args[0]))
                for n, m in decoder.named_modules(prefix=_prefix(model, decoder)) if isinstance(m, torch.nn.Linear)]
@@ -94,15 +101,20 @@ def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool =
         for h in handles:
             h.remove()
         last[:] = [None, None]
-    return sums, tokens
+    for name, first in same_as.items():
+        squares[name] = squares[first]
+        if full:
+            outer[name] = outer[first]
+    return squares, outer, tokens
 
 
 def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH,
             moments: Path | None = None) -> dict[str, Any]:
     """Run the HF model at `model_dir` over `records` (JSONL with input_ids) and write, atomically to
     `out`, each linear weight's mean square input per column (float32, by HF weight name); with
-    `moments`, also the full second moments E[x xᵀ] there, whose diagonal that is (for GPTQ). Returns
-    what was measured: records, tokens, tensors and seconds."""
+    `moments`, also the full second moments E[x xᵀ] there, whose diagonal that is (for GPTQ): the
+    same pass, and the same importance either way. Returns what was measured: records, tokens,
+    tensors, whether the moments were written, and seconds."""
     import numpy as np
     import torch
     from safetensors.numpy import save_file
@@ -114,20 +126,19 @@ def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_
     started = time.perf_counter()
     rows = read_token_rows(records, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    sums, tokens = input_sums(model, rows, batch, full=moments is not None)
+    squares, outer, tokens = input_sums(model, rows, batch, full=moments is not None)
     head = model.get_output_embeddings()
-    if head is None or head.weight.shape[-1] != sums[HEAD].shape[-1]:
+    if head is None or head.weight.shape[1] != squares[HEAD].shape[0]:
         raise EdgeftError("the model's output head does not take the decoder's hidden states", file=model_dir)
-    info = {"records": len(rows), "tokens": tokens, "tensors": len(sums), "text": str(records)}
+    info = {"records": len(rows), "tokens": tokens, "tensors": len(squares), "text": str(records)}
     if moments is not None:
-        full = {name: (s / tokens).float().numpy() for name, s in sums.items()}
         with atomic_path(moments) as tmp:
-            save_file(full, str(tmp), metadata={k: str(v) for k, v in info.items()})
-        sums = {name: torch.diagonal(s).contiguous() for name, s in sums.items()}
-    means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in sums.items()}
+            save_file({name: (s / tokens).float().numpy() for name, s in outer.items()}, str(tmp),
+                      metadata={k: str(v) for k, v in info.items()})
+    means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in squares.items()}
     with atomic_path(out) as tmp:
         save_file(means, str(tmp), metadata={k: str(v) for k, v in info.items()})
-    return {**info, "seconds": round(time.perf_counter() - started, 2)}
+    return {**info, "moments": moments is not None, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _prefix(model, decoder) -> str:

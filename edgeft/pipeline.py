@@ -129,8 +129,9 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     config = build_preset(preset).data
     text_key = file_key(train) if train is not None else _key("prompts", file_key(data), asdict(config))
     moments = bool(getattr(target.options, "gptq", False))  # GPTQ rounds under the full second moments
-    stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS, *(("moments",) if moments else ()))
-    reused = _reusable(folder, stage_key)
+    stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS)
+    # the moments leave the importance as it is, so a pass that wrote them serves a build that needs none
+    reused = _reusable(folder, stage_key) and (not moments or _has_moments(folder))
     if not reused:
         text = train
         if text is None:
@@ -140,6 +141,8 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
             if not write_prompt_records(data, hf_dir, text, config):
                 stages["importance"] = {"skipped": "the data has no prompts in its training split to measure on"}
                 return None
+        if not moments:
+            (folder / importance.MOMENTS).unlink(missing_ok=True)  # an earlier pass's, of other text or another model
         status("importance: measuring what flows into each weight on the " + ("training split" if train else "data's prompts")
                + (" (with the second moments GPTQ rounds under)" if moments else "") + " ...")
         write_json(folder / "importance.json", importance.collect(hf_dir, text, folder / importance.FILE,
@@ -148,13 +151,24 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     measured = json.loads((folder / "importance.json").read_text())
     stages["importance"] = {"reused": reused, "key": stage_key, "seconds": round(time.perf_counter() - t, 2),
                             "records": measured["records"], "tokens": measured["tokens"], "tensors": measured["tensors"],
-                            "second_moments": moments,
+                            "second_moments": moments,  # used by this build's rounding (the folder may hold them anyway)
                             "text": "the training split" if train is not None else
                                     f"the prompts of {Path(data).name if data else 'the shipped prompt set'} "
                                     "(training split, chat template)",
                             "file": str(Path(measured["text"]).relative_to(work.parent))
                                     if Path(measured["text"]).is_relative_to(work.parent) else measured["text"]}
     return folder / importance.FILE
+
+
+def _has_moments(folder: Path) -> bool:
+    """Whether the importance pass stamped in `folder` wrote the second moments, and they are still there."""
+    from edgeft import importance
+
+    try:
+        said = json.loads((folder / "importance.json").read_text()).get("moments", False)
+    except (OSError, ValueError):
+        return False
+    return bool(said) and (folder / importance.MOMENTS).is_file()
 
 
 AUTO_STUDENT = "auto"
@@ -288,18 +302,24 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         stages=stages,
     )
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"),
-                       importance=stages.get("importance") if weighed else None)
+                       importance={**stages["importance"], "gptq": _gptq_note(weights, target)} if weighed else None)
+
+
+def _gptq_note(weights: Path, target: Target) -> str | None:
+    """What GPTQ did to the shipped file, when the target asks for it."""
+    if not getattr(target.options, "gptq", False):
+        return None
+    from edgeft.backends.gguf.gptq import done_note
+
+    return done_note(weights.parent, target.quant)
 
 
 def _importance_note(weighed: bool, weights: Path | None, target: Target) -> str:
     """One line for the manifest: whether the shipped file's rounding was weighed, and if not, why."""
     if weighed:
         note = f"rounding weighed by {weights.parent.name}/{weights.name} (mean square inputs; stages.importance: on what text)"
-        if getattr(target.options, "gptq", False):
-            from edgeft.importance import MOMENTS
-
-            note += f"; q5_0, q5_1 and q4_K tensors then rounded by GPTQ under {weights.parent.name}/{MOMENTS}"
-        return note
+        gptq = _gptq_note(weights, target)
+        return note + (f"; {gptq}" if gptq else "")
     from edgeft.backends.registry import info
 
     if not info(target.backend).uses_importance(target.options, target.quant):

@@ -111,10 +111,10 @@ def test_a_build_with_gptq_rounds_its_q5_tensors_under_the_measured_second_momen
     said: list[str] = []
     weighed, plain = build("weighed", "")
     stages, shipped = build("gptq", "[gguf]\ngptq = true\n")
-    assert "GPTQ" not in said[0] and "then rounded with GPTQ's error feedback" in said[1]
+    assert "GPTQ" not in said[0] and "q5_0 tensors rounded again by GPTQ" in said[1]
     assert stages["importance"]["second_moments"] and not weighed["importance"]["second_moments"]
     assert (tmp_path / "gptq" / "work" / "importance" / "second_moments.safetensors").is_file()
-    assert "rounded by GPTQ" in stages["compile"]["importance"] and "GPTQ" not in weighed["compile"]["importance"]
+    assert "q5_0 tensors rounded again by GPTQ" in stages["compile"]["importance"] and "GPTQ" not in weighed["compile"]["importance"]
     assert [(t.name, t.tensor_type, t.n_bytes) for t in shipped] == [(t.name, t.tensor_type, t.n_bytes) for t in plain]
     differ = {a.name for a, b in zip(shipped, plain) if a.data.tobytes() != b.data.tobytes()}
     q5_0 = {t.name for t in plain if t.tensor_type.name == "Q5_0"}
@@ -130,3 +130,20 @@ def test_gptq_without_the_importance_pass_is_a_profile_error(tmp_path):
     profile = tiny_profile(tmp_path, quant="q5_0", extra="[gguf]\ngptq = true\nimatrix = false\n")
     r = CliRunner().invoke(main, ["targets", "validate", str(profile)])
     assert r.exit_code == 2 and "gguf.gptq: needs imatrix = true" in r.output, r.output
+
+
+def test_moments_too_singular_to_invert_are_damped_more_or_refused():
+    """A column no input reaches rounds to zero and carries nothing; a rank-one H is damped until it
+    inverts; moments that are not finite are refused (ValueError: rewrite keeps ggml's bytes then)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((ROWS, 64)).astype(np.float32)
+    x = rng.standard_normal((256, 64))
+    x[:, 3] = 0.0
+    h = x.T @ x / len(x)
+    data = gptq(w, h, 6, np.diag(h).copy())
+    assert _dequantized(data, 6, ROWS)[:, 3].tolist() == [0.0] * ROWS
+    v = rng.standard_normal(64)
+    assert gptq(w, np.outer(v, v), 6).shape == (ROWS, 2, 22)
+    h[0, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        gptq(w, h, 6)

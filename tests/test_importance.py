@@ -251,15 +251,21 @@ def test_compile_measures_the_importance_on_the_prompts_given(tiny_llama_dir, tm
 
 
 def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_llama_dir):
-    """GPTQ's second moments come from the same pass as the importance matrix."""
+    """GPTQ's second moments come from the same pass as the importance matrix, which they leave as it
+    is; weights that multiply one input share one sum."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
-    squares, n = importance.input_sums(model, rows, batch=2)
-    outer, n_full = importance.input_sums(model, rows, batch=2, full=True)
-    assert n == n_full == 8 and squares.keys() == outer.keys()
+    squares, none, n = importance.input_sums(model, rows, batch=2)
+    alone, outer, n_full = importance.input_sums(model, rows, batch=1, full=True)
+    assert n == n_full == 8 and none == {} and squares.keys() == outer.keys() == alone.keys()
     for name, full in outer.items():
         assert full.shape == (squares[name].shape[0],) * 2 and torch.allclose(full, full.T)
         assert torch.allclose(torch.diagonal(full), squares[name], rtol=1e-5), name  # float32 products
+        assert torch.allclose(alone[name], squares[name], rtol=1e-5), name  # another batching, the same sums
+    layer = "model.layers.0"
+    assert outer[f"{layer}.self_attn.q_proj.weight"] is outer[f"{layer}.self_attn.v_proj.weight"]
+    assert outer[f"{layer}.mlp.gate_proj.weight"] is outer[f"{layer}.mlp.up_proj.weight"]
+    assert outer[f"{layer}.mlp.down_proj.weight"] is not outer[f"{layer}.mlp.up_proj.weight"]

@@ -42,8 +42,13 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, *, embedding_ty
         if importance:
             call(requantize, tmp, src, dict(importance), threads, what=f"ggml weighing {src.name}'s {quant} rounding")
         if moments is not None:
+            from edgeft.atomic_io import write_json
+            from edgeft.backends.gguf.gptq import done_file
+
             status(f"GPTQ: rounding {quant}'s q5_0, q5_1 and q4_K tensors with error feedback ...")
-            call(rewrite, tmp, src, moments, model_dir, dict(importance or {}), threads, what=f"GPTQ rounding {src.name} to {quant}")
+            done = call(rewrite, tmp, src, moments, model_dir, dict(importance or {}), threads,
+                        what=f"GPTQ rounding {src.name} to {quant}")
+            write_json(done_file(moments.parent, quant), {**done, "file": dst.name})
     return dst
 
 

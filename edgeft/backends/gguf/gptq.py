@@ -142,6 +142,26 @@ def _ggml_blocks(quantize_chunk, ggml_type: int, codec: Codec, w: "np.ndarray", 
     return out
 
 
+def _inverse_factor(H, damp: float):
+    """(the upper Cholesky factor of H⁻¹, the dead columns) in float64 torch: a column no input reaches
+    gets 1 on H's diagonal, and H is damped by `damp` times its live diagonal's mean. Where H is too
+    near singular for that, the damping grows tenfold up to three times before it gives up (ValueError)."""
+    import torch
+
+    dead = torch.diagonal(H) == 0
+    if not torch.isfinite(H).all() or dead.all():
+        raise ValueError("second moments that are not finite, or all zero")
+    mean = torch.diagonal(H)[~dead].mean()
+    H[dead, dead] = 1.0
+    for attempt in range(4):
+        try:
+            damped = H + torch.eye(len(H), dtype=H.dtype) * damp * 10 ** attempt * mean
+            return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True), dead
+        except torch.linalg.LinAlgError:
+            continue
+    raise ValueError("second moments too near singular even damped a thousandfold more")
+
+
 def gptq(w: "np.ndarray", h: "np.ndarray", ggml_type: int, weights: "np.ndarray | None" = None, *,
          damp: float = DAMP, quantize_chunk=None) -> "np.ndarray":
     """`w` [rows, n] as ggml type `ggml_type`'s blocks [rows, n / block, nbytes] (row-major, as a GGUF file
@@ -158,12 +178,8 @@ def gptq(w: "np.ndarray", h: "np.ndarray", ggml_type: int, weights: "np.ndarray 
     if n % codec.block:
         raise ValueError(f"ggml type {ggml_type} needs rows of a multiple of {codec.block} weights, got {n}")
     W = torch.tensor(w, dtype=torch.float64)
-    H = torch.tensor(h, dtype=torch.float64).clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H += torch.eye(n, dtype=torch.float64) * damp * torch.diagonal(H).mean()
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    U, dead = _inverse_factor(torch.tensor(h, dtype=torch.float64), damp)
+    W[:, dead] = 0.0  # columns no input reaches: their weights never act
     out = np.empty((rows, n // codec.block, codec.nbytes), dtype=np.uint8)
     W, U = W.numpy(), U.numpy()  # the column loop below is many small steps: numpy's are the cheaper
     for i, b0 in enumerate(range(0, n, codec.block)):
@@ -233,7 +249,7 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
                 raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
             groups.setdefault((kind, hashlib.blake2b(h.tobytes(), digest_size=16).digest()), []).append((t, src, name))
         with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
-            def one(group) -> None:
+            def one(group) -> bool:
                 (kind, _), members = group
                 parts = []
                 for t, src, _ in members:
@@ -242,8 +258,11 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
                     at = f_head.data_start + src.offset
                     parts.append(np.asarray(f_map[at:at + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n))
                 first = members[0][0]
-                blocks = gptq(np.concatenate(parts), hs.get_tensor(by_gguf[first.name]), kind, importance.get(first.name),
-                              quantize_chunk=quantize_chunk)
+                try:
+                    blocks = gptq(np.concatenate(parts), hs.get_tensor(by_gguf[first.name]), kind, importance.get(first.name),
+                                  quantize_chunk=quantize_chunk)
+                except ValueError:  # moments GPTQ cannot invert: ggml's rounding, already in the file, stays
+                    return False
                 row = 0
                 for (t, _, name), w in zip(members, parts):
                     data = blocks[row:row + len(w)].tobytes()
@@ -252,12 +271,37 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
                         raise ArtifactError(f"GPTQ wrote {len(data)} bytes for {t.name}, the file holds {t.n_bytes()}", file=quantized)
                     at = q_head.data_start + t.offset
                     out[at:at + len(data)] = data
+                return True
 
             # numpy's array steps and ggml's calls let go of the GIL, so groups round in parallel
             with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-                list(pool.map(one, groups.items()))
+                rounded = list(pool.map(one, groups.items()))
             out.flush()
-        for members in groups.values():
+        for ok, members in zip(rounded, groups.values()):
             for _, _, name in members:
-                done[name] = done.get(name, 0) + 1
+                key, tally = (name, done) if ok else (f"{name} (moments not invertible)", left)
+                tally[key] = tally.get(key, 0) + 1
     return {"rewritten": done, "left_to_ggml": left, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def done_file(folder: Path, quant: str) -> Path:
+    """Where a build records what GPTQ rewrote at level `quant`: beside the moments it rounded under."""
+    return Path(folder) / f"gptq-{quant}.json"
+
+
+def done_note(folder: Path, quant: str) -> str:
+    """One line for the manifest: what GPTQ rewrote at `quant` (`rewrite`'s counts), or why nothing."""
+    import json
+
+    from edgeft.importance import MOMENTS
+
+    try:
+        done = json.loads(done_file(folder, quant).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "GPTQ asked for but not run (no record of it at this level)"
+    rewritten = ", ".join(f"{n} {kind}" for kind, n in done["rewritten"].items())
+    if not rewritten:
+        return f"GPTQ rewrote nothing: no tensor at {quant} is of a type it writes (q5_0, q5_1, q4_K)"
+    left = ", ".join(f"{n} {kind}" for kind, n in done["left_to_ggml"].items())
+    return (f"then {rewritten} tensors rounded again by GPTQ under {Path(folder).name}/{MOMENTS} ({done['seconds']:.0f} s)"
+            + (f"; {left} kept ggml's rounding" if left else ""))
