@@ -274,3 +274,14 @@ def test_compare_from_a_gguf_model_reads_every_level_against_its_own_file(tiny_g
     assert answered[0]["generated"] > 0 and answered[1] == {**answered[1], "cached": answered[0]["generated"], "generated": 0}
     line = "the source's own file (tiny-f16.gguf) through the gguf runtime: worst answer"
     assert line in result.output and line in (out / "compare.md").read_text()
+
+
+def test_the_footnote_says_which_targets_levels_gptq_rounded_again():
+    from edgeft.bench.compare import importance_footnote
+
+    weighed = {"tokens": 8192, "text": "the prompts of the shipped prompt set"}
+    rows = [{"target": "gguf-small", "importance": {**weighed, "second_moments": True}},
+            {"target": "gguf", "importance": {**weighed, "second_moments": False}}, {"target": "onnx", "importance": None}]
+    line = importance_footnote({"rows": rows})
+    assert line.startswith("* rounded with an importance matrix") and "gguf-small's then rounded again by GPTQ" in line
+    assert "GPTQ" not in importance_footnote({"rows": rows[1:]})

@@ -248,8 +248,10 @@ def importance_footnote(data: dict) -> str | None:
     weighed = next((r["importance"] for r in data["rows"] if r.get("importance")), None)
     if weighed is None:
         return None
+    gptq = sorted({r["target"] for r in data["rows"] if (r.get("importance") or {}).get("second_moments")})
     return (f"* rounded with an importance matrix: each weight's inputs, mean square over {weighed['tokens']:,} tokens of "
-            f"{weighed['text']}, as `edgeft build` rounds these levels")
+            f"{weighed['text']}, as `edgeft build` rounds these levels"
+            + (f"; {', '.join(gptq)}'s then rounded again by GPTQ under those inputs' second moments ([gguf] gptq)" if gptq else ""))
 
 
 def own_file_footnotes(data: dict) -> list[str]:
