@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from edgeft.atomic_io import atomic_path
 from edgeft.errors import EdgeftError
@@ -56,12 +56,13 @@ def read_token_rows(path: Path, max_tokens: int) -> list[list[int]]:
     return rows
 
 
-def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool = False) -> tuple[dict[str, Any], dict[str, Any], int]:
+def input_sums(model, rows: list[list[int]], batch: int = BATCH, *,
+               full: bool = False) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], int]:
     """Run the causal LM `model` over token `rows` and sum, over the real tokens, what flows into each
     linear weight and into the output head (HEAD): per column squares, and with `full` the outer
     products too (the second moments GPTQ needs; each batch's in float32). By HF weight name, float64;
     weights that multiply the same input (q, k and v; gate and up) share one sum, computed once.
-    Returns (squares, outer products or {}, token count)."""
+    Returns (squares, outer products or {}, {weight: the first weight that takes its input}, token count)."""
     import torch
 
     decoder = model.get_decoder()
@@ -105,7 +106,15 @@ def input_sums(model, rows: list[list[int]], batch: int = BATCH, *, full: bool =
         squares[name] = squares[first]
         if full:
             outer[name] = outer[first]
-    return squares, outer, tokens
+    return squares, outer, same_as, tokens
+
+
+def shared_moments(metadata: dict[str, str] | None, stored: Iterable[str]) -> dict[str, str]:
+    """Every weight's name -> the name its second moments are stored under in a MOMENTS file, from the
+    file's tensor names and its "same_as" metadata (weights that share an input are stored once)."""
+    out = {name: name for name in stored}
+    out.update(json.loads((metadata or {}).get("same_as", "{}")))
+    return out
 
 
 def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_TOKENS, batch: int = BATCH,
@@ -126,15 +135,15 @@ def collect(model_dir: Path, records: Path, out: Path, *, max_tokens: int = MAX_
     started = time.perf_counter()
     rows = read_token_rows(records, max_tokens)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    squares, outer, tokens = input_sums(model, rows, batch, full=moments is not None)
+    squares, outer, same_as, tokens = input_sums(model, rows, batch, full=moments is not None)
     head = model.get_output_embeddings()
     if head is None or head.weight.shape[1] != squares[HEAD].shape[0]:
         raise EdgeftError("the model's output head does not take the decoder's hidden states", file=model_dir)
     info = {"records": len(rows), "tokens": tokens, "tensors": len(squares), "text": str(records)}
     if moments is not None:
-        with atomic_path(moments) as tmp:
-            save_file({name: (s / tokens).float().numpy() for name, s in outer.items()}, str(tmp),
-                      metadata={k: str(v) for k, v in info.items()})
+        with atomic_path(moments) as tmp:  # a shared input's moments once, under its first weight's name
+            save_file({name: (s / tokens).float().numpy() for name, s in outer.items() if name not in same_as}, str(tmp),
+                      metadata={**{k: str(v) for k, v in info.items()}, "same_as": json.dumps(same_as)})
     means = {name: (s / tokens).float().numpy().astype(np.float32) for name, s in squares.items()}
     with atomic_path(out) as tmp:
         save_file(means, str(tmp), metadata={k: str(v) for k, v in info.items()})

@@ -113,7 +113,12 @@ def test_a_build_with_gptq_rounds_its_q5_tensors_under_the_measured_second_momen
     stages, shipped = build("gptq", "[gguf]\ngptq = true\n")
     assert "GPTQ" not in said[0] and "q5_0 tensors rounded again by GPTQ" in said[1]
     assert stages["importance"]["second_moments"] and not weighed["importance"]["second_moments"]
-    assert (tmp_path / "gptq" / "work" / "importance" / "second_moments.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gptq" / "work" / "importance" / "second_moments.safetensors"), framework="numpy") as f:
+        stored, same_as = set(f.keys()), json.loads(f.metadata()["same_as"])
+    assert "model.layers.0.self_attn.q_proj.weight" in stored and "model.layers.0.self_attn.v_proj.weight" not in stored
+    assert same_as["model.layers.0.self_attn.v_proj.weight"] == "model.layers.0.self_attn.q_proj.weight"
     assert "q5_0 tensors rounded again by GPTQ" in stages["compile"]["importance"] and "GPTQ" not in weighed["compile"]["importance"]
     assert [(t.name, t.tensor_type, t.n_bytes) for t in shipped] == [(t.name, t.tensor_type, t.n_bytes) for t in plain]
     differ = {a.name for a, b in zip(shipped, plain) if a.data.tobytes() != b.data.tobytes()}

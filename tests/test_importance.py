@@ -258,8 +258,8 @@ def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_l
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     rows = [[5, 6, 7, 8, 9], [10, 11, 12]]
-    squares, none, n = importance.input_sums(model, rows, batch=2)
-    alone, outer, n_full = importance.input_sums(model, rows, batch=1, full=True)
+    squares, none, _, n = importance.input_sums(model, rows, batch=2)
+    alone, outer, same_as, n_full = importance.input_sums(model, rows, batch=1, full=True)
     assert n == n_full == 8 and none == {} and squares.keys() == outer.keys() == alone.keys()
     for name, full in outer.items():
         assert full.shape == (squares[name].shape[0],) * 2 and torch.allclose(full, full.T)
@@ -269,3 +269,5 @@ def test_full_input_sums_are_outer_products_whose_diagonal_is_the_squares(tiny_l
     assert outer[f"{layer}.self_attn.q_proj.weight"] is outer[f"{layer}.self_attn.v_proj.weight"]
     assert outer[f"{layer}.mlp.gate_proj.weight"] is outer[f"{layer}.mlp.up_proj.weight"]
     assert outer[f"{layer}.mlp.down_proj.weight"] is not outer[f"{layer}.mlp.up_proj.weight"]
+    assert same_as[f"{layer}.self_attn.v_proj.weight"] == f"{layer}.self_attn.q_proj.weight"
+    assert f"{layer}.self_attn.q_proj.weight" not in same_as

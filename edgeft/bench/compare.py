@@ -279,7 +279,7 @@ def markdown(data: dict) -> str:
              f"Machine: {data['rows'][0]['machine']['cpu']}, {data['rows'][0]['machine']['threads']} threads." if data["rows"] else "",
              "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    footnote = importance_footnote(data)
-    lines += [*(["", footnote.replace("*", "\\*", 1)] if footnote else []), *(["", *own_file_footnotes(data)] if own_file_footnotes(data) else []),
+    footnote, floors = importance_footnote(data), own_file_footnotes(data)
+    lines += [*(["", footnote.replace("*", "\\*", 1)] if footnote else []), *(["", *floors] if floors else []),
               "", f"**{data['verdict']}**", ""]
     return "\n".join(lines)

@@ -325,8 +325,9 @@ class GGUFBackend:
                 if target.options.gptq:
                     moments = importance.with_name(imp.MOMENTS)
                     if not moments.is_file():
-                        raise ArtifactError("GPTQ ([gguf] gptq) needs the second moments beside the importance file; "
-                                            "measure them with the profile's gptq = true", file=moments)
+                        raise ArtifactError("GPTQ ([gguf] gptq) needs the second moments beside the importance file, and "
+                                            "they are missing: build again, and the importance stage measures them",
+                                            file=moments)
             quantize(reference.path, final, target.quant, threads=target.resolved_threads(),
                      embedding_type=target.options.embedding_type, importance=weights, moments=moments,
                      model_dir=model_dir)

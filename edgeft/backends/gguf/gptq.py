@@ -21,7 +21,6 @@ Tensors of other types (q5_K, q6_K, q8_0, the float types) keep ggml's rounding.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,16 +128,15 @@ CODECS = {
 
 
 def _ggml_blocks(quantize_chunk, ggml_type: int, codec: Codec, w: "np.ndarray", weights: "np.ndarray | None") -> "np.ndarray":
-    """ggml's quantization of `w` [rows, codec.block] (float32): [rows, nbytes] uint8."""
+    """ggml's quantization of `w` [rows, codec.block]: [rows, nbytes] uint8."""
     import numpy as np
 
-    x = np.ascontiguousarray(w, dtype=np.float32)
-    out = np.empty((x.shape[0], codec.nbytes), dtype=np.uint8)
-    imp = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-    written = quantize_chunk(ggml_type, x.ctypes.data, out.ctypes.data, 0, x.shape[0], codec.block,
-                             None if imp is None else imp.ctypes.data)
+    from edgeft.backends.gguf.imatrix import ggml_round
+
+    out = np.empty((w.shape[0], codec.nbytes), dtype=np.uint8)
+    written = ggml_round(quantize_chunk, ggml_type, w, out, weights)
     if written != out.size:
-        raise RuntimeError(f"ggml wrote {written} bytes for a block of {x.shape[0]} rows, expected {out.size}")
+        raise RuntimeError(f"ggml wrote {written} bytes for a block of {w.shape[0]} rows, expected {out.size}")
     return out
 
 
@@ -216,8 +214,9 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
     from safetensors import safe_open
 
     from edgeft.backends.gguf.header import read_header
-    from edgeft.backends.gguf.imatrix import _ggml, gguf_names
+    from edgeft.backends.gguf.imatrix import _ggml, float_rows, float_source, gguf_names
     from edgeft.errors import ArtifactError
+    from edgeft.importance import shared_moments
 
     started = time.perf_counter()
     quantize_chunk = _ggml()
@@ -228,7 +227,8 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
     done: dict[str, int] = {}
     left: dict[str, int] = {}
     with safe_open(str(moments), framework="numpy") as hs:
-        by_gguf = gguf_names(model_dir, hs.keys())
+        stored = shared_moments(hs.metadata(), hs.keys())  # every weight's name -> the name its moments are stored under
+        by_gguf = {gguf: stored[hf] for gguf, hf in gguf_names(model_dir, stored).items()}
         # Tensors that multiply the same input (q, k and v; gate and up) share their moments, so they are
         # rounded as one matrix of stacked rows: one inverse, one pass over the columns, the same bytes.
         groups: dict[tuple, list] = {}
@@ -240,26 +240,18 @@ def rewrite(quantized: Path, unquantized: Path, moments: Path, model_dir: Path,
             if kind not in CODECS:
                 left[name] = left.get(name, 0) + 1
                 continue
-            src = sources.get(t.name)
-            if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
-                raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
-            n = src.shape[0]
-            h = hs.get_tensor(by_gguf[t.name])
-            if h.shape != (n, n):
-                raise ArtifactError(f"the second moments of {t.name} are {h.shape}, the tensor has {n} columns", file=moments)
-            groups.setdefault((kind, hashlib.blake2b(h.tobytes(), digest_size=16).digest()), []).append((t, src, name))
+            src = float_source(sources, t, unquantized)
+            h_shape = tuple(hs.get_slice(by_gguf[t.name]).get_shape())
+            if h_shape != (src.shape[0],) * 2:
+                raise ArtifactError(f"the second moments of {t.name} are {h_shape}, the tensor has {src.shape[0]} columns",
+                                    file=moments)
+            groups.setdefault((kind, by_gguf[t.name]), []).append((t, src, name))
         with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
             def one(group) -> bool:
-                (kind, _), members = group
-                parts = []
-                for t, src, _ in members:
-                    n, rows = src.shape[0], int(np.prod(src.shape[1:]))
-                    dtype = np.float32 if src.ggml_type == 0 else np.float16
-                    at = f_head.data_start + src.offset
-                    parts.append(np.asarray(f_map[at:at + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n))
-                first = members[0][0]
+                (kind, key), members = group
+                parts = [float_rows(f_head, f_map, src) for _, src, _ in members]
                 try:
-                    blocks = gptq(np.concatenate(parts), hs.get_tensor(by_gguf[first.name]), kind, importance.get(first.name),
+                    blocks = gptq(np.concatenate(parts), hs.get_tensor(key), kind, importance.get(members[0][0].name),
                                   quantize_chunk=quantize_chunk)
                 except ValueError:  # moments GPTQ cannot invert: ggml's rounding, already in the file, stays
                     return False

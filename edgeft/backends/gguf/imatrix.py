@@ -27,6 +27,8 @@ from edgeft.errors import ArtifactError
 if TYPE_CHECKING:
     import numpy as np
 
+    from edgeft.backends.gguf.header import Header, TensorInfo
+
 # ggml type ids whose quantizer ignores an importance vector: the float types and q8_0.
 _IGNORES = {int(GGMLQuantizationType[name.upper()]) for name in UNWEIGHED}
 
@@ -68,6 +70,35 @@ def _ggml():
     return fn
 
 
+def float_source(sources: Mapping[str, "TensorInfo"], t: "TensorInfo", unquantized: Path) -> "TensorInfo":
+    """The f32/f16 tensor of the unquantized file (`sources`, by name) that quantized tensor `t` was made from."""
+    src = sources.get(t.name)
+    if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
+        raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
+    return src
+
+
+def float_rows(head: "Header", data: "np.ndarray", src: "TensorInfo") -> "np.ndarray":
+    """Tensor `src` (f32 or f16) of the file mapped as `data` (bytes) with header `head`, as float32 [rows, row length]."""
+    import numpy as np
+
+    dtype = np.float32 if src.ggml_type == 0 else np.float16
+    n, rows = src.shape[0], int(np.prod(src.shape[1:]))
+    at = head.data_start + src.offset
+    return np.asarray(data[at:at + n * rows * dtype().itemsize].view(dtype), dtype=np.float32).reshape(rows, n)
+
+
+def ggml_round(quantize_chunk, ggml_type: int, x: "np.ndarray", out: "np.ndarray", weights: "np.ndarray | None" = None) -> int:
+    """ggml's rounding of the rows of `x` [rows, n] to `ggml_type`, weighing the columns by `weights`
+    when given, into the uint8 buffer `out` the caller sized; the bytes ggml wrote."""
+    import numpy as np
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    return quantize_chunk(ggml_type, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
+                          None if w is None else w.ctypes.data)
+
+
 def requantize(quantized: Path, unquantized: Path, importance: Mapping[str, "np.ndarray | None"], threads: int = 0) -> list[str]:
     """Quantize again, in place in `quantized`, each of its tensors named in `importance` whose type
     weighs one, from the same tensor of `unquantized` (f32 or f16), with that vector (None: without
@@ -85,9 +116,7 @@ def requantize(quantized: Path, unquantized: Path, importance: Mapping[str, "np.
     for t in q_head.tensors:
         if t.name not in importance or t.ggml_type in _IGNORES:
             continue
-        src = sources.get(t.name)
-        if src is None or src.shape != t.shape or src.ggml_type not in (0, 1):
-            raise ArtifactError(f"tensor {t.name} has no f32/f16 counterpart of shape {t.shape}", file=unquantized)
+        src = float_source(sources, t, unquantized)
         weights = importance[t.name]
         if weights is not None and weights.shape != (t.shape[0],):
             raise ArtifactError(f"the importance of {t.name} has {weights.shape[0]} columns, the tensor {t.shape[0]}",
@@ -98,15 +127,8 @@ def requantize(quantized: Path, unquantized: Path, importance: Mapping[str, "np.
     with open(quantized, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as out:
         def one(job) -> str:
             t, src, weights = job
-            dtype = np.float32 if src.ggml_type == 0 else np.float16
-            count = int(np.prod(src.shape))
-            start = f_head.data_start + src.offset
-            x = np.ascontiguousarray(f_map[start:start + count * dtype().itemsize].view(dtype), dtype=np.float32)
-            row = src.shape[0]
             buf = np.empty(t.n_bytes(), dtype=np.uint8)
-            w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-            written = quantize_chunk(t.ggml_type, x.ctypes.data, buf.ctypes.data, 0, count // row, row,
-                                     None if w is None else w.ctypes.data)
+            written = ggml_round(quantize_chunk, t.ggml_type, float_rows(f_head, f_map, src), buf, weights)
             if written != buf.size:
                 raise ArtifactError(f"ggml wrote {written} bytes for {t.name}, the file holds {buf.size}", file=quantized)
             at = q_head.data_start + t.offset
