@@ -128,7 +128,7 @@ def importance_stage(hf_dir: Path, hf_key: str, target: Target, work: Path, stag
     folder = work / "importance"
     config = build_preset(preset).data
     text_key = file_key(train) if train is not None else _key("prompts", file_key(data), asdict(config))
-    moments = bool(getattr(target.options, "gptq", False))  # GPTQ rounds under the full second moments
+    moments = any(spec.uses_moments(target.options, level) for level in levels)  # e.g. GPTQ's rounding
     stage_key = _key("importance", hf_key, text_key, importance.MAX_TOKENS)
     # the moments leave the importance as it is, so a pass that wrote them serves a build that needs none
     reused = _reusable(folder, stage_key) and (not moments or _has_moments(folder))
@@ -254,7 +254,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         level = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name, weights)
         artifact, reference, result = level.artifact, level.reference, None
     weighed = weights is not None and weighs_importance(target.backend, target)
-    gptq = _gptq_note(weights, target) if weighed else None
+    gptq = _rounding_note(weights, target) if weighed else None
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name,
                          "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path),
                          "importance": _importance_note(weighed, weights, target, gptq)}
@@ -306,13 +306,11 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
                        importance={**stages["importance"], "gptq": gptq} if weighed else None)
 
 
-def _gptq_note(weights: Path, target: Target) -> str | None:
-    """What GPTQ did to the shipped file, when the target asks for it."""
-    if not getattr(target.options, "gptq", False):
-        return None
-    from edgeft.backends.gguf.gptq import done_note
+def _rounding_note(weights: Path, target: Target) -> str | None:
+    """What the compile did to the shipped file beyond weighing its rounding (GPTQ), as its backend says."""
+    from edgeft.backends.registry import info
 
-    return done_note(weights.parent, target.quant)
+    return info(target.backend).rounding_note(target.options, target.quant, weights.parent)
 
 
 def _importance_note(weighed: bool, weights: Path | None, target: Target, gptq: str | None = None) -> str:

@@ -46,6 +46,12 @@ class BackendInfo:
     # (the profile's options, the level) -> whether `compile` weighs its rounding by an importance file
     # (`edgeft.importance`), so a build measures one from its training text first.
     uses_importance: Callable[[Any, str], bool] = lambda options, quant: False
+    # (the options, the level) -> whether `compile` also rounds under the inputs' full second moments
+    # (GPTQ), so the importance pass writes them beside the importance file.
+    uses_moments: Callable[[Any, str], bool] = lambda options, quant: False
+    # (the options, the level, the importance folder) -> one line for the manifest on what the compile
+    # did beyond weighing its rounding (read from the record it left there), or None.
+    rounding_note: Callable[[Any, str, Path], str | None] = lambda options, quant, folder: None
     # True for a backend whose runner implements `Sampler`: teacher synthesis generates through it.
     teacher: bool = False
     # The quant level of a file or folder this backend made (read from it), or None when it is not one.

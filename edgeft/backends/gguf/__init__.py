@@ -107,6 +107,21 @@ def uses_importance(options: GGUFOptions, quant: str) -> bool:
     the profile allows it and some tensor is quantized below 8 bits (the table may be, at q8_0)."""
     return options.imatrix and (quant not in UNWEIGHED or options.embedding_type not in ("", *UNWEIGHED))
 
+
+def uses_moments(options: GGUFOptions, quant: str) -> bool:
+    """GPTQ rounds under the inputs' second moments, wherever the level weighs its rounding at all."""
+    return options.gptq and uses_importance(options, quant)
+
+
+def rounding_note(options: GGUFOptions, quant: str, folder: Path) -> str | None:
+    """What GPTQ rewrote at `quant`, from the record the compile left in the importance folder."""
+    if not options.gptq:
+        return None
+    from edgeft.backends.gguf.gptq import done_note
+
+    return done_note(folder, quant)
+
+
 register(BackendInfo(
     name="gguf",
     module="edgeft.backends.gguf.backend:GGUFBackend",
@@ -121,6 +136,8 @@ register(BackendInfo(
     architectures=architectures,
     options=GGUFOptions,
     uses_importance=uses_importance,
+    uses_moments=uses_moments,
+    rounding_note=rounding_note,
     teacher=True,
     identify=identify,
     check_file=check_file,
