@@ -46,6 +46,10 @@ VARIANTS: dict[str, dict] = {
     "kd-only": {"alpha": 1.0},      # no cross-entropy on the sampled answer tokens
     "rank4": {"lora_rank": 4, "lora_alpha": 8},
     "steps96": {"steps": 96},
+    # with `--data onpolicy=FOLDER` (benchmarks/onpolicy_data.py): the teacher's answers plus the
+    # student's own, scored by the teacher's logits alone (cross-entropy on the student's own tokens
+    # would teach it what it already says)
+    "onpolicy": {"alpha": 1.0},
 }
 ANSWER_TOKENS = 48
 WITHIN_PCT = 50.0  # the tight profile's answer line

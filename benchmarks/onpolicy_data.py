@@ -1,0 +1,80 @@
+"""A prepared data folder for on-policy distillation: the teacher's answers plus the student's own.
+
+The demo distills on the teacher's sampled answers, so the student only ever sees the teacher's
+text. Greedy answers go wrong where the student's own first tokens lead it somewhere the teacher
+never wrote (issue 14's week and sky answers). On-policy distillation (GKD, MiniLLM) also trains on
+text the student writes itself, scored by the teacher's logits at every position, so the student
+learns what the teacher would say next from where the student actually is.
+
+This writes FOLDER/train.jsonl holding the build's training records followed by one more per record:
+its prompt, then the student's greedy answer (up to 64 tokens, as the teacher's), labelled. The eval
+split and the records' texts are copied, so `answer_levers.py` keeps the same prompts out of its
+scored set. Train on it with the teacher's logits alone (`answer_levers.py`'s `onpolicy` variant,
+alpha 1.0): cross-entropy on the student's own tokens would teach it what it already says.
+
+    python benchmarks/onpolicy_data.py --build out/demo-small --out /tmp/onpolicy
+    python benchmarks/answer_levers.py --build out/demo-small --only onpolicy,kd-only --data onpolicy=/tmp/onpolicy --prompts 100
+
+The student is the build's pruned one before training (`work/distill/student`), answering in fp32
+through transformers, one prompt at a time: slow on two cores (minutes), which is why it is a
+measurement here and not yet a build stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import context, write  # noqa: E402
+
+ANSWER_TOKENS = 64  # the data stage's teacher answers are as long (`synth_max_new_tokens`)
+
+
+def prompt_part(row: dict) -> list[int]:
+    """A prepared record's tokens before its first labelled one: the chat-templated prompt."""
+    ids = [i for i, keep in zip(row["input_ids"], row["attention_mask"]) if keep]
+    labels = [label for label, keep in zip(row["labels"], row["attention_mask"]) if keep]
+    return ids[:next(k for k, label in enumerate(labels) if label != -100)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", type=Path, required=True, help="a finished `edgeft build --target gguf-small` folder")
+    ap.add_argument("--out", type=Path, required=True, help="the data folder to write")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data, student = args.build / "work" / "data", args.build / "work" / "distill" / "student"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in ("eval.jsonl", "eval.records.jsonl", "train.records.jsonl"):
+        shutil.copy(data / name, args.out / name)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    own, started = [], time.perf_counter()
+    for row in rows:
+        prompt = prompt_part(row)
+        with torch.no_grad():
+            answer = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=stop,
+                                    pad_token_id=tokenizer.pad_token_id or stop[0])[0, len(prompt):].tolist()
+        own.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer,
+                    "attention_mask": [1] * (len(prompt) + len(answer))})
+    seconds = time.perf_counter() - started
+    (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + own))
+    write(args.out / "onpolicy.json", {"context": context(), "build": str(args.build), "teacher_records": len(rows),
+                                       "student_records": len(own), "answer_tokens": ANSWER_TOKENS,
+                                       "student_tokens": sum(len(r["labels"]) - len(prompt_part(r)) for r in own),
+                                       "seconds": round(seconds, 1)})
+    print(f"{len(own)} student answers in {seconds:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
