@@ -16,7 +16,8 @@ alpha 1.0): cross-entropy on the student's own tokens would teach it what it alr
     python benchmarks/answer_levers.py --build out/demo-small --only onpolicy,kd-only --data onpolicy=/tmp/onpolicy --prompts 100
 
 The student is the build's pruned one before training (`work/distill/student`), answering in fp32
-through transformers, one prompt at a time: slow on two cores (minutes), which is why it is a
+through transformers (`SourceRunner.greedy`, as the bench's answer line), one prompt at a time:
+slow on two cores (minutes), which is why it is a
 measurement here and not yet a build stage."""
 
 from __future__ import annotations
@@ -47,31 +48,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="the data folder to write")
     args = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from edgeft.bench.source_model import SourceRunner
 
     data, student = args.build / "work" / "data", args.build / "work" / "distill" / "student"
     args.out.mkdir(parents=True, exist_ok=True)
     for name in ("eval.jsonl", "eval.records.jsonl", "train.records.jsonl"):
         shutil.copy(data / name, args.out / name)
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
-    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    runner = SourceRunner(student)  # the bench's greedy answers: fp32, stopping at the model's end-of-turn ids
     own, started = [], time.perf_counter()
     for row in rows:
         prompt = prompt_part(row)
-        with torch.no_grad():
-            answer = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=stop,
-                                    pad_token_id=tokenizer.pad_token_id or stop[0])[0, len(prompt):].tolist()
+        answer = runner.greedy(prompt, ANSWER_TOKENS)
         own.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer,
                     "attention_mask": [1] * (len(prompt) + len(answer))})
     seconds = time.perf_counter() - started
     (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + own))
     write(args.out / "onpolicy.json", {"context": context(), "build": str(args.build), "teacher_records": len(rows),
                                        "student_records": len(own), "answer_tokens": ANSWER_TOKENS,
-                                       "student_tokens": sum(len(r["labels"]) - len(prompt_part(r)) for r in own),
+                                       "student_tokens": sum(label != -100 for r in own for label in r["labels"]),
                                        "seconds": round(seconds, 1)})
     print(f"{len(own)} student answers in {seconds:.0f} s -> {args.out}")
 
