@@ -222,9 +222,9 @@ def build(model: str, target: str, out: Path | None, quant: str | None, threads:
     if result.student is not None and not as_json:
         _print_student(result.student)
     if result.importance is not None and not as_json:
-        gptq = f"; {result.importance['gptq']}" if result.importance.get("gptq") else ""
+        rounding = f"; {result.importance['rounding']}" if result.importance.get("rounding") else ""
         click.echo(f"quantization: {result.artifact.name} rounded with an importance matrix (each weight's inputs, "
-                   f"mean square over {result.importance['tokens']:,} tokens of {result.importance['text']}){gptq}\n")
+                   f"mean square over {result.importance['tokens']:,} tokens of {result.importance['text']}){rounding}\n")
     if result.bench is None:
         click.echo(f"built {result.artifact}")
         return

@@ -254,10 +254,10 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         level = compile_level(backend, hf_dir, target, out_dir, work, src_key, source.name, weights)
         artifact, reference, result = level.artifact, level.reference, None
     weighed = weights is not None and weighs_importance(target.backend, target)
-    gptq = _rounding_note(weights, target) if weighed else None
+    rounding = _rounding_note(weights, target) if weighed else None
     stages["compile"] = {"seconds": round(time.perf_counter() - t, 2), "artifact": artifact.path.name,
                          "backend": artifact.backend, "quant": artifact.quant, "reference": str(reference.path),
-                         "importance": _importance_note(weighed, weights, target, gptq)}
+                         "importance": _importance_note(weighed, weights, target, rounding)}
 
     entries: list[dict] = []
     if tasks:
@@ -303,7 +303,7 @@ def build(model: str, target: Target, out_dir: Path, *, run_bench: bool = True, 
         stages=stages,
     )
     return BuildResult(out_dir=out_dir, artifact=artifact.path, bench=result, manifest=manifest, student=stages.get("student"),
-                       importance={**stages["importance"], "gptq": gptq} if weighed else None)
+                       importance={**stages["importance"], "rounding": rounding} if weighed else None)
 
 
 def _rounding_note(weights: Path, target: Target) -> str | None:
@@ -313,12 +313,12 @@ def _rounding_note(weights: Path, target: Target) -> str | None:
     return info(target.backend).rounding_note(target.options, target.quant, weights.parent)
 
 
-def _importance_note(weighed: bool, weights: Path | None, target: Target, gptq: str | None = None) -> str:
-    """One line for the manifest: whether the shipped file's rounding was weighed (and what GPTQ did
-    after, `gptq`), and if not, why."""
+def _importance_note(weighed: bool, weights: Path | None, target: Target, rounding: str | None = None) -> str:
+    """One line for the manifest: whether the shipped file's rounding was weighed (and what the compile
+    did beyond that, `rounding`: `_rounding_note`), and if not, why."""
     if weighed:
         note = f"rounding weighed by {weights.parent.name}/{weights.name} (mean square inputs; stages.importance: on what text)"
-        return note + (f"; {gptq}" if gptq else "")
+        return note + (f"; {rounding}" if rounding else "")
     from edgeft.backends.registry import info
 
     if not info(target.backend).uses_importance(target.options, target.quant):
