@@ -874,6 +874,11 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--hidden-weight", type=float, default=None,
               help="Weight of a hidden-state term: 1 - cosine between each student layer's output and the teacher's at "
                    "the layer it was copied from (runs the teacher live; a pruned student only) [default: 0, off].")
+@click.option("--own-answers", "own_answer_tokens", type=int, default=None, metavar="TOKENS",
+              help="On-policy distillation: before training, the student answers every training prompt greedily (up to "
+                   "TOKENS tokens), and those answers train too, scored by the teacher's logits alone, so the student "
+                   "learns what the teacher would say from where its own answers go. Needs --alpha 1.0 [default: 0, off; "
+                   "build's demo preset: 64].")
 @click.option("--temperature", type=float, default=None, help="Softens both distributions in the KD term [default: the preset's].")
 @click.option("--top-k", type=int, default=None, help="Teacher log-probs cached per target token.")
 @click.option("--lora-rank", type=int, default=None, help="Rank of each LoRA adapter [default: the preset's].")
@@ -906,7 +911,7 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
                    "for a later --continue --ewc.")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
 def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out, preset, steps, batch_size, grad_accum, lr,
-            warmup_steps, alpha, hidden_weight, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules,
+            warmup_steps, alpha, hidden_weight, own_answer_tokens, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules,
             no_quantize_base, nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, continue_from,
             ewc_lambda, replay_ratio, fisher_records, as_json) -> None:
     """Teach a small student the teacher's distributions (KD + QLoRA); write a LoRA adapter.
@@ -921,7 +926,8 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
         config = get_preset(preset).with_overrides(
             student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers),
             layer_pick=layer_pick, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-            warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight, temperature=temperature, top_k=top_k,
+            warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight, own_answer_tokens=own_answer_tokens,
+            temperature=temperature, top_k=top_k,
             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             target_modules=tuple(m.strip() for m in target_modules.split(",")) if target_modules else None,
             quantize_base=False if no_quantize_base else None, nf4_engine=nf4_engine,

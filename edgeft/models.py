@@ -247,6 +247,18 @@ def load_model(source: ModelSource, dtype: str = "float32") -> "PreTrainedModel"
     return model
 
 
+def stop_ids(tokenizer, model) -> set[int]:
+    """End-of-turn ids: the tokenizer's EOS and the model's generation EOS (one id or a list). The
+    bench's answers and a student's own answers stop on the same ids."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
 def _drop_gguf_quantizer(model: "PreTrainedModel") -> None:
     """Weights from a GGUF file arrive dequantized, but transformers keeps its GGUF quantizer
     state and refuses save_pretrained while it is there; the model is plain dense now."""

@@ -423,8 +423,10 @@ def plan_student(backend, hf_dir: Path, target: Target, work: Path, src_key: str
         stages["student"] = {"mode": "fine-tune", **search, "human_targets": humans,
                              "reason": search["reason"] + f"; the data has {humans} human targets: {how} fine-tuning on them"}
         status(f"student auto: {stages['student']['reason']}")
-        # The whole source as the student, plain cross-entropy on the user's targets (alpha 0: no teacher term).
-        return replace(preset, distill=replace(preset.distill, keep_layers=tuple(range(search["teacher_layers"])), alpha=0.0))
+        # The whole source as the student, plain cross-entropy on the user's targets (alpha 0: no teacher term,
+        # so none of the student's own answers either: nothing would score them).
+        return replace(preset, distill=replace(preset.distill, keep_layers=tuple(range(search["teacher_layers"])), alpha=0.0,
+                                               own_answer_tokens=0))
     stages["student"] = {"mode": "compile", **search,
                          "reason": search["reason"] + "; the data has no human targets, so there is nothing to learn: "
                                                       "compiling the source as it is"}

@@ -77,14 +77,10 @@ class SourceRunner:
         return (out if self.kept is None else out[:, self.kept]).numpy()
 
     def stop_ids(self) -> set[int]:
-        """End-of-turn ids: the tokenizer's EOS and the model's generation EOS (one id or a list)."""
-        ids: set[int] = set()
-        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-        return ids
+        """End-of-turn ids: the tokenizer's EOS and the model's generation EOS."""
+        from edgeft.models import stop_ids
+
+        return stop_ids(self.tokenizer, self.model)
 
     def _chat_ids(self, tokenizer, prompt: str) -> list[int]:
         """A templated prompt carries its own BOS; a bare one (no chat template, as Gemma 3 270M's GGUF

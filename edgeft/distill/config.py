@@ -56,6 +56,10 @@ class DistillConfig:
     # token. 0 turns it off; > 0 runs the teacher live every step (a pruned student only).
     hidden_weight: float = 0.0
     use_teacher_cache: bool = True  # False: run the teacher every step (for the speed benchmark)
+    # On-policy records: before training, the student answers every training prompt greedily, up to
+    # this many tokens, and each answer trains as one more record scored by the teacher's logits alone
+    # (needs alpha 1.0: cross-entropy on them would teach the student what it already says). 0: off.
+    own_answer_tokens: int = 0
     # the loop
     # 150 x 4 x 2 = 4.6 passes over the default data (259 records), about 20 minutes on 2 CPU cores.
     # On the default model (15-layer block student, sampled targets) 60 steps only tied plain
@@ -101,6 +105,14 @@ class DistillConfig:
             problems.append(("temperature", f"must be positive, got {self.temperature}"))
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(("lora_dropout", f"must be within [0, 1), got {self.lora_dropout}"))
+        if self.own_answer_tokens < 0:
+            problems.append(("own_answer_tokens", f"must be 0 (off) or more, got {self.own_answer_tokens}"))
+        elif self.own_answer_tokens and self.alpha != 1.0:
+            problems.append(("own_answer_tokens", f"the student's own answers train on the teacher's logits alone: "
+                                                  f"alpha must be 1.0, got {self.alpha}"))
+        elif self.own_answer_tokens and self.continue_from is not None:
+            problems.append(("own_answer_tokens", "--continue updates an adapter on new task data; the student's own "
+                                                  "answers are for a new distillation"))
         if self.hidden_weight < 0:
             problems.append(("hidden_weight", f"must be 0 or more, got {self.hidden_weight}"))
         if self.hidden_weight > 0 and self.student is not None:

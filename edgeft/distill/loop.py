@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from edgeft import models
-from edgeft.atomic_io import atomic_dir, write_json
+from edgeft.atomic_io import atomic_dir, write_json, write_text
 from edgeft.distill import ewc
+from edgeft.distill import own_answers
 from edgeft.distill import student as student_mod
 from edgeft.distill import teacher_cache
 from edgeft.distill.block_scores import block_nlls
@@ -149,6 +150,41 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
            + f", {info.parameters / 1e6:.1f} M parameters"
            + (f", about {info.est_bytes / 1e6:.0f} MB at {info.quant}" if info.est_bytes is not None else ""))
     return folder, info
+
+
+OWN_ANSWER_BATCH = 48  # prompts generated together: batching amortizes reading the weights once per token
+
+
+OWN_ANSWERS_FILE = "own_answers.jsonl"  # in the prepared-data format, to read what the student was taught from
+
+
+def _own_answers(student_dir: Path, tokenizer, records: Sequence[Record], pad_id: int, config: DistillConfig,
+                 out_dir: Path) -> "own_answers.OwnAnswers":
+    """The pruned student's greedy answers to the training prompts, before any training, as records
+    for the teacher's cache (own_answers), also written to out_dir/own_answers.jsonl."""
+    bar = None
+    if progress_enabled():
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc="the student's own answers", leave=False, file=sys.stderr)
+    smodel = models.load_model(models.resolve(student_dir))
+    try:
+        own = own_answers.own_answer_records(smodel, records, new_tokens=config.own_answer_tokens,
+                                             stop_ids=models.stop_ids(tokenizer, smodel), pad_id=pad_id,
+                                             max_length=config.max_length, batch_size=OWN_ANSWER_BATCH,
+                                             on_batch=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        del smodel
+    write_text(out_dir / OWN_ANSWERS_FILE, "".join(json.dumps({"input_ids": list(r.input_ids), "labels": list(r.labels),
+                                                             "attention_mask": [1] * len(r.input_ids)}) + "\n"
+                                                 for r in own.records))
+    status(f"the student's own answers: {len(own.records)} training prompts, {own.tokens} tokens ({own.ended} ended "
+           f"before {config.own_answer_tokens}), to train on the teacher's logits ({OWN_ANSWERS_FILE})")
+    return own
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -455,6 +491,11 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
     with _timed(timings, "student_s"):
         build_config = dataclasses.replace(config, student=previous["student_dir"]) if previous else config
         student_dir, info = build_student(tch, build_config, out_dir, train_recs, pad_id)
+    own = None
+    if config.own_answer_tokens:
+        with _timed(timings, "own_answers_s"):
+            own = _own_answers(student_dir, tch.tokenizer, train_recs, pad_id, config, out_dir)
+        train_recs = list(train_recs) + own.records
     cache, hit = None, None
     if config.use_teacher_cache and config.alpha > 0:
         with _timed(timings, "teacher_cache_s"):
@@ -519,6 +560,8 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         "teacher": tsrc.label, "student": info.to_dict() | {"path": str(student_dir)}, "adapter": str(adapter_dir),
         "config": config.to_dict(), "nf4_engine": engine, "eval": evals, "train_records": len(train_recs), "eval_records": len(eval_recs),
         "teacher_cache_hit": hit, "timings": timings, "train_tokens": train_tokens,
+        "own_answers": ({"file": OWN_ANSWERS_FILE, "records": len(own.records), "answer_tokens": own.tokens, "ended": own.ended,
+                         "max_new_tokens": config.own_answer_tokens} if own is not None else None),
         "continual": {"continued_from": config.continue_from, "ewc_lambda": config.ewc_lambda, "replayed_records": replayed,
                       "fisher_records": min(config.fisher_records, len(train_recs)) if fisher is not None else 0},
         "train_tok_per_s": train_tokens / timings["train_s"] if log and timings["train_s"] > 0 else None,
