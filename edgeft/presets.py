@@ -29,7 +29,7 @@ PRESETS: dict[str, BuildPreset] = {
     "demo": BuildPreset(
         data=DataConfig(synth_max_records=96, synth_max_new_tokens=64, max_length=256),
         distill=replace(DISTILL_PRESETS["demo"], steps=48, grad_accum=1, warmup_steps=3, save_every=8, layer_pick="block",
-                        lr=1e-3, quantize_base=False, target_quant=None),
+                        lr=1e-3, quantize_base=False, target_quant=None, alpha=1.0, own_answer_tokens=64),
     ),
     "full": BuildPreset(data=DataConfig(), distill=replace(DISTILL_PRESETS["full"], layer_pick="block", quantize_base=False,
                                                            target_quant=None)),

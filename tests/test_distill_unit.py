@@ -259,6 +259,41 @@ def test_block_scores_from_teacher_states_equal_the_whole_pruned_models(tmp_path
     assert fast == pytest.approx(slow, rel=1e-5, abs=1e-5)
 
 
+def test_block_pick_in_two_rounds_ranks_its_finalists_on_every_calibration_record(tmp_path):
+    """With more candidates than finalists, every candidate is screened on a quarter of the
+    calibration records and the best FINALISTS are ranked on all of them: each finalist's score is its
+    pruned model's NLL on the whole calibration set, the finalists are the screen's best, and the pick
+    is the best finalist."""
+    import random
+
+    import tiny_models
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.distill import loop
+    from edgeft.distill.config import DistillConfig
+    from edgeft.distill.evaluate import evaluate
+    from edgeft.distill.records import Record
+    from edgeft.distill.student import block_candidates, drop_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.tiny_llama(tmp_path / "m", layers=11), dtype="float32")
+    rng = random.Random(1)
+    records = []
+    for _ in range(16):
+        ids = tuple(rng.randrange(3, model.config.vocab_size) for _ in range(rng.randrange(12, 30)))
+        records.append(Record(input_ids=ids, labels=(-100,) * 4 + ids[4:]))
+    keep, pick = loop._block_pick(model, 10, records, 0, DistillConfig(eval_batch_size=4))
+    cands = block_candidates(11, 10)  # 11 candidates, more than the 8 finalists
+    name = {c: "{0}-{0}".format(*(set(range(11)) - set(c))) for c in cands}  # best_block's key: the dropped layer
+    screen = [evaluate(drop_layers(model, c), records[::4], 0, 4).nll for c in cands]
+    assert pick["screen_records"] == 4 and pick["calibration_records"] == 16
+    assert [pick["nll_on_screen_by_dropped_block"][name[c]] for c in cands] == pytest.approx(screen, rel=1e-5)
+    finalists = sorted(cands, key=lambda c: screen[cands.index(c)])[:loop.FINALISTS]
+    assert set(pick["nll_by_dropped_block"]) == {name[c] for c in finalists}
+    for c in finalists:
+        assert pick["nll_by_dropped_block"][name[c]] == pytest.approx(evaluate(drop_layers(model, c), records, 0, 4).nll, rel=1e-5)
+    assert name[keep] == min(pick["nll_by_dropped_block"], key=pick["nll_by_dropped_block"].get)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3-softcap", "llama-lora"])
 def test_target_logits_equal_the_full_logits_at_the_target_positions(tmp_path, family):
     """The head applied to the scored rows only must give exactly those rows of the model's own

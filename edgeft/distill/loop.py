@@ -82,30 +82,55 @@ def _pad_id(tok) -> int:
 
 LOG_EVERY_S = 30.0  # without a progress bar, a training status line at most this often
 CALIBRATION_RECORDS = 16  # training records the "block" layer pick scores each candidate on
+SCREEN_EVERY = 4  # the pick first scores every candidate on every 4th calibration record...
+FINALISTS = 8  # ...and only the best 8 on the rest
+
+
+def _target_count(records: Sequence[Record]) -> int:
+    return sum(sum(t != IGNORE for t in r.labels[1:]) for r in records)
 
 
 def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, config: DistillConfig) -> tuple[tuple[int, ...], dict]:
     """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
     spread of training records (never the eval split), the best kept. The scores are computed from
-    the teacher's hidden states (block_scores), for about half the cost of running every pruning."""
+    the teacher's hidden states (block_scores), for about half the cost of running every pruning.
+
+    In two rounds, since the ranking's head is clear after a few records: every candidate on a
+    quarter of the calibration records, then the FINALISTS best of them on the rest, ranked by the
+    whole set. On the tight demo (30 candidates dropping one layer) the best on all 16 records is
+    also first on the quarter, and the two rounds cost 216 record passes instead of 480."""
     n_teacher = tmodel.config.num_hidden_layers
     cands = student_mod.block_candidates(n_teacher, n_keep)  # also the one-line check of n_keep
     step = max(1, len(records) // CALIBRATION_RECORDS)
     calib = list(records[::step][:CALIBRATION_RECORDS])
+    screen, rest = calib[::SCREEN_EVERY], [r for i, r in enumerate(calib) if i % SCREEN_EVERY]
+    two_rounds = len(cands) > FINALISTS and rest
     bar = None
     if progress_enabled():
         import sys
 
         from tqdm import tqdm
 
-        bar = tqdm(total=len(cands), desc="scoring layer blocks", leave=False, file=sys.stderr)
+        bar = tqdm(total=len(cands) + (FINALISTS if two_rounds else 0), desc="scoring layer blocks", leave=False, file=sys.stderr)
+    on_done = bar.update if bar is not None else None
     try:
-        nlls = block_nlls(tmodel, cands, calib, pad_id, config.eval_batch_size, on_done=bar.update if bar is not None else None)
-        keep, scores = student_mod.best_block(n_teacher, n_keep, dict(zip(cands, nlls)).__getitem__)
+        if two_rounds:
+            first = dict(zip(cands, block_nlls(tmodel, cands, screen, pad_id, config.eval_batch_size, on_done=on_done)))
+            finalists = sorted(cands, key=first.__getitem__)[:FINALISTS]
+            second = dict(zip(finalists, block_nlls(tmodel, finalists, rest, pad_id, config.eval_batch_size, on_done=on_done)))
+            n1, n2 = _target_count(screen), _target_count(rest)
+            whole = {c: (first[c] * n1 + second[c] * n2) / (n1 + n2) for c in finalists}
+        else:
+            whole = dict(zip(cands, block_nlls(tmodel, cands, calib, pad_id, config.eval_batch_size, on_done=on_done)))
+        keep, scores = student_mod.best_block(n_teacher, n_keep, lambda c: whole.get(c, math.inf))
     finally:
         if bar is not None:
             bar.close()
-    return keep, {"calibration_records": len(calib), "nll_by_dropped_block": scores}
+    pick = {"calibration_records": len(calib), "nll_by_dropped_block": {k: v for k, v in scores.items() if math.isfinite(v)}}
+    if two_rounds:
+        _, screened = student_mod.best_block(n_teacher, n_keep, first.__getitem__)
+        pick |= {"screen_records": len(screen), "finalists": FINALISTS, "nll_on_screen_by_dropped_block": screened}
+    return keep, pick
 
 
 def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train_recs: Sequence[Record] = (),
