@@ -208,6 +208,11 @@ def memo_teacher(hf_dir: Path):
                 self.memo[key] = super().greedy(ids, new_tokens)
             return self.memo[key]
 
+        def greedy_many(self, prompts, new_tokens):
+            # one prompt at a time, as every result in the JSON files was scored: a batch can take a
+            # near-tie the other way in the last bits, and the teacher's answers are the reference
+            return [self.until_stop(self.greedy(ids, new_tokens)) for ids in prompts]
+
     return Teacher(hf_dir)
 
 

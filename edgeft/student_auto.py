@@ -125,7 +125,9 @@ def choose(n_layers: int, measure: Callable[[int], dict], search: StudentSearch 
         # coarse step that fits and the one above it that does not: halve that gap.
         low, high = chosen["layers"], tried[-2]["layers"]
         while between := [k for k in range(low + period, high, period)]:
-            mid = between[(len(between) - 1) // 2]  # (low + high) // 2 when every count keeps the pattern
+            # the upper middle: a budget that the next count up only just misses (the tight demo's, by one
+            # layer) is found in one measurement, and the halving's worst case costs as many either way
+            mid = between[len(between) // 2]
             if run(mid)["fits"]:
                 low, chosen = mid, tried[-1]
             else:

@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 
 
 def test_until_stop_keeps_the_stop_and_says_whether_it_came():
-    from edgeft.distill.own_answers import until_stop
+    from edgeft.greedy import until_stop
 
     assert until_stop([5, 6, 2, 7, 2], {2}) == ([5, 6, 2], True)
     assert until_stop([5, 6, 7], {2}) == ([5, 6, 7], False)
@@ -38,7 +38,7 @@ def test_batched_answers_are_each_prompts_own_greedy_answer(tiny):
     import torch
 
     from edgeft import models
-    from edgeft.distill.own_answers import greedy_answers
+    from edgeft.greedy import greedy_answers
 
     t_dir, _ = tiny
     model = models.load_model(models.resolve(t_dir))

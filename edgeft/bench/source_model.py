@@ -32,6 +32,9 @@ ANSWER_TOKENS = 48
 NEAR_TIE = 0.5
 
 
+ANSWER_BATCH = 48  # prompts answered together (edgeft.greedy)
+
+
 class SourceRunner:
     """`tokenize`, `logits` and greedy chat answers of an HF folder, fp32, on the CPU.
 
@@ -139,6 +142,15 @@ class SourceRunner:
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return out[0, len(ids):].tolist()
 
+    def greedy_many(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+        """Each prompt's greedy answer, up to and including its first end-of-turn id: `until_stop(greedy(...))`
+        for every prompt, generated together (edgeft.greedy)."""
+        from edgeft.greedy import greedy_answers
+
+        pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        return [ids for ids, _ in greedy_answers(self.model, prompts, new_tokens=new_tokens, stop_ids=self.stop_ids(),
+                                                 pad_id=pad, batch_size=ANSWER_BATCH)]
+
     def answer_logprobs(self, prompt_ids: list[int], answer_ids: list[int]) -> "np.ndarray":
         """Log-probability the source gives each of `answer_ids` (full-vocabulary ids) after its own
         prompt ids and the answer's earlier ids."""
@@ -190,9 +202,8 @@ def side_by_side(source: SourceRunner, artifact, prompts: tuple[str, ...] = CHAT
     runtime: its answers, scored the same way, are what the model you gave says in that runtime with
     nothing of ours in between (`own_file_answer`)."""
     rows = []
-    for prompt in prompts:
-        own_prompt = source.own_chat_ids(prompt)
-        src_ids = source.until_stop(source.greedy(own_prompt, new_tokens))
+    own_prompts = [source.own_chat_ids(prompt) for prompt in prompts]
+    for prompt, own_prompt, src_ids in zip(prompts, own_prompts, source.greedy_many(own_prompts, new_tokens)):
         art_ids = source.until_stop(source.full_ids(artifact.generate(source.chat_ids(prompt), new_tokens).tokens))
         mine = _Scored(source, own_prompt, src_ids)
         art_lp, art_mean, art_pct = mine.score(art_ids)
