@@ -39,17 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, context, write  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
-    "demo": {},                      # the build demo's settings: fp32 base, lr 1e-3, 48 steps x 4
+    "demo": {},                      # the build demo's settings: fp32 base, lr 1e-3, 48 steps x 4, and since
+                                     # 2026-12-07 the student's own answers (alpha 1.0): the JSON files before
+                                     # that date hold the teacher-only demo under this name
     "untrained": {},                 # demo's pruned student as the layer pick left it, no adapter
     "seed1": {"seed": 1},            # the same, another seed: the churn a lever must beat
     "lr5e-4": {"lr": 5e-4},
-    "kd-only": {"alpha": 1.0},      # no cross-entropy on the sampled answer tokens
+    "kd-only": {"alpha": 1.0, "own_answer_tokens": 0},  # the teacher's answers alone, no cross-entropy on them
     "rank4": {"lora_rank": 4, "lora_alpha": 8},
     "steps96": {"steps": 96},
     # with `--data onpolicy=FOLDER` (benchmarks/onpolicy_data.py): the teacher's answers plus the
     # student's own, scored by the teacher's logits alone (cross-entropy on the student's own tokens
-    # would teach it what it already says)
-    "onpolicy": {"alpha": 1.0},
+    # would teach it what it already says); the folder already holds them, so the run adds none
+    "onpolicy": {"alpha": 1.0, "own_answer_tokens": 0},
+    "teacher-only": {"alpha": 0.5, "own_answer_tokens": 0},  # the demo before on-policy records
 }
 ANSWER_TOKENS = 48
 WITHIN_PCT = 50.0  # the tight profile's answer line

@@ -75,7 +75,7 @@ def main() -> int:
     for name, (lam, ratio) in VARIANTS.items():
         folder = args.out / name.replace(" ", "_").replace("+", "and")
         config = replace(preset, continue_from=old["peft_adapter"], ewc_lambda=lam, replay_ratio=ratio, layer_pick="even",
-                         student=None)
+                         student=None, alpha=0.5, own_answer_tokens=0)  # as measured: a continual update has no on-policy records
         adapter_dir = distill.run(str(base_dir), open_prepared(Path(new["eval_split"]).parent), folder, config)
         gguf = backend.export_adapter(adapter_dir, base_dir, folder / "adapter.gguf", base=artifact)
         after = scores(gguf)

@@ -17,8 +17,9 @@ alpha 1.0): cross-entropy on the student's own tokens would teach it what it alr
 
 The student is the build's pruned one before training (`work/distill/student`), answering in fp32
 through transformers (`SourceRunner.greedy`, as the bench's answer line), one prompt at a time:
-slow on two cores (minutes), which is why it is a
-measurement here and not yet a build stage."""
+slow on two cores (minutes). This is how the lever was first measured; the build now does the same
+inside its distill stage, batched (`edgeft distill --own-answers`, on in the demo preset), so a build
+made since already trains on these records: this script is for builds made before."""
 
 from __future__ import annotations
 

@@ -86,7 +86,9 @@ def main() -> None:
         run_dir = (args.collect or args.build / "levers") / name
         if args.collect is None:
             changes = {k: v for k, v in {**BASE, **VARIANTS[name]}.items() if k != "merge_fp32"}
-            config = dataclasses.replace(build_preset("demo").distill, keep_layers=keep, **changes)
+            # the demo as these figures were measured: teacher answers only, alpha 0.5 (the preset now adds on-policy records)
+            config = dataclasses.replace(build_preset("demo").distill, keep_layers=keep, alpha=0.5, own_answer_tokens=0,
+                                         **changes)
             run(str(work / "source-hf"), open_prepared(data), run_dir, config, cache_dir=args.build / "levers" / "teacher-cache")
         rows.append(_row(name, run_dir, data))
         print(f"{name:24s} before {rows[-1]['before_ppl']:7.2f}  after {rows[-1]['after_ppl']:6.2f} "
