@@ -127,21 +127,31 @@ class SynthesisResult:
     seconds: float
 
 
-def free_cores(load: float | None = None, cores: int | None = None) -> int:
+FREE_CORES_WINDOW_S = 1.0  # how long the other processes' CPU use is watched before the teacher starts
+
+
+def free_cores(others: float | None = None, cores: int | None = None) -> int:
     """Threads for the teacher when none were asked for: the cores no other process is using.
 
     llama.cpp's threads spin while they wait, so a thread on a core another job holds slows every
     thread down (benchmarks/README.md, "Teacher synthesis": on a loaded two-core machine one thread
-    beat two by 3x, while on a quiet one two beat one). The one-minute load average counts this
-    process too, hence the one subtracted."""
+    beat two by 3x, while on a quiet one two beat one). `others` is how many cores other processes
+    keep busy, watched for FREE_CORES_WINDOW_S while this one waits (bench.machine.OtherLoad). Not
+    the load average: it also counts, for a minute after, what this build's own earlier stages and
+    their children did, and `edgeft build` gave the teacher one thread on a quiet machine after its
+    student search, about 35 s more for the demo's answers."""
     cores = cores or os.cpu_count() or 1
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # no load average on this platform: leave a core free, as before
+    if others is None:
+        import time
+
+        from edgeft.bench.machine import OtherLoad
+
+        with OtherLoad() as watch:
+            time.sleep(FREE_CORES_WINDOW_S)
+        if watch.cores is None:  # no /proc/stat on this platform: leave a core free
             return max(1, cores // 2)
-    busy = max(0.0, load - 1.0)
-    return max(1, min(cores, cores - round(busy)))
+        others = watch.cores
+    return max(1, min(cores, cores - round(others)))
 
 
 def synthesize(source: "ModelSource", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], prompt_ids: Sequence[list[int]],
