@@ -178,8 +178,6 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
 
 
 OWN_ANSWER_BATCH = 48  # prompts generated together: batching amortizes reading the weights once per token
-
-
 OWN_ANSWERS_FILE = "own_answers.jsonl"  # in the prepared-data format, to read what the student was taught from
 
 
