@@ -74,10 +74,11 @@ class EdgeftGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=EdgeftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EdgeftGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeft")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; results and errors only.")
-def main(quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
     """Distill, quantize, compile and benchmark language models for edge devices.
 
     \b
@@ -91,6 +92,9 @@ def main(quiet: bool) -> None:
     """
     from edgeft.progress import mute_import_noise, set_quiet
 
+    if ctx.invoked_subcommand is None:  # `edgeft` alone asks what it can do: the help, and success (click 8.2 exits 2)
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     set_quiet(quiet)
     mute_import_noise()
 

@@ -21,6 +21,14 @@ def test_help(command):
     assert "Usage:" in result.output
 
 
+@pytest.mark.parametrize("args", [[], ["--quiet"]])
+def test_edgeft_alone_shows_the_help_and_succeeds(args):
+    """A first `edgeft` is a question, not a mistake: the help and exit 0 (click 8.2 would exit 2)."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "edgeft build --target gguf" in result.output
+
+
 def test_import_is_light():
     """`edgeft --help` must be instant: importing the CLI may not pull in torch, transformers or llama_cpp."""
     code = "import sys, edgeft.cli, edgeft.config, edgeft.backends.registry; print(sorted(m for m in ('torch','transformers','llama_cpp','gguf') if m in sys.modules))"
