@@ -9,6 +9,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The library noise `edgeft` itself mutes (torchao's "Failed to load" CUDA kernels, torch's
+# deprecations): a script's output is its figures.
+from edgeft.progress import mute_import_noise  # noqa: E402
+
+mute_import_noise()
+
 
 def context() -> dict:
     """Load average is recorded because these scripts may run on a shared machine: numbers taken
