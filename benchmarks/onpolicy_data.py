@@ -38,9 +38,12 @@ ANSWER_TOKENS = 64  # the data stage's teacher answers are as long (`synth_max_n
 
 def prompt_part(row: dict) -> list[int]:
     """A prepared record's tokens before its first labelled one: the chat-templated prompt."""
-    ids = [i for i, keep in zip(row["input_ids"], row["attention_mask"]) if keep]
-    labels = [label for label, keep in zip(row["labels"], row["attention_mask"]) if keep]
-    return ids[:next(k for k, label in enumerate(labels) if label != -100)]
+    from edgeft.distill.own_answers import prompt_of
+    from edgeft.distill.records import Record
+
+    keep = row["attention_mask"]
+    return list(prompt_of(Record(tuple(i for i, k in zip(row["input_ids"], keep) if k),
+                                 tuple(label for label, k in zip(row["labels"], keep) if k))))
 
 
 def main() -> None:

@@ -55,20 +55,14 @@ def test_batched_answers_are_each_prompts_own_greedy_answer(tiny):
         assert 1 <= len(answer) <= 12
 
 
-def test_records_score_the_answer_only_and_respect_max_length():
+def test_records_score_the_answer_only_and_respect_max_length(monkeypatch):
     from edgeft.distill import own_answers
     from edgeft.distill.records import IGNORE, Record
 
-    class Fixed:
-        """A model stand-in that answers every prompt with the same tokens (greedy_answers is tested above)."""
-
     recs = [Record((1, 4, 5, 6, 7), (IGNORE, IGNORE, IGNORE, 6, 7)), Record((1, 8, 9, 10), (IGNORE, IGNORE, 9, 10))]
-    orig = own_answers.greedy_answers
-    try:
-        own_answers.greedy_answers = lambda model, prompts, **kw: [([30, 31, 2], True), ([40, 41, 42], False)]
-        out = own_answers.own_answer_records(Fixed(), recs, new_tokens=3, stop_ids={2}, pad_id=0, max_length=5, batch_size=2)
-    finally:
-        own_answers.greedy_answers = orig
+    # the student's answers pinned (greedy_answers is tested above)
+    monkeypatch.setattr(own_answers, "greedy_answers", lambda model, prompts, **kw: [([30, 31, 2], True), ([40, 41, 42], False)])
+    out = own_answers.own_answer_records(None, recs, new_tokens=3, stop_ids={2}, pad_id=0, max_length=5, batch_size=2)
     # the prompts are the records' tokens before their first target; the student's tokens are the targets
     assert out.records[0] == Record((1, 4, 5, 30, 31), (IGNORE, IGNORE, IGNORE, 30, 31))  # cut at max_length 5
     assert out.records[1] == Record((1, 8, 40, 41, 42), (IGNORE, IGNORE, 40, 41, 42))

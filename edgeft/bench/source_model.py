@@ -175,11 +175,9 @@ class SourceRunner:
     def until_stop(self, tokens: list[int]) -> list[int]:
         """Generated full-vocabulary ids up to and including the first end-of-turn: the answer a chat
         app shows, and the decision to stop, which is part of it."""
-        stop = self.stop_ids()
-        for i, t in enumerate(tokens):
-            if t in stop:
-                return list(tokens[: i + 1])
-        return list(tokens)
+        from edgeft.greedy import until_stop
+
+        return until_stop(tokens, self.stop_ids())[0]
 
     def close(self) -> None:
         self.model = None
