@@ -864,6 +864,10 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
               help="Which layers --student-layers keeps: evenly spaced; the first and last halves (ends); or "
                    "block: drop the contiguous block that costs least on a few training records (seconds per "
                    "candidate; on SmolLM2 a student 8x closer to the teacher than ends) [default: even; build presets: block].")
+@click.option("--stand-in/--no-stand-in", "stand_in", default=None,
+              help="A pruned student's dropped layers replaced by a linear map fitted on the teacher's states over "
+                   "the training records and folded into the MLP before them (no new weights; kept only when it lowers "
+                   "the calibration NLL) [default: on].")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("out/distill"), show_default=True,
               help="Output folder: the adapter, the student, distill.json, the training log and plot.")
 @click.option("--preset", type=click.Choice(list(DISTILL_PRESETS)), default="demo", show_default=True,
@@ -914,7 +918,7 @@ def _layer_list(text: str | None) -> tuple[int, ...] | None:
               help="After training, estimate the diagonal Fisher on N training records and store it with the adapter, "
                    "for a later --continue --ewc.")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json instead of a summary.")
-def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out, preset, steps, batch_size, grad_accum, lr,
+def distill(teacher, data, student, student_layers, keep_layers, layer_pick, stand_in, out, preset, steps, batch_size, grad_accum, lr,
             warmup_steps, alpha, hidden_weight, own_answer_tokens, temperature, top_k, lora_rank, lora_alpha, lora_dropout, target_modules,
             no_quantize_base, nf4_engine, grad_checkpointing, save_every, seed, quant, resume, cache_dir, continue_from,
             ewc_lambda, replay_ratio, fisher_records, as_json) -> None:
@@ -929,7 +933,7 @@ def distill(teacher, data, student, student_layers, keep_layers, layer_pick, out
     with _problems_as_flags():
         config = get_preset(preset).with_overrides(
             student=student, student_layers=student_layers, keep_layers=_layer_list(keep_layers),
-            layer_pick=layer_pick, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+            layer_pick=layer_pick, stand_in=stand_in, steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
             warmup_steps=warmup_steps, alpha=alpha, hidden_weight=hidden_weight, own_answer_tokens=own_answer_tokens,
             temperature=temperature, top_k=top_k,
             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,

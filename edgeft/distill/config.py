@@ -30,6 +30,9 @@ class DistillConfig:
     # whose removal costs least on a few training records (student.best_block). On SmolLM2-135M,
     # 15 of 30 layers, held-out perplexity before training: even ~338,000, ends ~3,500, block ~440
     layer_pick: str = "even"
+    # A pruned student's dropped layers replaced by a least-squares linear map folded into the MLP
+    # before them (distill.stand_in): no new weights, seconds of the teacher's time. False: a plain drop.
+    stand_in: bool = True
     # only for the size estimate printed before training; None: no estimate (a build measures its
     # candidates' files instead, and an estimate at another level or token table misleads)
     target_quant: str | None = "q4_k_m"

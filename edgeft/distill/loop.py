@@ -20,6 +20,7 @@ from edgeft import models
 from edgeft.atomic_io import atomic_dir, write_json, write_text
 from edgeft.distill import ewc
 from edgeft.distill import own_answers
+from edgeft.distill import stand_in as stand_in_mod
 from edgeft.distill import student as student_mod
 from edgeft.distill import teacher_cache
 from edgeft.distill.block_scores import block_nlls
@@ -90,6 +91,12 @@ def _target_count(records: Sequence[Record]) -> int:
     return sum(sum(t != IGNORE for t in r.labels[1:]) for r in records)
 
 
+def _calibration(records: Sequence[Record]) -> list[Record]:
+    """CALIBRATION_RECORDS training records spread over the split."""
+    step = max(1, len(records) // CALIBRATION_RECORDS)
+    return list(records[::step][:CALIBRATION_RECORDS])
+
+
 def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, config: DistillConfig) -> tuple[tuple[int, ...], dict]:
     """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
     spread of training records (never the eval split), the best kept. The scores are computed from
@@ -101,8 +108,7 @@ def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, con
     also first on the quarter, and the two rounds cost 216 record passes instead of 480."""
     n_teacher = tmodel.config.num_hidden_layers
     cands = student_mod.block_candidates(n_teacher, n_keep)  # also the one-line check of n_keep
-    step = max(1, len(records) // CALIBRATION_RECORDS)
-    calib = list(records[::step][:CALIBRATION_RECORDS])
+    calib = _calibration(records)
     screen, rest = calib[::SCREEN_EVERY], [r for i, r in enumerate(calib) if i % SCREEN_EVERY]
     two_rounds = len(cands) > FINALISTS and rest
     bar = None
@@ -138,6 +144,7 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
     """The student's HF folder (written under out_dir/student unless a HF student was given) and its description."""
     tmodel = teacher.model()
     pick: dict = {}
+    folds, stand_in = [], {}
     given: str | None = None  # the student's name when one was given whole
     n_teacher = tmodel.config.num_hidden_layers
     if config.student is not None:
@@ -162,19 +169,44 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
             keep = student_mod.pick_layers(n_teacher, n_keep, config.layer_pick)
         student_mod.check_pattern(tmodel, keep)
         smodel = student_mod.drop_layers(tmodel, keep)
+        folds, stand_in = _stand_in(tmodel, smodel, keep, train_recs, pad_id, config)
         folder = out_dir / "student"
         with atomic_dir(folder) as tmp:
             smodel.save_pretrained(tmp)
             teacher.tokenizer.save_pretrained(tmp)
         info = student_mod.info(smodel, keep, n_teacher, config.target_quant)
+        if folds:
+            info = dataclasses.replace(info, stands_for=stand_in_mod.layer_map(keep, folds))
     write_json(out_dir / "student.json", {"path": str(folder), "teacher": teacher.source.label, **info.to_dict(),
-                                          **({"layer_pick": pick} if pick else {})})
+                                          **({"layer_pick": pick} if pick else {}),
+                                          **({"stand_in": stand_in} if stand_in else {})})
     status((f"student: {given} as given, {info.layers} layers" if given is not None
             else f"student: {info.layers} of the teacher's {info.teacher_layers} layers")
            + (f" {list(info.kept_layers)}" if info.kept_layers else "")
            + f", {info.parameters / 1e6:.1f} M parameters"
            + (f", about {info.est_bytes / 1e6:.0f} MB at {info.quant}" if info.est_bytes is not None else ""))
+    if folds:
+        nll = stand_in["calibration_nll"]
+        one = len(folds) == 1 and folds[0].dropped[1] - folds[0].dropped[0] == 1
+        status(f"a linear stand-in for dropped layer{'' if one else 's'} {', '.join(_span(f.dropped) for f in folds)}, folded into the MLP of "
+               f"layer{'s' if len(folds) > 1 else ''} {', '.join(str(f.into) for f in folds)} ({folds[0].tokens:,} training tokens): "
+               f"calibration NLL {nll['dropped']:.3f} -> {nll['stand_in']:.3f}")
+    elif stand_in:
+        status(f"no linear stand-in for the dropped layers: {stand_in['reason']}")
     return folder, info
+
+
+def _span(run: tuple[int, int]) -> str:
+    return str(run[0]) if run[1] - run[0] == 1 else f"{run[0]}-{run[1] - 1}"
+
+
+def _stand_in(tmodel, smodel, keep: Sequence[int], records: Sequence[Record], pad_id: int,
+              config: DistillConfig) -> tuple[list, dict]:
+    """distill.stand_in on the pruned student, in place, when the config asks and there are training records."""
+    if not config.stand_in or not records or len(keep) == tmodel.config.num_hidden_layers:
+        return [], {}
+    return stand_in_mod.stand_in(tmodel, smodel, keep, records, _calibration(records), pad_id, config.eval_batch_size,
+                                 nll=lambda model, recs: evaluate(model, recs, pad_id, config.eval_batch_size).nll)
 
 
 OWN_ANSWER_BATCH = 48  # prompts generated together: batching amortizes reading the weights once per token
@@ -557,7 +589,7 @@ def run(teacher: str, data, out_dir: Path, config: DistillConfig = DistillConfig
         raise TrainingError("--hidden-weight needs a student pruned from the teacher (its layer map), not --student")
     with _timed(timings, "train_s"):
         log = train(model, train_recs, cache, tch if live else None, pad_id, config, out_dir / "checkpoints", resume,
-                    layer_map=info.kept_layers, penalty=penalty)
+                    layer_map=info.stands_for or info.kept_layers, penalty=penalty)
     with _timed(timings, "eval_after_s"):
         after = evaluate(model, eval_recs, pad_id, config.eval_batch_size, t_eval.top1)
     status(f"after:  student ppl {after.perplexity:.2f}, top-1 agreement {after.agreement:.1%}")

@@ -20,11 +20,14 @@ class StudentInfo:
     parameters: int
     est_bytes: int | None
     quant: str | None
+    # the teacher layer whose output each student layer's output stands for, where a linear
+    # stand-in for dropped layers (distill.stand_in) makes it differ from kept_layers
+    stands_for: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         return {"kept_layers": list(self.kept_layers) if self.kept_layers else None, "teacher_layers": self.teacher_layers,
                 "layers": self.layers, "parameters": self.parameters, "estimated_size_bytes": self.est_bytes,
-                "estimated_at_quant": self.quant}
+                "estimated_at_quant": self.quant, **({"stands_for": list(self.stands_for)} if self.stands_for else {})}
 
 
 def evenly_spaced(n_teacher: int, n_keep: int) -> tuple[int, ...]:
