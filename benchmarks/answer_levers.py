@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict] = {
     # would teach it what it already says); the folder already holds them, so the run adds none
     "onpolicy": {"alpha": 1.0, "own_answer_tokens": 0},
     "teacher-only": {"alpha": 0.5, "own_answer_tokens": 0},  # the demo before on-policy records
+    "plain-drop": {"stand_in": False},  # the dropped layers without their linear stand-in (distill.stand_in)
 }
 ANSWER_TOKENS = 48
 WITHIN_PCT = 50.0  # the tight profile's answer line
