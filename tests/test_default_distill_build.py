@@ -61,6 +61,9 @@ def test_tight_profile_prunes_and_distills_the_largest_student_that_fits(tmp_pat
     assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == student["layers"]
     distill_eval = stages["distill"]["eval"]
     assert distill_eval["student_after"]["perplexity"] < distill_eval["student_before"]["perplexity"]
+    # the dropped layers' linear stand-in is kept on the real model: it lowers the calibration NLL
+    stand_in = json.loads((out / "work" / "distill" / "student.json").read_text())["stand_in"]
+    assert stand_in["folds"] and stand_in["calibration_nll"]["stand_in"] < stand_in["calibration_nll"]["dropped"]
     bench = _report_is_honest(out, result.output)
     assert bench["metrics"]["package_mb"] <= 90
     line = next(b for b in bench["budget"] if b["budget"] == "ppl_vs_source_pct")
