@@ -61,9 +61,14 @@ def test_tight_profile_prunes_and_distills_the_largest_student_that_fits(tmp_pat
     assert json.loads((out / "work" / "merged" / "config.json").read_text())["num_hidden_layers"] == student["layers"]
     distill_eval = stages["distill"]["eval"]
     assert distill_eval["student_after"]["perplexity"] < distill_eval["student_before"]["perplexity"]
-    # the dropped layers' linear stand-in is kept on the real model: it lowers the calibration NLL
+    # the dropped layers' linear stand-in is kept exactly when it lowers the calibration NLL; one dropped
+    # layer (this host kind's student) takes it, a long block dropped on a slower host may not
     stand_in = json.loads((out / "work" / "distill" / "student.json").read_text())["stand_in"]
-    assert stand_in["folds"] and stand_in["calibration_nll"]["stand_in"] < stand_in["calibration_nll"]["dropped"]
+    nll = stand_in.get("calibration_nll")  # absent when no dropped layer has a kept one before it
+    assert bool(stand_in["folds"]) == (nll is not None and nll["stand_in"] < nll["dropped"])
+    assert stand_in["folds"] or stand_in["reason"]
+    if student["layers"] == 29:
+        assert len(stand_in["folds"]) == 1 and stand_in["folds"][0]["tokens"] > 0
     bench = _report_is_honest(out, result.output)
     assert bench["metrics"]["package_mb"] <= 90
     line = next(b for b in bench["budget"] if b["budget"] == "ppl_vs_source_pct")
