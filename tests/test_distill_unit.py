@@ -281,7 +281,7 @@ def test_block_pick_in_two_rounds_ranks_its_finalists_on_every_calibration_recor
     for _ in range(16):
         ids = tuple(rng.randrange(3, model.config.vocab_size) for _ in range(rng.randrange(12, 30)))
         records.append(Record(input_ids=ids, labels=(-100,) * 4 + ids[4:]))
-    keep, pick = loop._block_pick(model, 10, records, 0, DistillConfig(eval_batch_size=4))
+    keep, pick, nll = loop._block_pick(model, 10, records, 0, DistillConfig(eval_batch_size=4))
     cands = block_candidates(11, 10)  # 11 candidates, more than the 8 finalists
     name = {c: "{0}-{0}".format(*(set(range(11)) - set(c))) for c in cands}  # best_block's key: the dropped layer
     screen = [evaluate(drop_layers(model, c), records[::4], 0, 4).nll for c in cands]
@@ -292,6 +292,7 @@ def test_block_pick_in_two_rounds_ranks_its_finalists_on_every_calibration_recor
     for c in finalists:
         assert pick["nll_by_dropped_block"][name[c]] == pytest.approx(evaluate(drop_layers(model, c), records, 0, 4).nll, rel=1e-5)
     assert name[keep] == min(pick["nll_by_dropped_block"], key=pick["nll_by_dropped_block"].get)
+    assert nll == pick["nll_by_dropped_block"][name[keep]]  # what the stand-in's check reads as the plain drop's NLL
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3-softcap", "llama-lora"])

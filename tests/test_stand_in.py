@@ -141,3 +141,15 @@ def test_distill_folds_the_stand_in_into_the_student_it_writes(tmp_path, monkeyp
     for name, same in (("off", True), ("on", False)):
         got = _model(tmp_path / name / "student").model.layers[1].mlp.down_proj.weight
         assert torch.equal(got, plain.model.layers[1].mlp.down_proj.weight) is same
+
+
+def test_the_plain_drops_nll_from_the_pick_is_not_evaluated_again(tmp_path):
+    """Given the block pick's score of the plain drop, the check evaluates only the folded student."""
+    from edgeft.distill.stand_in import stand_in
+    from edgeft.distill.student import drop_layers
+
+    teacher = _model(tiny_llama(tmp_path / "t", layers=4))
+    keep = (0, 2, 3)
+    folds, record = stand_in(teacher, drop_layers(teacher, keep), keep, _records(teacher.config.vocab_size), [], 0, 8,
+                             nll=_falling(0.5), dropped_nll=1.0)
+    assert len(folds) == 1 and record["calibration_nll"] == {"dropped": 1.0, "stand_in": 0.5}

@@ -97,9 +97,11 @@ def _calibration(records: Sequence[Record]) -> list[Record]:
     return list(records[::step][:CALIBRATION_RECORDS])
 
 
-def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, config: DistillConfig) -> tuple[tuple[int, ...], dict]:
+def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int,
+                config: DistillConfig) -> tuple[tuple[int, ...], dict, float]:
     """The "block" layer pick: each contiguous-block removal scored by the pruned model's NLL on a
-    spread of training records (never the eval split), the best kept. The scores are computed from
+    spread of training records (never the eval split), the best kept; returns its kept layers, the
+    scores for student.json and its NLL on all of `_calibration(records)`. The scores are computed from
     the teacher's hidden states (block_scores), for about half the cost of running every pruning.
 
     In two rounds, since the ranking's head is clear after a few records: every candidate on a
@@ -136,7 +138,7 @@ def _block_pick(tmodel, n_keep: int, records: Sequence[Record], pad_id: int, con
     if two_rounds:
         _, screened = student_mod.best_block(n_teacher, n_keep, first.__getitem__)
         pick |= {"screen_records": len(screen), "finalists": FINALISTS, "nll_on_screen_by_dropped_block": screened}
-    return keep, pick
+    return keep, pick, whole[keep]
 
 
 def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train_recs: Sequence[Record] = (),
@@ -145,6 +147,7 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
     tmodel = teacher.model()
     pick: dict = {}
     folds, stand_in = [], {}
+    dropped_nll: float | None = None  # the pruned student's calibration NLL, when the pick measured it
     given: str | None = None  # the student's name when one was given whole
     n_teacher = tmodel.config.num_hidden_layers
     if config.student is not None:
@@ -164,12 +167,12 @@ def build_student(teacher: _Teacher, config: DistillConfig, out_dir: Path, train
         if config.keep_layers is not None:
             keep = student_mod.check_layers(config.keep_layers, n_teacher)
         elif config.layer_pick == "block":
-            keep, pick = _block_pick(tmodel, n_keep, train_recs, pad_id, config)
+            keep, pick, dropped_nll = _block_pick(tmodel, n_keep, train_recs, pad_id, config)
         else:
             keep = student_mod.pick_layers(n_teacher, n_keep, config.layer_pick)
         student_mod.check_pattern(tmodel, keep)
         smodel = student_mod.drop_layers(tmodel, keep)
-        folds, stand_in = _stand_in(tmodel, smodel, keep, train_recs, pad_id, config)
+        folds, stand_in = _stand_in(tmodel, smodel, keep, train_recs, pad_id, config, dropped_nll)
         folder = out_dir / "student"
         with atomic_dir(folder) as tmp:
             smodel.save_pretrained(tmp)
@@ -200,13 +203,15 @@ def _span(run: tuple[int, int]) -> str:
     return str(run[0]) if run[1] - run[0] == 1 else f"{run[0]}-{run[1] - 1}"
 
 
-def _stand_in(tmodel, smodel, keep: Sequence[int], records: Sequence[Record], pad_id: int,
-              config: DistillConfig) -> tuple[list, dict]:
-    """distill.stand_in on the pruned student, in place, when the config asks and there are training records."""
+def _stand_in(tmodel, smodel, keep: Sequence[int], records: Sequence[Record], pad_id: int, config: DistillConfig,
+              dropped_nll: float | None) -> tuple[list, dict]:
+    """distill.stand_in on the pruned student, in place, when the config asks and there are training records;
+    `dropped_nll`, the block pick's score of this student on the same calibration records, spares evaluating it again."""
     if not config.stand_in or not records or len(keep) == tmodel.config.num_hidden_layers:
         return [], {}
     return stand_in_mod.stand_in(tmodel, smodel, keep, records, _calibration(records), pad_id, config.eval_batch_size,
-                                 nll=lambda model, recs: evaluate(model, recs, pad_id, config.eval_batch_size).nll)
+                                 nll=lambda model, recs: evaluate(model, recs, pad_id, config.eval_batch_size).nll,
+                                 dropped_nll=dropped_nll)
 
 
 OWN_ANSWER_BATCH = 48  # prompts generated together: batching amortizes reading the weights once per token

@@ -78,8 +78,7 @@ def _output(out) -> "torch.Tensor":
 
 def _spread(records: Sequence[Record], tokens: int) -> list[Record]:
     """Evenly spaced records holding at most `tokens` tokens (at least one record)."""
-    total = sum(len(r.input_ids) for r in records)
-    step = max(1, -(-total // tokens)) if total > tokens else 1
+    step = max(1, -(-sum(len(r.input_ids) for r in records) // tokens))  # ceil(total / tokens)
     out, n = [], 0
     for r in records[::step]:
         if out and n + len(r.input_ids) > tokens:
@@ -141,23 +140,29 @@ def fit(teacher, runs: Sequence[tuple[int, int]], records: Sequence[Record], pad
     return maps, n
 
 
+def _down(student, keep: Sequence[int], run: tuple[int, int]) -> "torch.Tensor":
+    """The weight of the down projection a run's map folds into: the student layer copied from the
+    teacher layer just before the run."""
+    return student.model.layers[list(keep).index(run[0] - 1)].mlp.down_proj.weight
+
+
 def fold(student, keep: Sequence[int], maps: dict[tuple[int, int], "torch.Tensor"]) -> None:
-    """Fold each run's map into the down projection of the student layer copied from the teacher
-    layer just before the run, in place: down(x) T = x (T^T W)^T."""
+    """Fold each run's map into its down projection (`_down`), in place: down(x) T = x (T^T W)^T."""
     import torch
 
-    where = {k: i for i, k in enumerate(keep)}
     with torch.no_grad():
-        for (s, _e), t in maps.items():
-            down = student.model.layers[where[s - 1]].mlp.down_proj
-            down.weight.copy_((t.T @ down.weight.double()).to(down.weight.dtype))
+        for run, t in maps.items():
+            weight = _down(student, keep, run)
+            weight.copy_((t.T @ weight.double()).to(weight.dtype))
 
 
 def stand_in(teacher, student, keep: Sequence[int], records: Sequence[Record], calib: Sequence[Record], pad_id: int,
-             batch_size: int, nll: Callable[[object, Sequence[Record]], float]) -> tuple[list[Fold], dict]:
+             batch_size: int, nll: Callable[[object, Sequence[Record]], float],
+             dropped_nll: float | None = None) -> tuple[list[Fold], dict]:
     """Fit and fold a map for every foldable run of dropped layers into `student` (pruned from
     `teacher` to `keep`), in place, and keep them when they lower `nll` on `calib` (in-sample: the
     check catches a map that does not fit the architecture; the eval split measures the gain).
+    `dropped_nll`: the plain drop's `nll` on `calib`, when the caller has it (the block pick scored it).
     Returns the folds kept and a record for student.json (with the reason when none was kept)."""
     runs = gaps(keep, teacher.config.num_hidden_layers)
     if not runs:
@@ -167,16 +172,15 @@ def stand_in(teacher, student, keep: Sequence[int], records: Sequence[Record], c
     if not runs:
         first = min(why)
         return [], {"folds": [], "reason": f"layer {first[0] - 1} cannot take a map: {why[first]}"}
-    where = {k: i for i, k in enumerate(keep)}
-    saved = {run: student.model.layers[where[run[0] - 1]].mlp.down_proj.weight.detach().clone() for run in runs}
-    before = nll(student, calib)
+    saved = {run: _down(student, keep, run).detach().clone() for run in runs}
+    before = nll(student, calib) if dropped_nll is None else dropped_nll
     maps, tokens = fit(teacher, runs, records, pad_id, batch_size)
     fold(student, keep, maps)
     after = nll(student, calib)
     record = {"ridge": RIDGE, "calibration_records": len(calib), "calibration_nll": {"dropped": before, "stand_in": after}}
     if not after < before:
         for run, weight in saved.items():
-            student.model.layers[where[run[0] - 1]].mlp.down_proj.weight.data.copy_(weight)
+            _down(student, keep, run).data.copy_(weight)
         return [], record | {"folds": [], "reason": f"the fitted map did not lower the calibration NLL ({before:.4f} -> {after:.4f})"}
     folds = [Fold(run, run[0] - 1, tokens) for run in runs]
     return folds, record | {"folds": [f.to_dict() for f in folds]}
